@@ -1,0 +1,237 @@
+//! The JSONL trace record (`shared/eval/FORMAT.md`): what `export` writes, what `replay`
+//! reads, and what `blockwatch-agent probe --json` prints.
+
+use serde::{Deserialize, Serialize};
+
+use crate::time::{Millis, format_rfc3339, from_timestamp, parse_rfc3339, to_timestamp};
+use crate::v1::{Outcome, PhaseDurations, ProbeResult, StoredResult};
+
+/// One probe result as a line of JSON. The first ten fields are the trace format's; the rest
+/// are blockwatch's own and optional (a trace without them reads fine).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceRecord {
+    pub probe_id: String,
+    pub agent_id: String,
+    pub region: String,
+    pub target: String,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<String>,
+    /// A trace-format outcome name (see [`Outcome::trace_name`]); `replay` also accepts
+    /// blockwatch's richer names.
+    pub outcome: String,
+    #[serde(default)]
+    pub http_status: u32,
+    #[serde(default)]
+    pub provider_code: String,
+    #[serde(default)]
+    pub duration_ms: u64,
+
+    /// blockwatch's own outcome name when it is richer than `outcome` (`tls_alert`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub outcome_detail: String,
+    /// OONI-style failure string.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failure: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dns_ms: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connect_ms: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tls_ms: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ttfb_ms: f64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub http_ms: f64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer_address: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved_addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub provider: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub confirmation: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub control: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+
+fn us_to_ms(us: u64) -> f64 {
+    (us as f64 / 1000.0 * 1000.0).round() / 1000.0
+}
+
+/// Why a trace record could not become a probe result.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TraceError {
+    #[error("probe {probe_id}: unknown outcome {outcome:?}")]
+    UnknownOutcome { probe_id: String, outcome: String },
+    #[error("probe {probe_id}: bad {field} timestamp {value:?} (want RFC 3339)")]
+    BadTime {
+        probe_id: String,
+        field: &'static str,
+        value: String,
+    },
+}
+
+impl TraceRecord {
+    /// Builds the record of a result; `received_at` is the collector's receive time, if any.
+    pub fn from_result(r: &ProbeResult, received_at: Option<Millis>) -> TraceRecord {
+        let outcome = r.outcome();
+        let d = r.durations.unwrap_or_default();
+        TraceRecord {
+            probe_id: r.probe_id.clone(),
+            agent_id: r.agent_id.clone(),
+            region: r.region.clone(),
+            target: r.target_id.clone(),
+            started_at: format_rfc3339(r.started_at.as_ref().map_or(0, from_timestamp)),
+            received_at: received_at.map(format_rfc3339),
+            outcome: outcome.trace_name().to_string(),
+            http_status: r.http_status,
+            provider_code: r.provider_code.clone(),
+            duration_ms: d.total_us / 1000,
+            outcome_detail: if outcome.trace_name() == outcome.name() {
+                String::new()
+            } else {
+                outcome.name().to_string()
+            },
+            failure: r.failure.clone(),
+            dns_ms: us_to_ms(d.dns_us),
+            connect_ms: us_to_ms(d.connect_us),
+            tls_ms: us_to_ms(d.tls_us),
+            ttfb_ms: us_to_ms(d.http_ttfb_us),
+            http_ms: us_to_ms(d.http_us),
+            peer_address: r.peer_address.clone(),
+            resolved_addresses: r.resolved_addresses.clone(),
+            provider: r.provider.clone(),
+            confirmation: r.confirmation,
+            control: r.control,
+            detail: r.detail.clone(),
+        }
+    }
+
+    /// Builds the record of a stored result.
+    pub fn from_stored(s: &StoredResult) -> TraceRecord {
+        let r = s.result.clone().unwrap_or_default();
+        TraceRecord::from_result(&r, s.received_at.as_ref().map(from_timestamp))
+    }
+
+    /// The richest outcome the record names (`outcome_detail` when present).
+    pub fn outcome(&self) -> Result<Outcome, TraceError> {
+        let name = if self.outcome_detail.is_empty() {
+            &self.outcome
+        } else {
+            &self.outcome_detail
+        };
+        Outcome::from_name(name).ok_or_else(|| TraceError::UnknownOutcome {
+            probe_id: self.probe_id.clone(),
+            outcome: name.clone(),
+        })
+    }
+
+    fn time(&self, field: &'static str, value: &str) -> Result<Millis, TraceError> {
+        parse_rfc3339(value).ok_or_else(|| TraceError::BadTime {
+            probe_id: self.probe_id.clone(),
+            field,
+            value: value.to_string(),
+        })
+    }
+
+    /// `started_at` in milliseconds.
+    pub fn started_ms(&self) -> Result<Millis, TraceError> {
+        self.time("started_at", &self.started_at)
+    }
+
+    /// `received_at` in milliseconds, or `started_at` when absent (as the format says).
+    pub fn received_ms(&self) -> Result<Millis, TraceError> {
+        match &self.received_at {
+            Some(r) => self.time("received_at", r),
+            None => self.started_ms(),
+        }
+    }
+
+    /// The probe result this record describes.
+    pub fn to_result(&self) -> Result<ProbeResult, TraceError> {
+        let ms_to_us = |ms: f64| (ms * 1000.0).round() as u64;
+        let mut r = ProbeResult {
+            probe_id: self.probe_id.clone(),
+            agent_id: self.agent_id.clone(),
+            region: self.region.clone(),
+            target_id: self.target.clone(),
+            started_at: Some(to_timestamp(self.started_ms()?)),
+            durations: Some(PhaseDurations {
+                dns_us: ms_to_us(self.dns_ms),
+                connect_us: ms_to_us(self.connect_ms),
+                tls_us: ms_to_us(self.tls_ms),
+                http_ttfb_us: ms_to_us(self.ttfb_ms),
+                http_us: ms_to_us(self.http_ms),
+                total_us: self.duration_ms * 1000,
+            }),
+            failure: self.failure.clone(),
+            http_status: self.http_status,
+            provider_code: self.provider_code.clone(),
+            peer_address: self.peer_address.clone(),
+            resolved_addresses: self.resolved_addresses.clone(),
+            provider: self.provider.clone(),
+            confirmation: self.confirmation,
+            control: self.control,
+            detail: self.detail.clone(),
+            ..Default::default()
+        };
+        r.set_outcome(self.outcome()?);
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_line_round_trips() {
+        let line = r#"{"probe_id":"eu-west-1/anthropic/1","agent_id":"eu-west-1","region":"eu-west","target":"anthropic","started_at":"2024-07-24T00:41:10.309Z","received_at":"2024-07-24T00:41:10.842Z","outcome":"ok","http_status":401,"provider_code":"","duration_ms":287}"#;
+        let rec: TraceRecord = serde_json::from_str(line).unwrap();
+        let r = rec.to_result().unwrap();
+        assert_eq!(r.outcome(), Outcome::Ok);
+        let back = TraceRecord::from_result(&r, Some(rec.received_ms().unwrap()));
+        assert_eq!(serde_json::to_string(&back).unwrap(), line);
+    }
+
+    #[test]
+    fn rich_outcomes_keep_their_name() {
+        let mut r = ProbeResult {
+            probe_id: "a/1".into(),
+            ..Default::default()
+        };
+        r.set_outcome(Outcome::TlsAlert);
+        let rec = TraceRecord::from_result(&r, None);
+        assert_eq!(rec.outcome, "tls_reset");
+        assert_eq!(rec.outcome_detail, "tls_alert");
+        assert_eq!(rec.to_result().unwrap().outcome(), Outcome::TlsAlert);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let rec = TraceRecord {
+            probe_id: "p".into(),
+            outcome: "melted".into(),
+            started_at: "2024-07-24T00:41:10Z".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            rec.to_result().unwrap_err().to_string(),
+            "probe p: unknown outcome \"melted\""
+        );
+        let rec = TraceRecord {
+            probe_id: "p".into(),
+            outcome: "ok".into(),
+            started_at: "noon".into(),
+            ..Default::default()
+        };
+        assert!(rec.to_result().unwrap_err().to_string().contains("bad started_at"));
+    }
+}
