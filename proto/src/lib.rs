@@ -2,6 +2,7 @@
 //! both need: the outcome taxonomy with its names, and the JSONL trace record.
 
 pub mod outcome;
+pub mod plan;
 pub mod time;
 pub mod trace;
 

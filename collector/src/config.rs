@@ -1,0 +1,215 @@
+//! The collector's configuration file (TOML).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::detector::DetectorConfig;
+
+/// Most results the collector accepts in one batch (larger batches are rejected whole).
+pub const DEFAULT_MAX_BATCH: u32 = 500;
+
+/// `blockwatch-collector serve --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// gRPC listen address for agents. Default `127.0.0.1:7400`. Env: `BLOCKWATCH_LISTEN`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the store. Default `./blockwatch-data`. Env: `BLOCKWATCH_DATA_DIR`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Most results per batch. Default 500.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: u32,
+    /// How often agents send heartbeats. Default 15s.
+    #[serde(default = "default_heartbeat", with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// Agents allowed to register. Empty (the default) admits any agent id.
+    #[serde(default)]
+    pub agents: Vec<String>,
+    /// A central plan pushed to every agent; absent means agents run their local targets.
+    #[serde(default)]
+    pub plan: Option<PlanConfig>,
+    /// Detector settings.
+    #[serde(default)]
+    pub detector: DetectorConfig,
+}
+
+/// The targets the collector hands to agents.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Default probe interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Targets to probe.
+    #[serde(rename = "target")]
+    pub targets: Vec<PlanTargetConfig>,
+}
+
+/// One target of a central plan.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanTargetConfig {
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7400))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("blockwatch-data")
+}
+fn default_max_batch() -> u32 {
+    DEFAULT_MAX_BATCH
+}
+fn default_heartbeat() -> Duration {
+    Duration::from_secs(15)
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            listen: default_listen(),
+            data_dir: default_data_dir(),
+            max_batch: DEFAULT_MAX_BATCH,
+            heartbeat_interval: default_heartbeat(),
+            agents: Vec::new(),
+            plan: None,
+            detector: DetectorConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config {path}: {}", problems.join("; "))]
+    Invalid { path: PathBuf, problems: Vec<String> },
+}
+
+impl CollectorConfig {
+    /// Reads, parses, applies environment overrides and validates a config file.
+    pub fn load(path: &Path) -> Result<CollectorConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        cfg.apply_env(|k| std::env::var(k).ok())
+            .and_then(|()| cfg.validate())
+            .map_err(|problems| ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            })?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; the message names the offending key and line.
+    pub fn parse(text: &str) -> Result<CollectorConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+    }
+
+    /// Applies `BLOCKWATCH_*` overrides read through `get`.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if let Some(v) = get("BLOCKWATCH_LISTEN") {
+            match v.parse() {
+                Ok(a) => self.listen = a,
+                Err(e) => problems.push(format!("BLOCKWATCH_LISTEN={v:?}: {e}")),
+            }
+        }
+        if let Some(v) = get("BLOCKWATCH_DATA_DIR") {
+            self.data_dir = PathBuf::from(v);
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// Checks what serde cannot: every problem is reported, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.max_batch == 0 || self.max_batch > 10_000 {
+            problems.push(format!("max_batch = {}: must be 1..=10000", self.max_batch));
+        }
+        if self.heartbeat_interval < Duration::from_secs(1) {
+            problems.push("heartbeat_interval: must be at least 1s".to_string());
+        }
+        if let Some(plan) = &self.plan {
+            if let Err(p) = crate::plan::validate(plan) {
+                problems.extend(p);
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_and_full_configs_parse() {
+        let c = CollectorConfig::parse("").unwrap();
+        assert_eq!(c.listen, default_listen());
+        let c = CollectorConfig::parse(
+            r#"
+            listen = "127.0.0.1:9000"
+            data_dir = "/tmp/x"
+            agents = ["a", "b"]
+            [plan]
+            interval = "60s"
+            [[plan.target]]
+            id = "openai"
+            url = "https://api.openai.com/v1/models"
+            provider = "openai"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.plan.unwrap().targets[0].id, "openai");
+    }
+
+    #[test]
+    fn unknown_and_mistyped_keys_are_named() {
+        let e = CollectorConfig::parse("lisen = \"x\"").unwrap_err();
+        assert!(e.contains("lisen"), "{e}");
+        let e = CollectorConfig::parse("max_batch = \"many\"").unwrap_err();
+        assert!(e.contains("max_batch"), "{e}");
+    }
+
+    #[test]
+    fn all_semantic_problems_are_reported() {
+        let c = CollectorConfig::parse("max_batch = 0\nheartbeat_interval = \"10ms\"").unwrap();
+        let p = c.validate().unwrap_err();
+        assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn env_overrides() {
+        let mut c = CollectorConfig::default();
+        c.apply_env(|k| (k == "BLOCKWATCH_LISTEN").then(|| "127.0.0.9:1".to_string()))
+            .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.9:1");
+        let e = c
+            .apply_env(|k| (k == "BLOCKWATCH_LISTEN").then(|| "nope".to_string()))
+            .unwrap_err();
+        assert!(e[0].contains("BLOCKWATCH_LISTEN"));
+    }
+}

@@ -1,0 +1,272 @@
+//! gRPC ingest: the `Fleet` service agents talk to.
+
+mod validate;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use blockwatch_proto::time;
+use blockwatch_proto::v1::fleet_server::Fleet;
+use blockwatch_proto::v1::{
+    Ack, AgentMessage, CollectorMessage, Plan, RegisterRequest, RegisterResponse, Reject,
+    StoredResult, agent_message, collector_message,
+};
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::store::Store;
+
+/// Messages queued towards one agent (acks, plans). When full, the stream's reader waits:
+/// an agent that does not read its acks stops being read.
+pub const OUTBOUND_QUEUE: usize = 64;
+
+/// What the collector knows of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentInfo {
+    pub region: String,
+    pub version: String,
+    pub last_seen: time::Millis,
+    pub spooled: u64,
+    pub dropped_total: u64,
+}
+
+/// State shared by all streams.
+pub struct Ingest {
+    store: Store,
+    allowed: Vec<String>,
+    max_batch: u32,
+    heartbeat: std::time::Duration,
+    plan: watch::Receiver<Option<Plan>>,
+    agents: Mutex<HashMap<String, AgentInfo>>,
+    detector: mpsc::Sender<Vec<StoredResult>>,
+}
+
+impl Ingest {
+    /// Builds the service over a store; new results are forwarded to `detector`.
+    pub fn new(
+        store: Store,
+        cfg: &crate::config::CollectorConfig,
+        plan: watch::Receiver<Option<Plan>>,
+        detector: mpsc::Sender<Vec<StoredResult>>,
+    ) -> Ingest {
+        Ingest {
+            store,
+            allowed: cfg.agents.clone(),
+            max_batch: cfg.max_batch,
+            heartbeat: cfg.heartbeat_interval,
+            plan,
+            agents: Mutex::new(HashMap::new()),
+            detector,
+        }
+    }
+
+    /// Known agents and what was last heard of them.
+    pub fn agents(&self) -> HashMap<String, AgentInfo> {
+        self.agents.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    fn touch(&self, agent_id: &str, f: impl FnOnce(&mut AgentInfo)) {
+        if let Ok(mut agents) = self.agents.lock() {
+            if let Some(a) = agents.get_mut(agent_id) {
+                a.last_seen = time::now();
+                f(a);
+            }
+        }
+    }
+}
+
+type ReportStream = Pin<Box<dyn Stream<Item = Result<CollectorMessage, Status>> + Send>>;
+
+fn msg(kind: collector_message::Kind) -> Result<CollectorMessage, Status> {
+    Ok(CollectorMessage { kind: Some(kind) })
+}
+
+/// The tonic service over shared ingest state.
+#[derive(Clone)]
+pub struct FleetService(pub Arc<Ingest>);
+
+impl std::ops::Deref for FleetService {
+    type Target = Ingest;
+    fn deref(&self) -> &Ingest {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl Fleet for FleetService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let req = request.into_inner();
+        if req.agent_id.is_empty() || req.agent_id.len() > 128 {
+            return Err(Status::invalid_argument("agent_id must be 1-128 bytes"));
+        }
+        if !self.allowed.is_empty() && !self.allowed.contains(&req.agent_id) {
+            tracing::warn!(agent_id = %req.agent_id, "refused unknown agent");
+            return Err(Status::permission_denied(format!(
+                "agent {:?} is not in the collector's agent list",
+                req.agent_id
+            )));
+        }
+        tracing::info!(agent_id = %req.agent_id, region = %req.region, version = %req.version, "agent registered");
+        if let Ok(mut agents) = self.agents.lock() {
+            agents.insert(
+                req.agent_id.clone(),
+                AgentInfo {
+                    region: req.region,
+                    version: req.version,
+                    last_seen: time::now(),
+                    spooled: 0,
+                    dropped_total: 0,
+                },
+            );
+        }
+        Ok(Response::new(RegisterResponse {
+            plan: self.plan.borrow().clone(),
+            max_batch: self.max_batch,
+            heartbeat_interval: Some(prost_types::Duration {
+                seconds: self.heartbeat.as_secs() as i64,
+                nanos: 0,
+            }),
+        }))
+    }
+
+    type ReportStream = ReportStream;
+
+    async fn report(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<ReportStream>, Status> {
+        let mut inbound = request.into_inner();
+        let agent_id = match inbound.message().await? {
+            Some(AgentMessage {
+                kind: Some(agent_message::Kind::Hello(h)),
+            }) => h.agent_id,
+            _ => return Err(Status::invalid_argument("the first message of a Report stream must be hello")),
+        };
+        let known = self.agents.lock().map(|a| a.contains_key(&agent_id)).unwrap_or(false);
+        if !known {
+            return Err(Status::failed_precondition(format!(
+                "agent {agent_id:?} has not registered; call Register first"
+            )));
+        }
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let this = Arc::clone(&self.0);
+        tokio::spawn(async move {
+            if let Err(status) = this.serve_stream(&agent_id, inbound, &tx).await {
+                tracing::warn!(agent_id = %agent_id, error = %status.message(), "report stream ended with an error");
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+impl Ingest {
+    async fn serve_stream(
+        &self,
+        agent_id: &str,
+        mut inbound: Streaming<AgentMessage>,
+        tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
+    ) -> Result<(), Status> {
+        let mut plan = self.plan.clone();
+        plan.mark_unchanged();
+        let mut plan_open = true;
+        loop {
+            let message = tokio::select! {
+                m = inbound.message() => m?,
+                changed = plan.changed(), if plan_open => {
+                    if changed.is_err() {
+                        plan_open = false;
+                        continue;
+                    }
+                    let current = plan.borrow_and_update().clone();
+                    if let Some(p) = current {
+                        if tx.send(msg(collector_message::Kind::Plan(p))).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    continue;
+                }
+            };
+            let Some(message) = message else { return Ok(()) };
+            match message.kind {
+                Some(agent_message::Kind::Batch(batch)) => {
+                    for reply in self.ingest_batch(agent_id, batch).await? {
+                        if tx.send(Ok(reply)).await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                }
+                Some(agent_message::Kind::Heartbeat(h)) => self.touch(agent_id, |a| a.spooled = h.spooled),
+                Some(agent_message::Kind::Drops(d)) => {
+                    tracing::warn!(agent_id, dropped_total = d.dropped_total, first_seq = d.first_seq, last_seq = d.last_seq,
+                        "agent spool was full and dropped results");
+                    self.touch(agent_id, |a| a.dropped_total = d.dropped_total);
+                }
+                Some(agent_message::Kind::Hello(_)) | None => {
+                    return Err(Status::invalid_argument("unexpected message on an open Report stream"));
+                }
+            }
+        }
+    }
+
+    async fn ingest_batch(
+        &self,
+        agent_id: &str,
+        batch: blockwatch_proto::v1::ResultBatch,
+    ) -> Result<Vec<CollectorMessage>, Status> {
+        let batch_id = batch.batch_id;
+        if batch.results.len() > self.max_batch as usize {
+            return Ok(vec![CollectorMessage {
+                kind: Some(collector_message::Kind::Reject(Reject {
+                    batch_id,
+                    reason: format!("batch of {} results exceeds max_batch {}", batch.results.len(), self.max_batch),
+                    probe_ids: batch.results.into_iter().map(|r| r.probe_id).collect(),
+                })),
+            }]);
+        }
+        let (good, bad): (Vec<_>, Vec<_>) = batch
+            .results
+            .into_iter()
+            .map(|r| (validate::problem(&r, agent_id), r))
+            .partition(|(p, _)| p.is_none());
+        if !bad.is_empty() {
+            let reason = bad.iter().filter_map(|(p, _)| p.clone()).take(3).collect::<Vec<_>>().join("; ");
+            tracing::warn!(agent_id, refused = bad.len(), %reason, "refused malformed results");
+        }
+        let good: Vec<_> = good.into_iter().map(|(_, r)| r).collect();
+        let ids: Vec<String> = good.iter().map(|r| r.probe_id.clone()).collect();
+        let outcome = self
+            .store
+            .write_results(good, time::now())
+            .await
+            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        self.touch(agent_id, |_| {});
+        if !outcome.stored.is_empty() {
+            // Backpressure: a detector that falls behind slows ingest rather than dropping.
+            let _ = self.detector.send(outcome.stored).await;
+        }
+        let mut replies = Vec::with_capacity(2);
+        if !bad.is_empty() {
+            replies.push(CollectorMessage {
+                kind: Some(collector_message::Kind::Reject(Reject {
+                    batch_id,
+                    reason: bad.iter().filter_map(|(p, _)| p.clone()).collect::<Vec<_>>().join("; "),
+                    probe_ids: bad.into_iter().map(|(_, r)| r.probe_id).collect(),
+                })),
+            });
+        }
+        replies.push(CollectorMessage {
+            kind: Some(collector_message::Kind::Ack(Ack {
+                batch_id,
+                duplicates: outcome.duplicates.len() as u32,
+                probe_ids: ids,
+            })),
+        });
+        Ok(replies)
+    }
+}

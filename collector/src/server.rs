@@ -1,0 +1,181 @@
+//! The running collector: store, gRPC ingest and the live detector, wired together.
+//!
+//! Tasks and channels (see ARCHITECTURE.md):
+//! - tonic server → one task per Report stream → `Store` writer thread (queue `WRITE_QUEUE`,
+//!   block when full) → ack back on the stream (queue `OUTBOUND_QUEUE`).
+//! - stream task → detector task (queue `DETECTOR_QUEUE`, block when full) → event log in the
+//!   store and the `events` broadcast (`EVENT_BROADCAST`, slow subscribers lose the oldest).
+//!
+//! Shutdown: stop accepting, let streams end, drain the detector queue, close the store last.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use blockwatch_proto::time::from_timestamp;
+use blockwatch_proto::v1::fleet_server::FleetServer;
+use blockwatch_proto::v1::{Plan, StoredResult};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::config::CollectorConfig;
+use crate::detector::{Detector, DetectorConfig, Event, Observation};
+use crate::ingest::Ingest;
+use crate::store::{Store, StoreError};
+
+/// Batches of new results waiting for the detector. When full, ingest waits.
+pub const DETECTOR_QUEUE: usize = 1024;
+/// Events buffered per live subscriber; a slow subscriber misses the oldest.
+pub const EVENT_BROADCAST: usize = 1024;
+/// Largest gRPC message accepted from an agent.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why the collector could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A collector that is running.
+pub struct Collector {
+    /// The address agents connect to.
+    pub addr: SocketAddr,
+    /// Live detector events.
+    pub events: broadcast::Sender<Event>,
+    /// The ingest state (agents seen).
+    pub ingest: Arc<Ingest>,
+    /// Replace the central plan (agents receive it on their open streams).
+    pub plan: watch::Sender<Option<Plan>>,
+    store: Store,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    detector: JoinHandle<()>,
+}
+
+impl Collector {
+    /// Opens the store, rebuilds the detector's state from it, and starts serving.
+    pub async fn start(cfg: &CollectorConfig) -> Result<Collector, StartError> {
+        let dir = cfg.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+            .await
+            .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) })??;
+        let detector = {
+            let store = store.clone();
+            let dcfg = cfg.detector.clone();
+            tokio::task::spawn_blocking(move || rebuild_detector(&store, dcfg))
+                .await
+                .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) })??
+        };
+        let (events, _) = broadcast::channel(EVENT_BROADCAST);
+        let (det_tx, det_rx) = mpsc::channel(DETECTOR_QUEUE);
+        let detector = tokio::spawn(run_detector(detector, det_rx, store.clone(), events.clone()));
+        let initial_plan = cfg.plan.as_ref().map(|p| crate::plan::to_proto(p, 1));
+        let (plan, plan_rx) = watch::channel(initial_plan);
+        let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, det_tx));
+
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = FleetServer::new(crate::ingest::FleetService(Arc::clone(&ingest)))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                }),
+        );
+        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "collector listening");
+        Ok(Collector { addr, events, ingest, plan, store, stop, server, detector })
+    }
+
+    /// A handle to the store (for export and queries).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops accepting, waits for streams to end (up to `deadline`), drains the detector and
+    /// closes the store.
+    pub async fn shutdown(self, deadline: std::time::Duration) {
+        let Collector { stop, server, detector, store, ingest, .. } = self;
+        let _ = stop.send(());
+        if tokio::time::timeout(deadline, server).await.is_err() {
+            tracing::warn!("streams still open at the shutdown deadline; closing anyway");
+        }
+        drop(ingest);
+        let _ = tokio::time::timeout(deadline, detector).await;
+        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+    }
+}
+
+/// Feeds every stored result through a fresh detector, discarding the events (they are in the
+/// event log already), so live detection continues where it left off.
+fn rebuild_detector(store: &Store, cfg: DetectorConfig) -> Result<Detector, StoreError> {
+    let mut detector = Detector::new(cfg);
+    let mut sink = Vec::new();
+    let mut n = 0u64;
+    for stored in store.results() {
+        observe(&mut detector, &stored?, &mut sink);
+        sink.clear();
+        n += 1;
+    }
+    if n > 0 {
+        tracing::info!(results = n, "detector state rebuilt from the store");
+    }
+    Ok(detector)
+}
+
+/// Feeds one stored result to the detector.
+pub fn observe(detector: &mut Detector, stored: &StoredResult, out: &mut Vec<Event>) {
+    let Some(r) = &stored.result else { return };
+    let started_at = r.started_at.as_ref().map_or(0, from_timestamp);
+    detector.observe(
+        &Observation {
+            probe_id: &r.probe_id,
+            agent_id: &r.agent_id,
+            region: &r.region,
+            target: &r.target_id,
+            started_at,
+            received_at: stored.received_at.as_ref().map_or(started_at, from_timestamp),
+            outcome: r.outcome(),
+            control: r.control,
+            confirmation: r.confirmation,
+        },
+        out,
+    );
+}
+
+async fn run_detector(
+    mut detector: Detector,
+    mut rx: mpsc::Receiver<Vec<StoredResult>>,
+    store: Store,
+    events: broadcast::Sender<Event>,
+) {
+    let mut out = Vec::new();
+    while let Some(batch) = rx.recv().await {
+        for stored in &batch {
+            observe(&mut detector, stored, &mut out);
+        }
+        if out.is_empty() {
+            continue;
+        }
+        let lines = out.iter().map(Event::to_json_line).collect();
+        if let Err(e) = store.append_events(lines).await {
+            tracing::error!(error = %e, "could not persist detector events");
+        }
+        for e in out.drain(..) {
+            tracing::info!(kind = ?e.kind, target = %e.target, region = %e.region, onset = %blockwatch_proto::time::format_rfc3339(e.onset), "detector event");
+            let _ = events.send(e);
+        }
+    }
+}

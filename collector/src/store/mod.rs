@@ -1,0 +1,161 @@
+//! The collector's durable store: every result (deduplicated by probe id) and the event log,
+//! on fjall.
+//!
+//! Layout (keyspaces):
+//! - `results`: ingest sequence (u64 big-endian) → `StoredResult` (protobuf). Scanning it gives
+//!   results in the order the collector received them.
+//! - `ids`: probe id → ingest sequence. The dedupe index.
+//! - `events`: event sequence (u64 big-endian) → event JSON line.
+//!
+//! All writes go through one writer thread ([`writer`]) that does the dedupe check, so two
+//! concurrent batches carrying the same probe id cannot both store it, and that commits with
+//! `PersistMode::SyncAll` before it answers: an answer means durable.
+
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use blockwatch_proto::v1::{ProbeResult, StoredResult};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+
+pub use writer::WriteOutcome;
+
+/// Requests waiting for the writer thread. When full, callers wait (backpressure reaches the
+/// agents' streams).
+pub const WRITE_QUEUE: usize = 64;
+
+/// Bound on fjall's journal before it forces memtable flushes.
+const MAX_JOURNAL_BYTES: u64 = 128 * 1024 * 1024;
+
+/// A store failure, naming what failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store at {path}: {source}")]
+    Open { path: PathBuf, source: fjall::Error },
+    #[error("store write failed: {0}")]
+    Write(fjall::Error),
+    #[error("store read failed: {0}")]
+    Read(fjall::Error),
+    #[error("store record {key} is corrupt: {source}")]
+    Corrupt {
+        key: String,
+        source: prost::DecodeError,
+    },
+    #[error("the store writer has stopped")]
+    Closed,
+}
+
+#[derive(Clone)]
+pub(crate) struct Keyspaces {
+    db: Database,
+    results: Keyspace,
+    ids: Keyspace,
+    events: Keyspace,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    ks: Keyspaces,
+    tx: mpsc::Sender<writer::Request>,
+    writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` and starts its writer thread.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        let db = Database::builder(dir)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
+            .open()
+            .map_err(open_err)?;
+        let ks = Keyspaces {
+            results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
+            ids: db.keyspace("ids", KeyspaceCreateOptions::default).map_err(open_err)?,
+            events: db.keyspace("events", KeyspaceCreateOptions::default).map_err(open_err)?,
+            db,
+        };
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let handle = writer::spawn(ks.clone(), rx).map_err(|e| open_err(fjall::Error::Io(e)))?;
+        Ok(Store {
+            ks,
+            tx,
+            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Stores the results not stored yet; returns once they are durable.
+    pub async fn write_results(
+        &self,
+        results: Vec<ProbeResult>,
+        received_at: blockwatch_proto::time::Millis,
+    ) -> Result<WriteOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Request::Results {
+                results,
+                received_at,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Appends event lines to the event log; returns once they are durable.
+    pub async fn append_events(&self, lines: Vec<String>) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(writer::Request::Events { lines, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every stored result in the order received. Blocking: call from a blocking context.
+    pub fn results(&self) -> impl Iterator<Item = Result<StoredResult, StoreError>> + use<> {
+        self.ks.results.iter().map(|guard| {
+            let (k, v) = guard.into_inner().map_err(StoreError::Read)?;
+            StoredResult::decode(&*v).map_err(|source| StoreError::Corrupt {
+                key: format!("results/{}", key_seq(&k)),
+                source,
+            })
+        })
+    }
+
+    /// Every event line in the order emitted. Blocking.
+    pub fn events(&self) -> impl Iterator<Item = Result<String, StoreError>> + use<> {
+        self.ks.events.iter().map(|guard| {
+            let v = guard.value().map_err(StoreError::Read)?;
+            Ok(String::from_utf8_lossy(&v).into_owned())
+        })
+    }
+
+    /// Number of stored results. Blocking.
+    pub fn result_count(&self) -> Result<usize, StoreError> {
+        self.ks.results.len().map_err(StoreError::Read)
+    }
+
+    /// Stops the writer after the queued writes and flushes everything to disk.
+    pub fn close(self) {
+        let Store { ks, tx, writer } = self;
+        drop(tx);
+        if let Some(h) = writer.lock().ok().and_then(|mut g| g.take()) {
+            let _ = h.join();
+        }
+        let _ = ks.db.persist(fjall::PersistMode::SyncAll);
+    }
+}
+
+fn key_seq(k: &[u8]) -> u64 {
+    k.try_into().map(u64::from_be_bytes).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,74 @@
+use super::*;
+use blockwatch_proto::Outcome;
+
+fn result(id: &str) -> ProbeResult {
+    let mut r = ProbeResult {
+        probe_id: id.into(),
+        agent_id: "a1".into(),
+        region: "eu".into(),
+        target_id: "openai".into(),
+        started_at: Some(blockwatch_proto::time::to_timestamp(1_000)),
+        ..Default::default()
+    };
+    r.set_outcome(Outcome::Ok);
+    r
+}
+
+fn ids(store: &Store) -> Vec<String> {
+    store
+        .results()
+        .map(|r| r.unwrap().result.unwrap().probe_id)
+        .collect()
+}
+
+#[tokio::test]
+async fn stores_once_and_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let out = store
+        .write_results(vec![result("a1/1"), result("a1/2"), result("a1/1")], 5)
+        .await
+        .unwrap();
+    assert_eq!(out.stored.len(), 2);
+    assert_eq!(out.duplicates, vec!["a1/1".to_string()]);
+    let out = store.write_results(vec![result("a1/2"), result("a1/3")], 6).await.unwrap();
+    assert_eq!(out.stored.len(), 1);
+    assert_eq!(out.duplicates, vec!["a1/2".to_string()]);
+    store.append_events(vec!["{\"kind\":\"x\"}".into()]).await.unwrap();
+    store.close();
+
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(ids(&store), ["a1/1", "a1/2", "a1/3"]);
+    let out = store.write_results(vec![result("a1/3"), result("a1/4")], 7).await.unwrap();
+    assert_eq!((out.stored.len(), out.duplicates.len()), (1, 1));
+    assert_eq!(ids(&store), ["a1/1", "a1/2", "a1/3", "a1/4"]);
+    let stored: Vec<_> = store.results().map(|r| r.unwrap()).collect();
+    assert_eq!(stored[3].received_at.unwrap(), blockwatch_proto::time::to_timestamp(7));
+    assert_eq!(store.events().count(), 1);
+    store.close();
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_store_an_id_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch = (0..50).map(|i| result(&format!("p/{}", (i * 7 + w) % 100))).collect();
+            store.write_results(batch, w).await.unwrap().stored.len()
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, store.result_count().unwrap());
+    assert!(total <= 100);
+    let mut all = ids(&store);
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), total);
+    store.close();
+}

@@ -1,0 +1,117 @@
+//! Checks on a probe plan, shared by the collector (before pushing one) and the agent (before
+//! running one), so both sides refuse the same plans for the same reasons.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use crate::v1::Plan;
+
+/// Shortest probe interval a plan may ask for.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest probe interval a plan may ask for.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Most targets in one plan.
+pub const MAX_TARGETS: usize = 1000;
+
+fn duration(d: &prost_types::Duration) -> Option<Duration> {
+    (d.seconds >= 0 && d.nanos >= 0)
+        .then(|| Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+/// The problems of a plan, each naming the target and field; empty when the plan is usable.
+pub fn problems(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    let check_interval = |what: &str, d: &prost_types::Duration, out: &mut Vec<String>| match duration(d) {
+        Some(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => {}
+        _ => out.push(format!(
+            "{what}: interval {}s{}ns is outside 1s..=24h",
+            d.seconds, d.nanos
+        )),
+    };
+    match &plan.interval {
+        Some(d) => check_interval("plan", d, &mut out),
+        None => out.push("plan: no interval".to_string()),
+    }
+    if plan.targets.is_empty() {
+        out.push("plan: no targets".to_string());
+    }
+    if plan.targets.len() > MAX_TARGETS {
+        out.push(format!("plan: {} targets, at most {MAX_TARGETS}", plan.targets.len()));
+    }
+    let mut ids = HashSet::new();
+    for (i, t) in plan.targets.iter().enumerate() {
+        let what = format!("target[{i}] {:?}", t.id);
+        if t.id.is_empty() || t.id.len() > 64 || !t.id.chars().all(is_id_char) {
+            out.push(format!("{what}: id must be 1-64 of [A-Za-z0-9._-]"));
+        }
+        if !ids.insert(t.id.as_str()) {
+            out.push(format!("{what}: duplicate id"));
+        }
+        if let Err(e) = check_url(&t.url) {
+            out.push(format!("{what}: url {:?}: {e}", t.url));
+        }
+        if let Some(d) = &t.interval {
+            check_interval(&what, d, &mut out);
+        }
+    }
+    out
+}
+
+fn is_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// Checks that a probe URL is `https://host[:port]/path` (probes always use TLS).
+pub fn check_url(url: &str) -> Result<(), &'static str> {
+    let rest = url.strip_prefix("https://").ok_or("must start with https://")?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if host.contains('@') {
+        return Err("must not carry credentials");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::v1::PlanTarget;
+
+    fn plan(targets: Vec<PlanTarget>) -> Plan {
+        Plan {
+            version: 1,
+            targets,
+            interval: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
+        }
+    }
+
+    fn target(id: &str, url: &str) -> PlanTarget {
+        PlanTarget {
+            id: id.into(),
+            url: url.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn good_plan_passes() {
+        assert!(problems(&plan(vec![target("openai", "https://api.openai.com/v1/models")])).is_empty());
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let mut p = plan(vec![
+            target("a", "http://x/"),
+            target("a", "https:///"),
+            target("bad id", "https://h/"),
+        ]);
+        p.interval = Some(prost_types::Duration { seconds: 0, nanos: 5 });
+        let got = problems(&p);
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert!(got.iter().any(|m| m.contains("duplicate id")));
+        assert!(got.iter().any(|m| m.contains("https://")));
+        assert!(problems(&plan(vec![])).iter().any(|m| m.contains("no targets")));
+    }
+}
