@@ -1,1 +1,120 @@
+//! blockwatch agent: probes provider endpoints in phases (DNS → TCP → TLS → HTTP), classifies
+//! what happened, spools every result durably and streams it to the collector.
 
+pub mod cmd;
+pub mod config;
+pub mod plan;
+pub mod probe;
+pub mod scheduler;
+pub mod spool;
+pub mod targets;
+pub mod uplink;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+
+use crate::config::AgentConfig;
+use crate::probe::{Catalogue, Engine, EngineConfig};
+use crate::scheduler::ProbeContext;
+use crate::spool::{Spool, SpoolError};
+
+/// Probe requests from the collector waiting for the scheduler; when full, new ones are
+/// dropped (the next regular probe comes soon anyway).
+pub const PROBE_NOW_QUEUE: usize = 16;
+/// Body read cap for HTTP answers.
+pub const BODY_CAP: usize = 64 * 1024;
+
+/// Resolves once `stop` turns true (or its sender is gone).
+pub async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("probe engine: {0}")]
+    Engine(#[from] crate::probe::EngineError),
+    #[error("cannot read ca_file {path}: {source}")]
+    CaFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A running agent.
+pub struct Agent {
+    stop: watch::Sender<bool>,
+    scheduler: tokio::task::JoinHandle<()>,
+    uplink: tokio::task::JoinHandle<()>,
+    spool: Arc<Spool>,
+}
+
+impl Agent {
+    /// Opens the spool, builds the probe engine and starts the scheduler and uplink.
+    pub async fn start(cfg: AgentConfig) -> Result<Agent, StartError> {
+        let cfg = Arc::new(cfg);
+        let spool = {
+            let (dir, max) = (cfg.spool_dir.clone(), cfg.spool_max_mb * 1024 * 1024);
+            Arc::new(
+                tokio::task::spawn_blocking(move || Spool::open(&dir, max))
+                    .await
+                    .map_err(|e| SpoolError::Db { path: cfg.spool_dir.clone(), source: redb::Error::Io(std::io::Error::other(e)) })??,
+            )
+        };
+        let extra_ca_pem = match &cfg.ca_file {
+            Some(p) => Some(std::fs::read(p).map_err(|source| StartError::CaFile { path: p.clone(), source })?),
+            None => None,
+        };
+        let engine = Engine::new(EngineConfig {
+            nameservers: cfg.nameserver_addrs(),
+            extra_ca_pem,
+            poison: cfg.poison.clone(),
+            body_cap: BODY_CAP,
+        })?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (plan_tx, plan_rx) = watch::channel(plan::initial(&cfg));
+        let (probe_now_tx, probe_now_rx) = mpsc::channel(PROBE_NOW_QUEUE);
+        let new_results = Arc::new(Notify::new());
+        let ctx = ProbeContext {
+            cfg: Arc::clone(&cfg),
+            engine,
+            catalogue: Arc::new(Catalogue::builtin()),
+            spool: Arc::clone(&spool),
+            new_results: Arc::clone(&new_results),
+            permits: Arc::new(Semaphore::new(cfg.concurrency)),
+        };
+        let scheduler = tokio::spawn(scheduler::run(ctx, plan_rx, probe_now_rx, stop_rx.clone()));
+        let uplink = tokio::spawn(
+            uplink::Uplink {
+                cfg: Arc::clone(&cfg),
+                spool: Arc::clone(&spool),
+                new_results,
+                plan: plan_tx,
+                probe_now: probe_now_tx,
+                stop: stop_rx,
+                drain_deadline: Duration::from_secs(5),
+            }
+            .run(),
+        );
+        tracing::info!(agent_id = %cfg.agent_id, region = %cfg.region, collector = %cfg.collector,
+            pending = spool.stats().pending, "agent started");
+        Ok(Agent { stop, scheduler, uplink, spool })
+    }
+
+    /// Spool counters.
+    pub fn spool_stats(&self) -> spool::SpoolStats {
+        self.spool.stats()
+    }
+
+    /// Graceful shutdown: stop scheduling, let in-flight probes finish, flush what the
+    /// collector will take before the uplink's deadline, close the stream.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.scheduler.await;
+        let _ = self.uplink.await;
+    }
+}

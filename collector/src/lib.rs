@@ -3,6 +3,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod demo;
 pub mod detector;
 pub mod export;
 pub mod ingest;

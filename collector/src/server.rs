@@ -26,6 +26,8 @@ use crate::store::{Store, StoreError};
 pub const DETECTOR_QUEUE: usize = 1024;
 /// Events buffered per live subscriber; a slow subscriber misses the oldest.
 pub const EVENT_BROADCAST: usize = 1024;
+/// Result batches buffered per live subscriber (dashboards, the demo); lossy.
+pub const RESULT_BROADCAST: usize = 256;
 /// Largest gRPC message accepted from an agent.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -47,6 +49,8 @@ pub struct Collector {
     pub addr: SocketAddr,
     /// Live detector events.
     pub events: broadcast::Sender<Event>,
+    /// Live stored results, in batches as they were made durable.
+    pub results: broadcast::Sender<Arc<Vec<StoredResult>>>,
     /// The ingest state (agents seen).
     pub ingest: Arc<Ingest>,
     /// Replace the central plan (agents receive it on their open streams).
@@ -72,8 +76,9 @@ impl Collector {
                 .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) })??
         };
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
+        let (results, _) = broadcast::channel(RESULT_BROADCAST);
         let (det_tx, det_rx) = mpsc::channel(DETECTOR_QUEUE);
-        let detector = tokio::spawn(run_detector(detector, det_rx, store.clone(), events.clone()));
+        let detector = tokio::spawn(run_detector(detector, det_rx, store.clone(), events.clone(), results.clone()));
         let initial_plan = cfg.plan.as_ref().map(|p| crate::plan::to_proto(p, 1));
         let (plan, plan_rx) = watch::channel(initial_plan);
         let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, det_tx));
@@ -96,7 +101,7 @@ impl Collector {
                 }),
         );
         tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "collector listening");
-        Ok(Collector { addr, events, ingest, plan, store, stop, server, detector })
+        Ok(Collector { addr, events, results, ingest, plan, store, stop, server, detector })
     }
 
     /// A handle to the store (for export and queries).
@@ -160,12 +165,14 @@ async fn run_detector(
     mut rx: mpsc::Receiver<Vec<StoredResult>>,
     store: Store,
     events: broadcast::Sender<Event>,
+    results: broadcast::Sender<Arc<Vec<StoredResult>>>,
 ) {
     let mut out = Vec::new();
     while let Some(batch) = rx.recv().await {
         for stored in &batch {
             observe(&mut detector, stored, &mut out);
         }
+        let _ = results.send(Arc::new(batch));
         if out.is_empty() {
             continue;
         }

@@ -1,6 +1,7 @@
 //! Command-line interface: one file per command.
 
 
+mod demo;
 mod export;
 mod replay;
 mod serve;
@@ -72,7 +73,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { config, data_dir, format, output } => {
             export::run(config.as_deref(), data_dir, format, output.as_deref())
         }
-        Command::Demo { .. } => anyhow::bail!("demo: not built yet"),
+        Command::Demo { duration, interval } => demo::run(duration, interval),
     }
 }
 

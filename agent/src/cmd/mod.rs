@@ -1,0 +1,85 @@
+//! Command-line interface: one file per command.
+
+mod probe;
+mod run;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// blockwatch agent: probes API providers and reports to a collector.
+#[derive(Debug, Parser)]
+#[command(name = "blockwatch-agent", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent: probe the targets and report to the collector.
+    Run {
+        /// Agent config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config file and print the targets it would probe.
+    CheckConfig {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Probe one URL once and print every phase (exit 0 when reachable as expected).
+    Probe {
+        /// `https://host[:port]/path`
+        url: String,
+        /// Catalogue provider (default: by host, else generic).
+        #[arg(long, default_value = "")]
+        provider: String,
+        /// DNS server `ip[:port]` (default: the system resolver).
+        #[arg(long)]
+        resolver: Option<String>,
+        /// Extra CA certificate file (PEM).
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Probe timeout.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Local address to connect from.
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
+        /// Private and loopback DNS answers are expected (not forged).
+        #[arg(long)]
+        local: bool,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Run { config } => run::run(&config).map(|()| 0),
+        Command::CheckConfig { config } => run::check(&config).map(|()| 0),
+        Command::Probe { url, provider, resolver, ca, timeout, source, local, json } => {
+            probe::run(probe::Args { url, provider, resolver, ca, timeout, source, local, json })
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,233 @@
+//! The provider catalogue: which hosts belong to which AI API provider, which endpoint to
+//! probe, what a reachable answer looks like and how the provider refuses a location.
+//!
+//! Built-in entries hold facts from the providers' public documentation; config files can
+//! add or override entries with [`ProviderConfig`], with no code.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+use serde::{Deserialize, Serialize};
+
+/// Id of the fallback provider used for hosts no entry claims.
+pub const GENERIC: &str = "generic";
+
+/// Whether a location refusal can be seen by a probe, and with or without a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LocationVisibility {
+    /// A keyless probe already sees the refusal.
+    Keyless,
+    /// Only a keyed probe sees it (the keyless answer is an auth error everywhere).
+    Keyed,
+    /// Not known from public documentation.
+    #[default]
+    Unknown,
+}
+
+/// How a credential is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthStyle {
+    /// `Authorization: Bearer KEY`.
+    #[default]
+    Bearer,
+    /// `x-api-key: KEY` (Anthropic).
+    XApiKey,
+    /// `x-goog-api-key: KEY` (Gemini).
+    XGoogApiKey,
+    /// `api-key: KEY` (Azure OpenAI).
+    ApiKey,
+}
+
+impl AuthStyle {
+    /// The header name and value carrying `key`.
+    pub fn header(self, key: &str) -> (&'static str, String) {
+        match self {
+            AuthStyle::Bearer => ("authorization", format!("Bearer {key}")),
+            AuthStyle::XApiKey => ("x-api-key", key.to_string()),
+            AuthStyle::XGoogApiKey => ("x-goog-api-key", key.to_string()),
+            AuthStyle::ApiKey => ("api-key", key.to_string()),
+        }
+    }
+}
+
+/// One way a provider says "not from your location".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoSignature {
+    /// HTTP status of the refusal.
+    pub status: u16,
+    /// The provider's error code as found in the JSON body (`error.code`, `error.status`,
+    /// `error.type`, `__type` or `x-amzn-errortype`); matches when absent.
+    #[serde(default)]
+    pub code: Option<String>,
+    /// Substrings that must all appear in the body (ASCII case-insensitive).
+    #[serde(default)]
+    pub body_contains: Vec<String>,
+    /// The provider code to report when this signature matches.
+    pub provider_code: String,
+}
+
+/// A provider as written in a config file (and as the built-in entries are defined).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// Stable id (`openai`), as results report it.
+    pub id: String,
+    /// Host names this provider answers on; `*.example.com` matches any subdomain.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The path (and query) to probe, starting with `/`.
+    pub endpoint: String,
+    /// Statuses that mean "reachable" for a keyless probe.
+    pub reachable: Vec<u16>,
+    /// Statuses that mean "reachable" for a keyed probe.
+    #[serde(default = "default_reachable_keyed")]
+    pub reachable_keyed: Vec<u16>,
+    /// How the provider refuses a location.
+    #[serde(default)]
+    pub geo: Vec<GeoSignature>,
+    /// Whether such a refusal shows without a key.
+    #[serde(default)]
+    pub location_visibility: LocationVisibility,
+    /// How a credential is sent.
+    #[serde(default)]
+    pub auth: AuthStyle,
+    /// Extra request headers (`anthropic-version`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_reachable_keyed() -> Vec<u16> {
+    vec![200]
+}
+
+/// A checked catalogue entry. Cheap to share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    config: ProviderConfig,
+}
+
+impl Provider {
+    /// Checks a config entry.
+    pub fn new(config: ProviderConfig) -> Result<Provider, CatalogueError> {
+        let bad = |why: String| CatalogueError::Invalid { id: config.id.clone(), why };
+        if config.id.is_empty() || !config.id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
+            return Err(bad("id must be non-empty [A-Za-z0-9._-]".into()));
+        }
+        if !config.endpoint.starts_with('/') {
+            return Err(bad(format!("endpoint {:?} must start with /", config.endpoint)));
+        }
+        let statuses = config.reachable.iter().chain(&config.reachable_keyed).chain(config.geo.iter().map(|g| &g.status));
+        if let Some(s) = statuses.into_iter().find(|s| !(100..=599).contains(*s)) {
+            return Err(bad(format!("status {s} is not an HTTP status")));
+        }
+        for (k, v) in &config.headers {
+            if HeaderName::from_bytes(k.as_bytes()).is_err() || HeaderValue::from_str(v).is_err() {
+                return Err(bad(format!("header {k:?} is not a valid HTTP header")));
+            }
+        }
+        Ok(Provider { config })
+    }
+
+    /// The provider's id.
+    pub fn id(&self) -> &str {
+        &self.config.id
+    }
+
+    /// The entry as configured.
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    /// True when `host` (no port) is one of the provider's hosts. In a pattern, a leading
+    /// `*` label matches one or more labels (`*.openai.azure.com`) and any other `*` label
+    /// matches exactly one (`bedrock.*.amazonaws.com`).
+    pub fn owns_host(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let labels: Vec<&str> = host.split('.').collect();
+        self.config.hosts.iter().any(|pattern| {
+            let pattern = pattern.to_ascii_lowercase();
+            let pat: Vec<&str> = pattern.split('.').collect();
+            let (pat, tail_len) = match pat.split_first() {
+                Some((&"*", rest)) if labels.len() > rest.len() => (rest, rest.len()),
+                Some((&"*", _)) => return false,
+                _ if labels.len() == pat.len() => (&pat[..], pat.len()),
+                _ => return false,
+            };
+            let tail = &labels[labels.len() - tail_len..];
+            pat.iter().zip(tail).all(|(p, l)| *p == "*" || p == l)
+        })
+    }
+
+    /// The probe URL for one of the provider's hosts.
+    pub fn url_for(&self, host: &str) -> String {
+        format!("https://{host}{}", self.config.endpoint)
+    }
+}
+
+/// Problems with catalogue entries.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    /// An entry failed its checks.
+    #[error("provider {id:?}: {why}")]
+    Invalid {
+        /// The entry's id.
+        id: String,
+        /// What is wrong.
+        why: String,
+    },
+}
+
+/// All known providers, by id.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    providers: BTreeMap<String, Arc<Provider>>,
+}
+
+impl Catalogue {
+    /// The built-in catalogue (always holds [`GENERIC`]).
+    pub fn builtin() -> Catalogue {
+        // Built-in entries are constants that a unit test runs through `Provider::new`, so
+        // they are taken as they are here.
+        let providers = super::builtin::providers()
+            .into_iter()
+            .map(|config| (config.id.clone(), Arc::new(Provider { config })))
+            .collect();
+        Catalogue { providers }
+    }
+
+    /// The provider with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<Provider>> {
+        self.providers.get(id).cloned()
+    }
+
+    /// The provider owning `host`, or the generic one.
+    pub fn for_host(&self, host: &str) -> Arc<Provider> {
+        self.providers
+            .values()
+            .find(|p| p.owns_host(host))
+            .or_else(|| self.providers.get(GENERIC))
+            .cloned()
+            // Entries are only ever added or replaced, never removed, so the generic entry
+            // from `builtin()` is always there; this keeps the lookup total all the same.
+            .unwrap_or_else(|| Arc::new(Provider { config: super::builtin::generic() }))
+    }
+
+    /// Adds or replaces entries (an entry with a known id replaces it whole). Nothing is
+    /// changed when any entry is invalid.
+    pub fn extend(&mut self, configs: Vec<ProviderConfig>) -> Result<(), CatalogueError> {
+        let checked = configs.into_iter().map(Provider::new).collect::<Result<Vec<_>, _>>()?;
+        for p in checked {
+            self.providers.insert(p.id().to_string(), Arc::new(p));
+        }
+        Ok(())
+    }
+
+    /// All providers, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Provider>> {
+        self.providers.values()
+    }
+}

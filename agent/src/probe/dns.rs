@@ -1,0 +1,153 @@
+//! DNS phase: resolve the target's name with hickory, and check the answer for bogons.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use blockwatch_proto::Outcome;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
+};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::op::ResponseCode;
+use tokio::time::{Instant, timeout_at};
+
+use super::EngineError;
+use super::failure::{Failure, classify_io, ooni};
+
+/// Builds the resolver: the system's when `nameservers` is empty, else exactly those servers
+/// (UDP, each with its own port, so a local test server on `127.0.0.1:5353` works).
+pub(crate) fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, EngineError> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if nameservers.is_empty() {
+        TokioResolver::builder(provider).map_err(|e| EngineError::Resolver(e.to_string()))?
+    } else {
+        let servers = nameservers
+            .iter()
+            .map(|ns| {
+                let mut conn = ConnectionConfig::udp();
+                conn.port = ns.port();
+                NameServerConfig::new(ns.ip(), true, vec![conn])
+            })
+            .collect();
+        let mut b = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider);
+        // Configured servers are the measurement: /etc/hosts must not answer for them.
+        b.options_mut().use_hosts_file = ResolveHosts::Never;
+        b
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    // Every probe must really ask: a cached answer would hide a change in what the network
+    // says and would time nothing.
+    opts.cache_size = 0;
+    // The probe's own deadline bounds the lookup; these only shape retries inside it.
+    opts.timeout = Duration::from_secs(2);
+    opts.attempts = 2;
+    builder.build().map_err(|e| EngineError::Resolver(e.to_string()))
+}
+
+/// Resolves `host` before `deadline`. Bogon answers fail unless `allow_private`; answers in
+/// `poison` always fail. The addresses are returned on success and inside the bogon failure.
+pub(crate) async fn resolve(
+    resolver: &TokioResolver,
+    host: &str,
+    deadline: Instant,
+    allow_private: bool,
+    poison: &[IpAddr],
+) -> Result<Vec<IpAddr>, (Failure, Vec<IpAddr>)> {
+    // A trailing dot makes the name absolute, so search domains are never appended.
+    let fqdn = if host.ends_with('.') { host.to_string() } else { format!("{host}.") };
+    let lookup = match timeout_at(deadline, resolver.lookup_ip(fqdn)).await {
+        Err(_) => return Err((Failure::timeout(Outcome::DnsTimeout, "DNS lookup"), Vec::new())),
+        Ok(Err(e)) => return Err((classify_net_error(&e), Vec::new())),
+        Ok(Ok(lookup)) => lookup,
+    };
+    let addrs: Vec<IpAddr> = lookup.iter().collect();
+    if addrs.is_empty() {
+        return Err((Failure::new(Outcome::DnsNoAnswer, ooni::DNS_NO_ANSWER, "no address records"), addrs));
+    }
+    let forged: Vec<String> = addrs
+        .iter()
+        .filter(|a| poison.contains(a) || (!allow_private && is_bogon(**a)))
+        .map(|a| a.to_string())
+        .collect();
+    if !forged.is_empty() {
+        let detail = format!("answer contains bogon or poisoned addresses: {}", forged.join(", "));
+        return Err((Failure::new(Outcome::DnsBogon, ooni::DNS_BOGON, detail), addrs));
+    }
+    Ok(addrs)
+}
+
+fn classify_net_error(e: &NetError) -> Failure {
+    let detail = format!("DNS: {e}");
+    match e {
+        _ if e.is_nx_domain() => Failure::new(Outcome::DnsNxdomain, ooni::DNS_NXDOMAIN, detail),
+        _ if e.is_no_records_found() => Failure::new(Outcome::DnsNoAnswer, ooni::DNS_NO_ANSWER, detail),
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)) => {
+            Failure::new(Outcome::DnsServfail, ooni::DNS_REFUSED, detail)
+        }
+        NetError::Dns(DnsError::ResponseCode(_)) => {
+            Failure::new(Outcome::DnsServfail, ooni::DNS_SERVER_FAILURE, detail)
+        }
+        NetError::Timeout => Failure::new(Outcome::DnsTimeout, ooni::GENERIC_TIMEOUT, detail),
+        // The resolver could not talk to its servers at all (ICMP port unreachable, no
+        // route): it gave no usable answer, which the taxonomy files under servfail.
+        NetError::Io(io) => Failure::new(Outcome::DnsServfail, classify_io(io).1, detail),
+        _ => Failure::new(Outcome::DnsServfail, ooni::DNS_SERVER_FAILURE, detail),
+    }
+}
+
+/// True for addresses no public service answers from: private, loopback, link-local,
+/// shared (CGNAT), documentation, benchmarking, multicast, reserved and unspecified ranges.
+pub fn is_bogon(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_bogon_v4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_bogon_v4(v4),
+            None => is_bogon_v6(v6),
+        },
+    }
+}
+
+fn is_bogon_v4(ip: Ipv4Addr) -> bool {
+    let [a, b, c, _] = ip.octets();
+    ip.is_private()
+        || ip.is_loopback()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_documentation()
+        || ip.is_multicast()
+        || a == 0
+        || (a == 100 && (64..128).contains(&b)) // 100.64/10 shared address space
+        || (a == 192 && b == 0 && c == 0) // 192.0.0/24 IETF protocol assignments
+        || (a == 198 && (b == 18 || b == 19)) // 198.18/15 benchmarking
+        || a >= 240 // 240/4 reserved
+}
+
+fn is_bogon_v6(ip: Ipv6Addr) -> bool {
+    let s0 = ip.segments()[0];
+    ip.is_loopback()
+        || ip.is_unspecified()
+        || ip.is_multicast()
+        || (s0 & 0xfe00) == 0xfc00 // fc00::/7 unique local
+        || (s0 & 0xffc0) == 0xfe80 // fe80::/10 link-local
+        || (s0 == 0x2001 && ip.segments()[1] == 0x0db8) // 2001:db8::/32 documentation
+        || (s0 & 0xe000) != 0x2000 // outside 2000::/3, the global unicast space
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bogons() {
+        for b in ["10.1.2.3", "127.0.0.1", "169.254.1.1", "192.168.0.1", "100.64.0.1", "0.0.0.0",
+                  "198.18.0.1", "240.0.0.1", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "2001:db8::1"] {
+            assert!(is_bogon(b.parse().unwrap()), "{b}");
+        }
+        for g in ["8.8.8.8", "104.18.1.1", "2606:4700::1111", "2a00:1450::1"] {
+            assert!(!is_bogon(g.parse().unwrap()), "{g}");
+        }
+    }
+}

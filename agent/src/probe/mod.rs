@@ -1,0 +1,329 @@
+//! The layered probe engine: DNS → TCP → TLS → HTTP against one AI API endpoint, each phase
+//! timed and each failure named at the phase where it happened.
+//!
+//! The HTTP request runs over the very connection the TCP and TLS phases measured, so what
+//! is classified is what that path answered.
+
+mod builtin;
+pub mod catalogue;
+pub mod classify;
+mod credential;
+mod dns;
+pub mod failure;
+mod http;
+mod tcp;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blockwatch_proto::Outcome;
+use blockwatch_proto::v1::{PhaseDurations, ProbeResult};
+use bytes::Bytes;
+use hickory_resolver::TokioResolver;
+use http_body_util::Empty;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::time::Instant;
+
+pub use catalogue::{
+    AuthStyle, Catalogue, CatalogueError, GeoSignature, LocationVisibility, Provider, ProviderConfig,
+};
+pub use credential::{Credential, CredentialError};
+pub use dns::is_bogon;
+pub use failure::{Failure, ooni};
+
+use self::failure::ooni as f;
+
+/// Response headers that identify the edge or the origin, copied into results.
+pub const EDGE_HEADERS: &[&str] = &["cf-ray", "server", "x-request-id", "x-amzn-requestid", "cf-mitigated", "via"];
+
+/// Default cap on the response body read, in bytes.
+pub const DEFAULT_BODY_CAP: usize = 64 * 1024;
+
+/// How the engine resolves, trusts and reads.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// DNS servers (`ip:port`); empty means the system resolver.
+    pub nameservers: Vec<SocketAddr>,
+    /// Extra trusted CA certificates (PEM), added to the webpki roots.
+    pub extra_ca_pem: Option<Vec<u8>>,
+    /// Addresses that mean a forged DNS answer wherever they appear.
+    pub poison: Vec<IpAddr>,
+    /// Most response body bytes read.
+    pub body_cap: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> EngineConfig {
+        EngineConfig { nameservers: Vec::new(), extra_ca_pem: None, poison: Vec::new(), body_cap: DEFAULT_BODY_CAP }
+    }
+}
+
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The resolver could not be configured (for example no usable system configuration).
+    #[error("resolver: {0}")]
+    Resolver(String),
+    /// `extra_ca_pem` holds no usable certificate.
+    #[error("extra CA: {0}")]
+    Ca(String),
+    /// The TLS configuration was refused.
+    #[error("TLS config: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// One probe to run.
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    /// `https://host[:port]/path`.
+    pub url: String,
+    /// The catalogue entry the target belongs to.
+    pub provider: Arc<Provider>,
+    /// The whole probe's budget, all phases together.
+    pub timeout: Duration,
+    /// Local address to connect from, when the agent has several.
+    pub source_address: Option<IpAddr>,
+    /// The target is local: private and loopback answers are not bogons.
+    pub allow_private: bool,
+    /// A key to send; only ever sent to one of the provider's own hosts.
+    pub credential: Option<Credential>,
+}
+
+/// What a probe found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbeReport {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// OONI-style failure string; empty when the outcome is `ok`.
+    pub failure: String,
+    /// Per-phase durations in microseconds; a phase that did not run is 0.
+    pub durations: PhaseDurations,
+    /// HTTP status, 0 when none arrived.
+    pub http_status: u32,
+    /// The provider's or edge's error code.
+    pub provider_code: String,
+    /// The provider id of the spec.
+    pub provider: String,
+    /// `ip:port` connected to, empty when none.
+    pub peer_address: String,
+    /// `ip:port` connected from, empty when none.
+    pub local_address: String,
+    /// What DNS answered (also on a bogon failure).
+    pub resolved: Vec<IpAddr>,
+    /// Edge-identifying response headers ([`EDGE_HEADERS`]).
+    pub edge_headers: BTreeMap<String, String>,
+    /// Human-readable detail of the outcome.
+    pub detail: String,
+    /// True when a credential was sent.
+    pub keyed: bool,
+}
+
+impl ProbeReport {
+    fn new(provider: &str) -> ProbeReport {
+        ProbeReport {
+            outcome: Outcome::Unspecified,
+            failure: String::new(),
+            durations: PhaseDurations::default(),
+            http_status: 0,
+            provider_code: String::new(),
+            provider: provider.to_string(),
+            peer_address: String::new(),
+            local_address: String::new(),
+            resolved: Vec::new(),
+            edge_headers: BTreeMap::new(),
+            detail: String::new(),
+            keyed: false,
+        }
+    }
+
+    /// Copies the report into a wire result; the caller sets ids, times and flags.
+    pub fn fill(&self, r: &mut ProbeResult) {
+        r.outcome = self.outcome as i32;
+        r.failure = self.failure.clone();
+        r.durations = Some(self.durations);
+        r.http_status = self.http_status;
+        r.provider_code = self.provider_code.clone();
+        r.provider = self.provider.clone();
+        r.peer_address = self.peer_address.clone();
+        r.local_address = self.local_address.clone();
+        r.resolved_addresses = self.resolved.iter().map(IpAddr::to_string).collect();
+        r.edge_headers = self.edge_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        r.detail = self.detail.clone();
+        r.keyed = self.keyed;
+    }
+}
+
+/// The probe engine. Cheap to clone and share: everything is behind one `Arc`.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    resolver: TokioResolver,
+    tls: Arc<ClientConfig>,
+    poison: Vec<IpAddr>,
+    body_cap: usize,
+}
+
+fn micros(d: Duration) -> u64 {
+    // At least 1 µs for a phase that ran, so "ran" and "did not run" stay distinguishable.
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The parts of a probe URL.
+struct Target {
+    host: String,
+    port: u16,
+    path: String,
+    authority: String,
+}
+
+fn parse_url(url: &str) -> Result<Target, Failure> {
+    let bad = |why: &str| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("bad probe URL {url:?}: {why}"));
+    blockwatch_proto::plan::check_url(url).map_err(bad)?;
+    let uri: ::http::Uri = url.parse().map_err(|_| bad("not a URI"))?;
+    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
+    // IPv6 literals come bracketed; the bare address is what DNS, TCP and SNI need.
+    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+    Ok(Target {
+        port: authority.port_u16().unwrap_or(443),
+        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        authority: authority.as_str().to_string(),
+        host,
+    })
+}
+
+impl Engine {
+    /// Builds an engine: the resolver, and the TLS client configuration with the webpki roots
+    /// plus `extra_ca_pem`.
+    pub fn new(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                resolver: dns::resolver(&cfg.nameservers)?,
+                tls: tls::client_config(cfg.extra_ca_pem.as_deref())?,
+                poison: cfg.poison,
+                body_cap: cfg.body_cap,
+            }),
+        })
+    }
+
+    /// Runs one probe. Never panics and returns within `spec.timeout` plus scheduling slack:
+    /// every phase waits on the same deadline.
+    pub async fn probe(&self, spec: &ProbeSpec) -> ProbeReport {
+        let start = Instant::now();
+        let mut rep = ProbeReport::new(spec.provider.id());
+        if let Err(f) = self.run(spec, start + spec.timeout, &mut rep).await {
+            rep.outcome = f.outcome;
+            rep.failure = f.failure;
+            rep.detail = f.detail;
+        }
+        rep.durations.total_us = micros(start.elapsed());
+        rep
+    }
+
+    async fn run(&self, spec: &ProbeSpec, deadline: Instant, rep: &mut ProbeReport) -> Result<(), Failure> {
+        let target = parse_url(&spec.url)?;
+        let provider = &spec.provider;
+        let credential = match &spec.credential {
+            Some(c) if provider.owns_host(&target.host) => Some(c),
+            Some(_) => {
+                return Err(Failure::new(
+                    Outcome::AgentError,
+                    f::UNKNOWN,
+                    format!("credential withheld: {} is not a host of provider {}", target.host, provider.id()),
+                ));
+            }
+            None => None,
+        };
+
+        let addrs = match target.host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => {
+                let t = Instant::now();
+                let res = dns::resolve(&self.inner.resolver, &target.host, deadline, spec.allow_private, &self.inner.poison).await;
+                rep.durations.dns_us = micros(t.elapsed());
+                match res {
+                    Ok(addrs) => {
+                        rep.resolved = addrs.clone();
+                        addrs
+                    }
+                    Err((failure, addrs)) => {
+                        rep.resolved = addrs;
+                        return Err(failure);
+                    }
+                }
+            }
+        };
+        // Connect to the first address of the source address's family (IPv4 when unbound).
+        let want_v6 = spec.source_address.is_some_and(|s| s.is_ipv6());
+        let ip = addrs.iter().find(|a| a.is_ipv6() == want_v6).or(addrs.first()).copied().ok_or_else(|| {
+            Failure::new(Outcome::DnsNoAnswer, f::DNS_NO_ANSWER, "no address to connect to")
+        })?;
+        let peer = SocketAddr::new(ip, target.port);
+
+        let t = Instant::now();
+        let res = tcp::connect(peer, spec.source_address, deadline).await;
+        rep.durations.connect_us = micros(t.elapsed());
+        let tcp = res?;
+        rep.peer_address = peer.to_string();
+        rep.local_address = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|e| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("server name {:?}: {e}", target.host)))?;
+        let t = Instant::now();
+        let res = tls::handshake(self.inner.tls.clone(), name, tcp, deadline).await;
+        rep.durations.tls_us = micros(t.elapsed());
+        let tls = res?;
+
+        let req = build_request(&target, provider, credential)?;
+        rep.keyed = credential.is_some();
+        let answer = match http::exchange(tls, req, self.inner.body_cap, deadline).await {
+            Ok(a) => a,
+            Err((failure, spent)) => {
+                rep.durations.http_us = micros(spent);
+                return Err(failure);
+            }
+        };
+        rep.durations.http_ttfb_us = micros(answer.ttfb);
+        rep.durations.http_us = micros(answer.total);
+        rep.http_status = u32::from(answer.status);
+        for name in EDGE_HEADERS {
+            if let Some(v) = answer.headers.get(*name).and_then(|v| v.to_str().ok()) {
+                rep.edge_headers.insert(name.to_string(), v.to_string());
+            }
+        }
+        let verdict = classify::classify(provider, rep.keyed, answer.status, &answer.headers, &answer.body);
+        rep.outcome = verdict.outcome;
+        rep.provider_code = verdict.provider_code;
+        rep.detail = verdict.detail;
+        if verdict.outcome != Outcome::Ok {
+            rep.failure = f::HTTP_REQUEST_FAILED.to_string();
+        }
+        Ok(())
+    }
+}
+
+fn build_request(
+    target: &Target,
+    provider: &Provider,
+    credential: Option<&Credential>,
+) -> Result<::http::Request<Empty<Bytes>>, Failure> {
+    let mut b = ::http::Request::get(target.path.as_str())
+        .header(::http::header::HOST, target.authority.as_str())
+        .header(::http::header::USER_AGENT, concat!("blockwatch-probe/", env!("CARGO_PKG_VERSION")))
+        .header(::http::header::ACCEPT, "application/json");
+    for (k, v) in &provider.config().headers {
+        b = b.header(k.as_str(), v.as_str());
+    }
+    if let Some(c) = credential {
+        let (name, value) = c.header(provider.config().auth);
+        b = b.header(name, value);
+    }
+    b.body(Empty::new())
+        .map_err(|e| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("building request: {e}")))
+}

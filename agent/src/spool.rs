@@ -1,0 +1,280 @@
+//! The agent's spool: every result is written here (fsync'd) before it is sent, and removed
+//! only when the collector acknowledges it as durable. On redb.
+//!
+//! Tables:
+//! - `pending`: sequence number → `ProbeResult` (protobuf), oldest first.
+//! - `meta`: `next_seq`, `epoch`, `dropped_total` and the running byte count.
+//!
+//! The spool is bounded: when the pending results exceed `max_bytes`, the oldest are dropped,
+//! counted in `dropped_total`, and logged; the uplink reports drops to the collector.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use blockwatch_proto::v1::ProbeResult;
+use prost::Message;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// A spool failure, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool {path}: {source}")]
+    Db { path: PathBuf, source: redb::Error },
+    #[error("spool {path}: record {seq} is corrupt: {source}")]
+    Corrupt {
+        path: PathBuf,
+        seq: u64,
+        source: prost::DecodeError,
+    },
+}
+
+/// Counters of a spool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolStats {
+    /// Results waiting for an ack.
+    pub pending: u64,
+    /// Their encoded size.
+    pub bytes: u64,
+    /// Results dropped because the spool was full, since it was created.
+    pub dropped_total: u64,
+    /// Sequence numbers of the last drop (first, last), when any.
+    pub last_drop: Option<(u64, u64)>,
+}
+
+struct State {
+    next_seq: u64,
+    stats: SpoolStats,
+}
+
+/// Store-and-forward queue of results.
+pub struct Spool {
+    db: Database,
+    path: PathBuf,
+    max_bytes: u64,
+    epoch: u64,
+    state: Mutex<State>,
+}
+
+impl Spool {
+    /// Opens or creates the spool file `dir/spool.redb`, bounded to `max_bytes` of results.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, SpoolError> {
+        let path = dir.join("spool.redb");
+        let err = |e: redb::Error| SpoolError::Db { path: path.clone(), source: e };
+        std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::Io(e)))?;
+        let db = Database::create(&path).map_err(|e| err(e.into()))?;
+        let txn = db.begin_write().map_err(|e| err(e.into()))?;
+        let (next_seq, epoch, stats) = {
+            let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
+            let pending = txn.open_table(PENDING).map_err(|e| err(e.into()))?;
+            fn get(meta: &redb::Table<&str, u64>, k: &str) -> Result<Option<u64>, redb::Error> {
+                Ok(meta.get(k)?.map(|v| v.value()))
+            }
+            let epoch = match get(&meta, "epoch").map_err(err)? {
+                Some(e) => e,
+                None => {
+                    // A fresh spool gets a random epoch so its sequence numbers never collide
+                    // with those of an earlier spool of the same agent.
+                    let e = fastrand::u64(1..u64::from(u32::MAX));
+                    meta.insert("epoch", e).map_err(|e| err(e.into()))?;
+                    e
+                }
+            };
+            let next_seq = get(&meta, "next_seq").map_err(err)?.unwrap_or(1);
+            let stats = SpoolStats {
+                pending: pending.len().map_err(|e| err(e.into()))?,
+                bytes: get(&meta, "bytes").map_err(err)?.unwrap_or(0),
+                dropped_total: get(&meta, "dropped_total").map_err(err)?.unwrap_or(0),
+                last_drop: None,
+            };
+            (next_seq, epoch, stats)
+        };
+        txn.commit().map_err(|e| err(e.into()))?;
+        Ok(Spool {
+            db,
+            path,
+            max_bytes,
+            epoch,
+            state: Mutex::new(State { next_seq, stats }),
+        })
+    }
+
+    fn err(&self, e: impl Into<redb::Error>) -> SpoolError {
+        SpoolError::Db { path: self.path.clone(), source: e.into() }
+    }
+
+    /// The spool's epoch, part of every probe id it hands out.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> SpoolStats {
+        self.state.lock().map(|s| s.stats).unwrap_or_default()
+    }
+
+    /// Gives `result` the next sequence number and probe id (`AGENT/EPOCH/SEQ`), writes it
+    /// durably, and drops the oldest results if the spool is over its bound. Returns the
+    /// sequence number. Blocking (fsync).
+    pub fn append(&self, agent_id: &str, result: &mut ProbeResult) -> Result<u64, SpoolError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = state.next_seq;
+        result.seq = seq;
+        result.probe_id = format!("{agent_id}/{:x}/{seq}", self.epoch);
+        let bytes = result.encode_to_vec();
+        let mut stats = state.stats;
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            pending.insert(seq, bytes.as_slice()).map_err(|e| self.err(e))?;
+            stats.pending += 1;
+            stats.bytes += bytes.len() as u64;
+            let mut dropped = None::<(u64, u64)>;
+            while stats.bytes > self.max_bytes && stats.pending > 1 {
+                let Some((k, v)) = pending.pop_first().map_err(|e| self.err(e))? else { break };
+                let (k, len) = (k.value(), v.value().len() as u64);
+                stats.pending -= 1;
+                stats.bytes = stats.bytes.saturating_sub(len);
+                stats.dropped_total += 1;
+                dropped = Some(dropped.map_or((k, k), |(f, _)| (f, k)));
+            }
+            if let Some((first, last)) = dropped {
+                tracing::warn!(first_seq = first, last_seq = last, dropped_total = stats.dropped_total,
+                    max_bytes = self.max_bytes, "spool full: dropped the oldest results");
+                stats.last_drop = Some((first, last));
+            }
+            meta.insert("next_seq", seq + 1).map_err(|e| self.err(e))?;
+            meta.insert("bytes", stats.bytes).map_err(|e| self.err(e))?;
+            meta.insert("dropped_total", stats.dropped_total).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        state.next_seq = seq + 1;
+        state.stats = stats;
+        Ok(seq)
+    }
+
+    /// Up to `limit` pending results not in `skip`: the oldest first, except that up to
+    /// `fresh` of the newest are taken too, so a backlog does not hold back fresh results.
+    pub fn pending(
+        &self,
+        limit: usize,
+        fresh: usize,
+        skip: &std::collections::HashSet<u64>,
+    ) -> Result<Vec<ProbeResult>, SpoolError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        let table = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+        let mut out: Vec<ProbeResult> = Vec::with_capacity(limit);
+        let mut taken = std::collections::HashSet::new();
+        let mut take = |k: u64, v: &[u8], out: &mut Vec<ProbeResult>| -> Result<(), SpoolError> {
+            if skip.contains(&k) || !taken.insert(k) {
+                return Ok(());
+            }
+            let r = ProbeResult::decode(v).map_err(|source| SpoolError::Corrupt {
+                path: self.path.clone(),
+                seq: k,
+                source,
+            })?;
+            out.push(r);
+            Ok(())
+        };
+        for item in table.iter().map_err(|e| self.err(e))?.rev() {
+            if out.len() >= fresh.min(limit) {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            take(k.value(), v.value(), &mut out)?;
+        }
+        for item in table.iter().map_err(|e| self.err(e))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            take(k.value(), v.value(), &mut out)?;
+        }
+        out.sort_by_key(|r| r.seq);
+        Ok(out)
+    }
+
+    /// Removes acknowledged results. Blocking (fsync).
+    pub fn remove(&self, seqs: &[u64]) -> Result<(), SpoolError> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = state.stats;
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.err(e))?;
+            for &seq in seqs {
+                if let Some(v) = pending.remove(seq).map_err(|e| self.err(e))? {
+                    stats.pending -= 1;
+                    stats.bytes = stats.bytes.saturating_sub(v.value().len() as u64);
+                }
+            }
+            meta.insert("bytes", stats.bytes).map_err(|e| self.err(e))?;
+        }
+        txn.commit().map_err(|e| self.err(e))?;
+        state.stats = stats;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn result(target: &str) -> ProbeResult {
+        ProbeResult {
+            agent_id: "a1".into(),
+            target_id: target.into(),
+            detail: "x".repeat(100),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn append_pending_remove_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let mut seqs = Vec::new();
+        for _ in 0..5 {
+            seqs.push(spool.append("a1", &mut result("t")).unwrap());
+        }
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        let got = spool.pending(3, 0, &HashSet::new()).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(got[0].probe_id, format!("a1/{:x}/1", spool.epoch()));
+        let got = spool.pending(3, 1, &HashSet::from([1])).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3, 5]);
+        spool.remove(&[1, 2]).unwrap();
+        let epoch = spool.epoch();
+        drop(spool);
+
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(spool.epoch(), epoch);
+        assert_eq!(spool.stats().pending, 3);
+        assert_eq!(spool.append("a1", &mut result("t")).unwrap(), 6);
+        let got = spool.pending(10, 0, &HashSet::new()).unwrap();
+        assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4, 5, 6]);
+    }
+
+    #[test]
+    fn full_spool_drops_oldest_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = result("t").encoded_len() as u64 + 20;
+        let spool = Spool::open(dir.path(), one * 3).unwrap();
+        for _ in 0..10 {
+            spool.append("a1", &mut result("t")).unwrap();
+        }
+        let stats = spool.stats();
+        assert!(stats.pending <= 3, "{stats:?}");
+        assert_eq!(stats.pending + stats.dropped_total, 10);
+        let got = spool.pending(10, 0, &HashSet::new()).unwrap();
+        assert_eq!(got.last().unwrap().seq, 10);
+        drop(spool);
+        let spool = Spool::open(dir.path(), one * 3).unwrap();
+        assert_eq!(spool.stats().dropped_total, stats.dropped_total);
+    }
+}

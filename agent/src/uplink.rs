@@ -1,0 +1,298 @@
+//! The uplink to the collector: `Register`, then the `Report` stream with batches read from
+//! the spool, acks that delete them, heartbeats, plan updates and probe requests; reconnects
+//! with exponential backoff and jitter.
+//!
+//! Memory is bounded: at most `MAX_IN_FLIGHT` batches are unacknowledged at once; everything
+//! else waits on disk in the spool.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blockwatch_proto::v1::fleet_client::FleetClient;
+use blockwatch_proto::v1::{
+    AgentMessage, Heartbeat, Hello, Plan, RegisterRequest, ResultBatch, SpoolDrops, agent_message,
+    collector_message,
+};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::{Instant, sleep_until};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::config::AgentConfig;
+use crate::plan::{self, ActivePlan};
+use crate::spool::{Spool, SpoolError};
+
+/// Unacknowledged batches allowed at once.
+pub const MAX_IN_FLIGHT: usize = 4;
+/// Largest batch the agent sends, whatever the collector allows.
+pub const MAX_BATCH: usize = 500;
+/// How long a fresh result may wait for companions before its batch goes out.
+pub const BATCH_LINGER: Duration = Duration::from_millis(200);
+/// Messages queued towards the collector; when full the uplink waits (HTTP/2 flow control).
+pub const OUTBOUND_QUEUE: usize = 8;
+/// Largest gRPC message.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+/// Pace of catching up on a backlog: one batch per tick.
+const CATCHUP_TICK: Duration = Duration::from_millis(250);
+const BACKOFF_MIN: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a session with the collector ended.
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("collector endpoint {endpoint:?}: {source}")]
+    Endpoint {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot reach collector at {endpoint}: {source}")]
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
+    #[error("collector refused: {0}")]
+    Refused(tonic::Status),
+    #[error("report stream: {0}")]
+    Stream(tonic::Status),
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error("collector closed the report stream")]
+    Closed,
+    #[error("spool task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Runs a blocking spool operation off the async runtime.
+async fn on_spool<T: Send + 'static>(
+    spool: &Arc<Spool>,
+    f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, UplinkError> {
+    let spool = Arc::clone(spool);
+    Ok(tokio::task::spawn_blocking(move || f(&spool)).await??)
+}
+
+/// Everything the uplink shares with the rest of the agent.
+pub struct Uplink {
+    pub cfg: Arc<AgentConfig>,
+    pub spool: Arc<Spool>,
+    /// Signalled when a new result is in the spool.
+    pub new_results: Arc<Notify>,
+    /// The plan in force; the uplink replaces it when the collector pushes one.
+    pub plan: watch::Sender<ActivePlan>,
+    /// Targets the collector wants probed now.
+    pub probe_now: mpsc::Sender<String>,
+    /// Becomes true when the agent shuts down.
+    pub stop: watch::Receiver<bool>,
+    /// How long shutdown waits for outstanding acks.
+    pub drain_deadline: Duration,
+}
+
+enum End {
+    Stopped,
+}
+
+impl Uplink {
+    /// Runs sessions until shutdown, reconnecting with backoff.
+    pub async fn run(mut self) {
+        let mut failures = 0u32;
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let started = Instant::now();
+            match self.session().await {
+                Ok(End::Stopped) => return,
+                Err(e) => {
+                    if started.elapsed() > BACKOFF_MAX {
+                        failures = 0;
+                    }
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(failures);
+                    tracing::warn!(error = %e, retry_in = ?delay, "collector session ended");
+                    let mut stop = self.stop.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = crate::stopped(&mut stop) => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<FleetClient<Channel>, UplinkError> {
+        let endpoint = &self.cfg.collector;
+        let ep = Endpoint::from_shared(endpoint.clone())
+            .map_err(|source| UplinkError::Endpoint { endpoint: endpoint.clone(), source })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = ep
+            .connect()
+            .await
+            .map_err(|source| UplinkError::Connect { endpoint: endpoint.clone(), source })?;
+        Ok(FleetClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    fn apply_plan(&self, p: &Plan) {
+        if p.version == self.plan.borrow().version {
+            return;
+        }
+        match plan::apply(&self.cfg, p) {
+            Ok(active) => {
+                tracing::info!(version = active.version, targets = active.targets.len(), "plan from collector applied");
+                self.plan.send_replace(active);
+            }
+            Err(problems) => tracing::error!(version = p.version, problems = %problems.join("; "),
+                "refused plan from collector; keeping the current one"),
+        }
+    }
+
+    async fn session(&mut self) -> Result<End, UplinkError> {
+        let mut client = self.connect().await?;
+        let plan_version = self.plan.borrow().version;
+        let reg = client
+            .register(RegisterRequest {
+                agent_id: self.cfg.agent_id.clone(),
+                region: self.cfg.region.clone(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                capabilities: ["spool", "confirm", "plan", "probe_now"].map(String::from).to_vec(),
+                plan_version,
+            })
+            .await
+            .map_err(UplinkError::Refused)?
+            .into_inner();
+        if let Some(p) = &reg.plan {
+            self.apply_plan(p);
+        }
+        let max_batch = (reg.max_batch as usize).clamp(1, MAX_BATCH);
+        let heartbeat = reg
+            .heartbeat_interval
+            .map_or(Duration::from_secs(15), |d| Duration::from_secs(d.seconds.clamp(1, 3600) as u64));
+
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        let hello = AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: self.cfg.agent_id.clone() })) };
+        tx.send(hello).await.map_err(|_| UplinkError::Closed)?;
+        let mut inbound = client
+            .report(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(UplinkError::Refused)?
+            .into_inner();
+        tracing::info!(collector = %self.cfg.collector, "connected to collector");
+
+        let mut in_flight: HashMap<u64, Vec<u64>> = HashMap::new();
+        let mut next_batch = 1u64;
+        let mut reported_drops = 0u64;
+        let mut linger: Option<Instant> = Some(Instant::now());
+        let mut catchup = tokio::time::interval(CATCHUP_TICK);
+        let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        let new_results = Arc::clone(&self.new_results);
+        let mut stop = self.stop.clone();
+        let mut draining_until: Option<Instant> = None;
+
+        loop {
+            let mut send_now = false;
+            tokio::select! {
+                m = inbound.message() => {
+                    let m = m.map_err(UplinkError::Stream)?.ok_or(UplinkError::Closed)?;
+                    match m.kind {
+                        Some(collector_message::Kind::Ack(ack)) => {
+                            if let Some(seqs) = in_flight.remove(&ack.batch_id) {
+                                on_spool(&self.spool, move |s| s.remove(&seqs)).await?;
+                                send_now = true;
+                            }
+                        }
+                        Some(collector_message::Kind::Reject(rej)) => {
+                            tracing::error!(batch_id = rej.batch_id, reason = %rej.reason, results = rej.probe_ids.len(),
+                                "collector rejected results; dropping them from the spool");
+                            let seqs: Vec<u64> = rej.probe_ids.iter().filter_map(|id| id.rsplit('/').next()?.parse().ok()).collect();
+                            if let Some(batch) = in_flight.get_mut(&rej.batch_id) {
+                                batch.retain(|s| !seqs.contains(s));
+                            }
+                            on_spool(&self.spool, move |s| s.remove(&seqs)).await?;
+                        }
+                        Some(collector_message::Kind::Plan(p)) => self.apply_plan(&p),
+                        Some(collector_message::Kind::ProbeNow(p)) => {
+                            if self.probe_now.try_send(p.target_id.clone()).is_err() {
+                                tracing::debug!(target = %p.target_id, "probe request dropped: scheduler busy");
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                _ = new_results.notified() => {
+                    linger.get_or_insert_with(|| Instant::now() + BATCH_LINGER);
+                }
+                _ = async { sleep_until(linger.unwrap_or_else(Instant::now)).await }, if linger.is_some() => {
+                    linger = None;
+                    send_now = true;
+                }
+                _ = catchup.tick() => send_now = true,
+                _ = beat.tick() => {
+                    let hb = AgentMessage { kind: Some(agent_message::Kind::Heartbeat(Heartbeat { spooled: self.spool.stats().pending })) };
+                    tx.send(hb).await.map_err(|_| UplinkError::Closed)?;
+                }
+                _ = crate::stopped(&mut stop), if draining_until.is_none() => {
+                    draining_until = Some(Instant::now() + self.drain_deadline);
+                    send_now = true;
+                }
+                _ = async { sleep_until(draining_until.unwrap_or_else(Instant::now)).await }, if draining_until.is_some() => {
+                    tracing::warn!(unacked = in_flight.len(), "shutdown deadline: leaving unacked results in the spool");
+                    return Ok(End::Stopped);
+                }
+            }
+            let stats = self.spool.stats();
+            if stats.dropped_total > reported_drops {
+                let (first_seq, last_seq) = stats.last_drop.unwrap_or_default();
+                let drops = AgentMessage { kind: Some(agent_message::Kind::Drops(SpoolDrops { dropped_total: stats.dropped_total, first_seq, last_seq })) };
+                tx.send(drops).await.map_err(|_| UplinkError::Closed)?;
+                reported_drops = stats.dropped_total;
+            }
+            if send_now {
+                let skip: HashSet<u64> = in_flight.values().flatten().copied().collect();
+                // One batch per wake-up: a backlog drains at a bounded pace, fresh results
+                // ride along in each batch.
+                if in_flight.len() < MAX_IN_FLIGHT {
+                    let batch = on_spool(&self.spool, move |s| s.pending(max_batch, max_batch / 4 + 1, &skip)).await?;
+                    if !batch.is_empty() {
+                        let id = next_batch;
+                        next_batch += 1;
+                        in_flight.insert(id, batch.iter().map(|r| r.seq).collect());
+                        let msg = AgentMessage { kind: Some(agent_message::Kind::Batch(ResultBatch { batch_id: id, results: batch })) };
+                        tx.send(msg).await.map_err(|_| UplinkError::Closed)?;
+                    }
+                }
+            }
+            if draining_until.is_some() && in_flight.is_empty() && self.spool.stats().pending == 0 {
+                return Ok(End::Stopped);
+            }
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: uniformly in [min, min·2^n] capped at the maximum.
+fn backoff(failures: u32) -> Duration {
+    let cap = BACKOFF_MIN
+        .saturating_mul(1u32 << failures.min(16))
+        .min(BACKOFF_MAX);
+    let span = cap.saturating_sub(BACKOFF_MIN).as_millis() as u64;
+    BACKOFF_MIN + Duration::from_millis(fastrand::u64(0..=span))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        for n in 1..40 {
+            let d = backoff(n);
+            assert!(d >= BACKOFF_MIN && d <= BACKOFF_MAX, "{n}: {d:?}");
+        }
+        let early: Duration = (0..200).map(|_| backoff(1)).sum();
+        let late: Duration = (0..200).map(|_| backoff(10)).sum();
+        assert!(late > early * 4);
+    }
+}

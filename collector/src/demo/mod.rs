@@ -1,0 +1,231 @@
+//! `blockwatch-collector demo`: the whole system on loopback. A collector, two simulated
+//! providers (real HTTPS with a locally made certificate, answering like the real APIs), and
+//! agents in three regions, each agent connecting from its own 127.0.0.x address. Part-way
+//! through, the simulated OpenAI starts refusing one region's addresses with its real
+//! `unsupported_country_region_territory` answer, and the detector has to notice.
+
+mod https;
+mod pki;
+mod providers;
+
+pub use https::{Canned, Handler, serve_https};
+pub use pki::{LocalPki, PkiError};
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use blockwatch_agent::Agent;
+use blockwatch_agent::config::{AgentConfig, ConfirmConfig, TargetConfig};
+use blockwatch_proto::Outcome;
+use blockwatch_proto::time::{Millis, format_rfc3339};
+use tokio::net::TcpListener;
+
+use crate::config::CollectorConfig;
+use crate::detector::{Event, EventKind};
+use crate::server::Collector;
+
+/// The demo's regions and the loopback addresses their agents connect from.
+pub const REGIONS: &[(&str, [u8; 2])] = &[("eu-west", [2, 3]), ("us-east", [4, 5]), ("hk", [6, 7])];
+/// The region the simulated OpenAI blocks.
+pub const BLOCKED_REGION: &str = "hk";
+
+/// What a demo run saw.
+#[derive(Debug, Default)]
+pub struct DemoReport {
+    pub block_began: Option<Millis>,
+    pub detected: Option<Event>,
+    pub false_alarms: Vec<Event>,
+}
+
+/// Runs the demo for `duration`, probing every `interval`, printing as it goes.
+pub async fn run(duration: Duration, interval: Duration, out: &mut (dyn std::io::Write + Send)) -> anyhow::Result<DemoReport> {
+    let work = tempfile_dir()?;
+    let pki = LocalPki::generate(&["localhost", "127.0.0.1"])?;
+    let ca_file = work.join("demo-ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem)?;
+
+    let blocking = Arc::new(AtomicBool::new(false));
+    let blocked_ips: Vec<IpAddr> = REGIONS
+        .iter()
+        .filter(|(r, _)| *r == BLOCKED_REGION)
+        .flat_map(|(_, hosts)| hosts.iter().map(|h| IpAddr::V4(Ipv4Addr::new(127, 0, 0, *h))))
+        .collect();
+    let openai = TcpListener::bind("127.0.0.1:0").await?;
+    let anthropic = TcpListener::bind("127.0.0.1:0").await?;
+    let (openai_addr, anthropic_addr) = (openai.local_addr()?, anthropic.local_addr()?);
+    let servers = [
+        serve_https(openai, pki.server_config.clone(), providers::openai(Arc::clone(&blocking), blocked_ips)),
+        serve_https(anthropic, pki.server_config.clone(), providers::anthropic()),
+    ];
+
+    let collector = Collector::start(&CollectorConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir: work.join("collector"),
+        ..Default::default()
+    })
+    .await?;
+    let mut events = collector.events.subscribe();
+    let mut results = collector.results.subscribe();
+
+    writeln!(out, "blockwatch demo: everything below runs on this machine, on loopback.\n")?;
+    writeln!(out, "  collector        grpc://{}", collector.addr)?;
+    writeln!(out, "  simulated OpenAI     https://{openai_addr}/v1/models  (keyless answer: 401 = reachable)")?;
+    writeln!(out, "  simulated Anthropic  https://{anthropic_addr}/v1/models  (keyless answer: 401 = reachable)")?;
+    let mut agents = Vec::new();
+    for (region, hosts) in REGIONS {
+        for (i, host) in hosts.iter().enumerate() {
+            let id = format!("{region}-{}", i + 1);
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, *host));
+            writeln!(out, "  agent {id:<12} region {region:<8} probes from {source}")?;
+            agents.push(Agent::start(agent_config(&id, region, source, &collector, &work, &ca_file, interval, [openai_addr, anthropic_addr])).await?);
+        }
+    }
+    let block_at = duration / 3;
+    writeln!(out, "\nEvery agent probes both providers every {}. After {} the simulated OpenAI starts",
+        humantime::format_duration(interval), humantime::format_duration(block_at))?;
+    writeln!(out, "refusing region {BLOCKED_REGION:?} with its real 403 unsupported_country_region_territory answer.\n")?;
+
+    let mut report = DemoReport::default();
+    let start = tokio::time::Instant::now();
+    let deadline = start + duration;
+    let mut block_timer = std::pin::pin!(tokio::time::sleep_until(start + block_at));
+    let mut block_armed = true;
+    let mut table = tokio::time::interval_at(start + interval * 5, interval * 5);
+    let mut window: BTreeMap<(String, String), (u32, u32, Option<Outcome>)> = BTreeMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break,
+            _ = &mut block_timer, if block_armed => {
+                block_armed = false;
+                blocking.store(true, Ordering::SeqCst);
+                let now = blockwatch_proto::time::now();
+                report.block_began = Some(now);
+                writeln!(out, "\n>>> {}  simulated OpenAI now refuses region {BLOCKED_REGION:?} (403 unsupported_country_region_territory)\n", clock(now))?;
+            }
+            _ = table.tick() => {
+                print_window(out, &window, start.elapsed())?;
+                window.clear();
+            }
+            Ok(batch) = results.recv() => {
+                for s in batch.iter() {
+                    let Some(r) = &s.result else { continue };
+                    let e = window.entry((r.target_id.clone(), r.region.clone())).or_default();
+                    if r.outcome() == Outcome::Ok { e.0 += 1 } else { e.1 += 1; e.2 = Some(r.outcome()) }
+                }
+            }
+            Ok(ev) = events.recv() => {
+                print_event(out, &ev, report.block_began)?;
+                let genuine = ev.kind == EventKind::BlockStarted && ev.target == "openai" && ev.region == BLOCKED_REGION && report.block_began.is_some();
+                if genuine && report.detected.is_none() {
+                    report.detected = Some(ev);
+                } else if ev.kind == EventKind::BlockStarted {
+                    report.false_alarms.push(ev);
+                }
+            }
+        }
+    }
+    writeln!(out)?;
+    for a in agents {
+        a.shutdown().await;
+    }
+    collector.shutdown(Duration::from_secs(5)).await;
+    for s in servers {
+        s.abort();
+    }
+    summarize(out, &report, interval)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn agent_config(
+    id: &str,
+    region: &str,
+    source: IpAddr,
+    collector: &Collector,
+    work: &std::path::Path,
+    ca_file: &std::path::Path,
+    interval: Duration,
+    [openai, anthropic]: [SocketAddr; 2],
+) -> AgentConfig {
+    let target = |id: &str, addr: SocketAddr, provider: &str| TargetConfig {
+        id: id.into(),
+        url: format!("https://{addr}/v1/models"),
+        provider: provider.into(),
+        interval: None,
+        expect_status: Vec::new(),
+        local: true,
+        pin: false,
+    };
+    AgentConfig {
+        agent_id: id.into(),
+        region: region.into(),
+        collector: format!("http://{}", collector.addr),
+        interval,
+        timeout: (interval / 2).clamp(Duration::from_millis(500), Duration::from_secs(10)),
+        source_address: Some(source),
+        spool_dir: work.join(format!("spool-{id}")),
+        spool_max_mb: 16,
+        concurrency: 4,
+        confirm: ConfirmConfig { count: 1, min_delay: interval / 5, max_delay: interval / 4 },
+        nameservers: Vec::new(),
+        ca_file: Some(ca_file.to_owned()),
+        poison: Vec::new(),
+        targets: vec![target("openai", openai, "openai"), target("anthropic", anthropic, "anthropic")],
+    }
+}
+
+fn tempfile_dir() -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("blockwatch-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn clock(ms: Millis) -> String {
+    format_rfc3339(ms)[11..23].to_string()
+}
+
+fn print_window(
+    out: &mut (dyn std::io::Write + Send),
+    window: &BTreeMap<(String, String), (u32, u32, Option<Outcome>)>,
+    elapsed: Duration,
+) -> std::io::Result<()> {
+    writeln!(out, "t+{:>3}s  results in the last few intervals (ok / failed):", elapsed.as_secs())?;
+    for (region, _) in REGIONS {
+        let mut line = format!("    {region:<8}");
+        for target in ["openai", "anthropic"] {
+            let (ok, bad, last) = window.get(&(target.to_string(), region.to_string())).copied().unwrap_or_default();
+            let why = last.map(|o| format!(" ({})", o.name())).unwrap_or_default();
+            line.push_str(&format!("  {target:<9} {ok:>2} ok / {bad:>2} failed{why:<22}"));
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn print_event(out: &mut (dyn std::io::Write + Send), ev: &Event, began: Option<Millis>) -> std::io::Result<()> {
+    let kind = serde_json::to_value(ev.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+    writeln!(out, "\n*** {kind}: target {} in region {}", ev.target, ev.region)?;
+    writeln!(out, "    onset (estimated change point)  {}", clock(ev.onset))?;
+    writeln!(out, "    detected at                     {}", clock(ev.detected_at))?;
+    if let Some(b) = began {
+        writeln!(out, "    block really began              {}  (onset error {:+.1}s, detected {:.1}s after)",
+            clock(b), (ev.onset - b) as f64 / 1000.0, (ev.detected_at - b) as f64 / 1000.0)?;
+    }
+    writeln!(out, "    evidence                        {}\n", serde_json::to_string(&ev.evidence).unwrap_or_default())
+}
+
+fn summarize(out: &mut (dyn std::io::Write + Send), report: &DemoReport, interval: Duration) -> std::io::Result<()> {
+    match (&report.detected, report.block_began) {
+        (Some(ev), Some(began)) => writeln!(out,
+            "Result: the block of openai in {BLOCKED_REGION} was detected {:.1}s ({:.1} probe intervals) after it began; {} false alarm(s).",
+            (ev.detected_at - began) as f64 / 1000.0,
+            (ev.detected_at - began) as f64 / interval.as_millis() as f64,
+            report.false_alarms.len()),
+        _ => writeln!(out, "Result: the block was NOT detected in this run (try a longer --duration)."),
+    }
+}
