@@ -114,6 +114,7 @@ impl Collector {
     pub async fn shutdown(self, deadline: std::time::Duration) {
         let Collector { stop, server, detector, store, ingest, .. } = self;
         let _ = stop.send(());
+        ingest.close_streams();
         if tokio::time::timeout(deadline, server).await.is_err() {
             tracing::warn!("streams still open at the shutdown deadline; closing anyway");
         }

@@ -1,1 +1,172 @@
-//! Helpers for the end-to-end tests.
+//! Helpers for the end-to-end tests: find the built binaries, start them as processes on
+//! loopback with free ports, wait for conditions with deadlines, read exports.
+//!
+//! The binaries must be built first (`cargo build --bins`); the README's test command does.
+
+pub mod provider;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use blockwatch_proto::trace::TraceRecord;
+
+/// Path of a workspace binary, next to the test executable's `deps/` folder.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is not built; run `cargo build --bins` first", path.display());
+    path
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or panics naming `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process that is killed when dropped; its stderr goes to a file.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `bin args…`, logging stderr to `log`.
+    pub fn start(bin: &Path, args: &[&str], log: PathBuf) -> Proc {
+        let err = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .expect("spawn");
+        Proc { child, log }
+    }
+
+    /// What the process logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait (up to 15 s) for a clean exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let end = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < end {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        panic!("process did not exit within 15s of SIGTERM; log:\n{}", self.log());
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// True when something accepts TCP connections on `addr`.
+pub fn listening(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// A collector process with its own data directory.
+pub struct CollectorProc {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: PathBuf,
+}
+
+impl CollectorProc {
+    /// Starts `blockwatch-collector serve` in `dir` on a free port (or `port`), with `extra`
+    /// config lines, and waits until it listens.
+    pub fn start(dir: &Path, port: Option<u16>, extra: &str) -> CollectorProc {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or_else(free_port)));
+        let data_dir = dir.join("collector-data");
+        let config = dir.join("collector.toml");
+        std::fs::write(&config, format!("listen = \"{addr}\"\ndata_dir = \"{}\"\n{extra}\n", data_dir.display()))
+            .expect("write config");
+        let log = dir.join(format!("collector-{}.log", addr.port()));
+        let proc = Proc::start(&bin("blockwatch-collector"), &["serve", "--config", config.to_str().unwrap()], log);
+        let c = CollectorProc { proc, addr, data_dir, config };
+        wait_for("collector to listen", Duration::from_secs(20), || listening(addr).then_some(()));
+        c
+    }
+}
+
+/// Writes an agent config and starts `blockwatch-agent run`.
+pub fn start_agent(dir: &Path, id: &str, config_body: &str) -> Proc {
+    let config = dir.join(format!("{id}.toml"));
+    std::fs::write(&config, config_body).expect("write agent config");
+    Proc::start(&bin("blockwatch-agent"), &["run", "--config", config.to_str().unwrap()], dir.join(format!("{id}.log")))
+}
+
+/// Runs a binary to completion.
+pub fn run(bin: &Path, args: &[&str]) -> Output {
+    Command::new(bin).args(args).output().expect("run")
+}
+
+/// Exports a stopped collector's store and parses it.
+pub fn export(data_dir: &Path) -> Vec<TraceRecord> {
+    let out = run(&bin("blockwatch-collector"), &["export", "--data-dir", data_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "export failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout)
+        .expect("utf-8 export")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad export line {l:?}: {e}")))
+        .collect()
+}
+
+/// Per agent: the sequence numbers of its stored results (from `AGENT/EPOCH/SEQ` ids),
+/// sorted, and panics if any probe id appears twice.
+pub fn seqs_by_agent(records: &[TraceRecord]) -> BTreeMap<String, Vec<u64>> {
+    let mut ids = std::collections::HashSet::new();
+    let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for r in records {
+        assert!(ids.insert(r.probe_id.clone()), "probe {} stored twice", r.probe_id);
+        let seq = r.probe_id.rsplit('/').next().and_then(|s| s.parse().ok()).expect("probe id ends in a sequence");
+        out.entry(r.agent_id.clone()).or_default().push(seq);
+    }
+    for v in out.values_mut() {
+        v.sort_unstable();
+    }
+    out
+}
+
+/// Reads a whole file to a string (empty when missing).
+pub fn read(path: &Path) -> String {
+    let mut s = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let _ = f.read_to_string(&mut s);
+    }
+    s
+}

@@ -41,6 +41,7 @@ pub struct Ingest {
     plan: watch::Receiver<Option<Plan>>,
     agents: Mutex<HashMap<String, AgentInfo>>,
     detector: mpsc::Sender<Vec<StoredResult>>,
+    stop: watch::Sender<bool>,
 }
 
 impl Ingest {
@@ -59,7 +60,13 @@ impl Ingest {
             plan,
             agents: Mutex::new(HashMap::new()),
             detector,
+            stop: watch::channel(false).0,
         }
+    }
+
+    /// Ends every open Report stream (agents reconnect elsewhere or later).
+    pub fn close_streams(&self) {
+        self.stop.send_replace(true);
     }
 
     /// Known agents and what was last heard of them.
@@ -175,9 +182,11 @@ impl Ingest {
         let mut plan = self.plan.clone();
         plan.mark_unchanged();
         let mut plan_open = true;
+        let mut stop = self.stop.subscribe();
         loop {
             let message = tokio::select! {
                 m = inbound.message() => m?,
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(()),
                 changed = plan.changed(), if plan_open => {
                     if changed.is_err() {
                         plan_open = false;

@@ -1,0 +1,55 @@
+//! A simulated provider for agent tests: real HTTPS on loopback with a locally made CA,
+//! answering OpenAI's keyless 401, or its geo refusal to chosen source addresses.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use blockwatch_collector::demo::{Canned, LocalPki, serve_https};
+
+/// OpenAI's keyless answer and its location refusal (see the collector's demo providers).
+const REACHABLE: &str = r#"{"error":{"message":"You didn't provide an API key.","type":"invalid_request_error","param":null,"code":null}}"#;
+const GEO: &str = r#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
+
+/// A running simulated provider.
+pub struct Provider {
+    pub addr: SocketAddr,
+    pub ca_file: PathBuf,
+    /// Source addresses currently refused.
+    pub blocked: Arc<Mutex<Vec<IpAddr>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Provider {
+    /// Starts on a free port of 127.0.0.1 and writes its CA to `dir/ca.pem`.
+    pub fn start(dir: &Path) -> Provider {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let pki = LocalPki::generate(&["localhost", "127.0.0.1"]).expect("pki");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, &pki.ca_pem).expect("write ca");
+        let blocked: Arc<Mutex<Vec<IpAddr>>> = Arc::default();
+        let refused = Arc::clone(&blocked);
+        let addr = rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            serve_https(
+                listener,
+                pki.server_config.clone(),
+                Arc::new(move |peer, _req| {
+                    if refused.lock().map(|b| b.contains(&peer.ip())).unwrap_or(false) {
+                        Canned::json(403, GEO)
+                    } else {
+                        Canned::json(401, REACHABLE)
+                    }
+                }),
+            );
+            addr
+        });
+        Provider { addr, ca_file, blocked, _rt: rt }
+    }
+
+    /// The probe URL.
+    pub fn url(&self) -> String {
+        format!("https://{}/v1/models", self.addr)
+    }
+}
