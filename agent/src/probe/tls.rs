@@ -121,7 +121,8 @@ fn classify_handshake_error(e: &io::Error, seen: &Seen) -> Failure {
     let detail = format!("TLS handshake: {e} (sent {written} B, received {read} B)");
     let outcome = match kind {
         // A reset that met our very first write came before the ClientHello left: the
-        // connection was cut at the TCP level, not in answer to the SNI.
+        // connection was cut at the TCP level, not in answer to the SNI. (A RST that lands
+        // while connect() completes is caught earlier, by the TCP phase.)
         IoKind::Reset if written == 0 && seen.write_failed.load(Ordering::Relaxed) => Outcome::TcpReset,
         IoKind::Reset => Outcome::TlsReset,
         IoKind::Eof => Outcome::TlsEof,
