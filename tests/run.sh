@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what the tests need (as root, from Debian's packages),
+# builds the binaries the end-to-end tests start, runs every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Test dependencies: python3 runs the detector's scorer; nftables, iproute2 and util-linux
+# (unshare) let the black-hole/reset tests build a private network namespace.
+need=()
+command -v python3 >/dev/null || need+=(python3)
+command -v nft >/dev/null || need+=(nftables)
+command -v ip >/dev/null || need+=(iproute2)
+command -v unshare >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing test dependencies: ${need[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "note: missing ${need[*]} (not root or no apt-get); the tests that need them will say so and skip"
+  fi
+fi
+
+cargo build --workspace --bins --locked
+cargo test --workspace --locked -- --test-threads=2
