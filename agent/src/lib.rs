@@ -47,7 +47,8 @@ pub enum StartError {
 
 /// A running agent.
 pub struct Agent {
-    stop: watch::Sender<bool>,
+    stop_probes: watch::Sender<bool>,
+    stop_uplink: watch::Sender<bool>,
     scheduler: tokio::task::JoinHandle<()>,
     uplink: tokio::task::JoinHandle<()>,
     spool: Arc<Spool>,
@@ -75,7 +76,8 @@ impl Agent {
             poison: cfg.poison.clone(),
             body_cap: BODY_CAP,
         })?;
-        let (stop, stop_rx) = watch::channel(false);
+        let (stop_probes, probes_rx) = watch::channel(false);
+        let (stop_uplink, uplink_rx) = watch::channel(false);
         let (plan_tx, plan_rx) = watch::channel(plan::initial(&cfg));
         let (probe_now_tx, probe_now_rx) = mpsc::channel(PROBE_NOW_QUEUE);
         let new_results = Arc::new(Notify::new());
@@ -87,7 +89,7 @@ impl Agent {
             new_results: Arc::clone(&new_results),
             permits: Arc::new(Semaphore::new(cfg.concurrency)),
         };
-        let scheduler = tokio::spawn(scheduler::run(ctx, plan_rx, probe_now_rx, stop_rx.clone()));
+        let scheduler = tokio::spawn(scheduler::run(ctx, plan_rx, probe_now_rx, probes_rx));
         let uplink = tokio::spawn(
             uplink::Uplink {
                 cfg: Arc::clone(&cfg),
@@ -95,14 +97,14 @@ impl Agent {
                 new_results,
                 plan: plan_tx,
                 probe_now: probe_now_tx,
-                stop: stop_rx,
+                stop: uplink_rx,
                 drain_deadline: Duration::from_secs(5),
             }
             .run(),
         );
         tracing::info!(agent_id = %cfg.agent_id, region = %cfg.region, collector = %cfg.collector,
             pending = spool.stats().pending, "agent started");
-        Ok(Agent { stop, scheduler, uplink, spool })
+        Ok(Agent { stop_probes, stop_uplink, scheduler, uplink, spool })
     }
 
     /// Spool counters.
@@ -113,8 +115,10 @@ impl Agent {
     /// Graceful shutdown: stop scheduling, let in-flight probes finish, flush what the
     /// collector will take before the uplink's deadline, close the stream.
     pub async fn shutdown(self) {
-        let _ = self.stop.send(true);
+        // Probes first, so the uplink's final flush includes the last results.
+        let _ = self.stop_probes.send(true);
         let _ = self.scheduler.await;
+        let _ = self.stop_uplink.send(true);
         let _ = self.uplink.await;
     }
 }

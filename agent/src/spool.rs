@@ -18,6 +18,10 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 const PENDING: TableDefinition<u64, &[u8]> = TableDefinition::new("pending");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// redb's page cache. The spool is written once and read once per result, so a large cache
+/// buys nothing and would count against the agent's footprint.
+const SPOOL_CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// A spool failure, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
@@ -64,7 +68,10 @@ impl Spool {
         let path = dir.join("spool.redb");
         let err = |e: redb::Error| SpoolError::Db { path: path.clone(), source: e };
         std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::Io(e)))?;
-        let db = Database::create(&path).map_err(|e| err(e.into()))?;
+        let db = Database::builder()
+            .set_cache_size(SPOOL_CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| err(e.into()))?;
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
         let (next_seq, epoch, stats) = {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
@@ -108,6 +115,11 @@ impl Spool {
     /// The spool's epoch, part of every probe id it hands out.
     pub fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The sequence number of the newest result ever appended (0 when none).
+    pub fn last_seq(&self) -> u64 {
+        self.state.lock().map(|s| s.next_seq - 1).unwrap_or(0)
     }
 
     /// Current counters.

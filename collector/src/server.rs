@@ -104,6 +104,27 @@ impl Collector {
         Ok(Collector { addr, events, results, ingest, plan, store, stop, server, detector })
     }
 
+    /// Replaces the central plan when it differs from the running one; returns the new plan
+    /// version. Agents receive it on their open streams.
+    pub fn replace_plan(&self, plan: Option<&crate::config::PlanConfig>) -> Option<u64> {
+        let mut version = None;
+        self.plan.send_if_modified(|current| {
+            let old_version = current.as_ref().map_or(0, |p| p.version);
+            let next = plan.map(|p| crate::plan::to_proto(p, old_version + 1));
+            let same = match (&*current, &next) {
+                (Some(a), Some(b)) => a.targets == b.targets && a.interval == b.interval,
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                version = Some(next.as_ref().map_or(0, |p| p.version));
+                *current = next;
+            }
+            !same
+        });
+        version
+    }
+
     /// A handle to the store (for export and queries).
     pub fn store(&self) -> &Store {
         &self.store

@@ -3,6 +3,7 @@
 //!
 //! The binaries must be built first (`cargo build --bins`); the README's test command does.
 
+pub mod fake_collector;
 pub mod faultkit;
 pub mod provider;
 

@@ -17,6 +17,8 @@ pub struct Provider {
     pub ca_file: PathBuf,
     /// Source addresses currently refused.
     pub blocked: Arc<Mutex<Vec<IpAddr>>>,
+    /// Every source address that made a request, with the request path.
+    pub seen: Arc<Mutex<std::collections::BTreeSet<(IpAddr, String)>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -29,13 +31,18 @@ impl Provider {
         std::fs::write(&ca_file, &pki.ca_pem).expect("write ca");
         let blocked: Arc<Mutex<Vec<IpAddr>>> = Arc::default();
         let refused = Arc::clone(&blocked);
+        let seen: Arc<Mutex<std::collections::BTreeSet<(IpAddr, String)>>> = Arc::default();
+        let record = Arc::clone(&seen);
         let addr = rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
             serve_https(
                 listener,
                 pki.server_config.clone(),
-                Arc::new(move |peer, _req| {
+                Arc::new(move |peer, req| {
+                    if let Ok(mut s) = record.lock() {
+                        s.insert((peer.ip(), req.uri.path().to_string()));
+                    }
                     if refused.lock().map(|b| b.contains(&peer.ip())).unwrap_or(false) {
                         Canned::json(403, GEO)
                     } else {
@@ -45,11 +52,16 @@ impl Provider {
             );
             addr
         });
-        Provider { addr, ca_file, blocked, _rt: rt }
+        Provider { addr, ca_file, blocked, seen, _rt: rt }
     }
 
     /// The probe URL.
     pub fn url(&self) -> String {
-        format!("https://{}/v1/models", self.addr)
+        self.url_at("/v1/models")
+    }
+
+    /// A probe URL with another path (every path answers alike).
+    pub fn url_at(&self, path: &str) -> String {
+        format!("https://{}{path}", self.addr)
     }
 }

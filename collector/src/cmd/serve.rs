@@ -2,6 +2,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::CollectorConfig;
 use crate::server::Collector;
@@ -14,26 +15,29 @@ pub fn run(config: &Path) -> anyhow::Result<()> {
     let cfg = CollectorConfig::load(config)?;
     super::runtime()?.block_on(async {
         let collector = Collector::start(&cfg).await.context("collector failed to start")?;
-        shutdown_signal().await;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+                _ = hup.recv() => reload(&collector, config),
+            }
+        }
         tracing::info!("shutting down");
         collector.shutdown(SHUTDOWN_DEADLINE).await;
         Ok(())
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+/// SIGHUP: re-reads the config and pushes a changed plan to every connected agent. A config
+/// that does not load is refused whole and the running plan stays.
+fn reload(collector: &Collector, path: &Path) {
+    match CollectorConfig::load(path) {
+        Ok(cfg) => match collector.replace_plan(cfg.plan.as_ref()) {
+            Some(version) => tracing::info!(version, "plan reloaded and pushed to agents"),
+            None => tracing::info!("config reloaded; plan unchanged"),
+        },
+        Err(e) => tracing::error!(error = %e, "config reload refused; keeping the running plan"),
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
