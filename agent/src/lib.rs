@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 
 use crate::config::AgentConfig;
-use crate::probe::{Catalogue, Engine, EngineConfig};
+use crate::probe::{Engine, EngineConfig, ProbeSpec, egress};
 use crate::scheduler::ProbeContext;
 use crate::spool::{Spool, SpoolError};
 
@@ -43,6 +43,10 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("provider catalogue: {0}")]
+    Catalogue(#[from] crate::probe::CatalogueError),
+    #[error("credentials: {}", .0.join("; "))]
+    Credentials(Vec<String>),
 }
 
 /// A running agent.
@@ -58,6 +62,8 @@ impl Agent {
     /// Opens the spool, builds the probe engine and starts the scheduler and uplink.
     pub async fn start(cfg: AgentConfig) -> Result<Agent, StartError> {
         let cfg = Arc::new(cfg);
+        let catalogue = Arc::new(cfg.catalogue()?);
+        let credentials = Arc::new(cfg.credentials(|k| std::env::var(k).ok()).map_err(StartError::Credentials)?);
         let spool = {
             let (dir, max) = (cfg.spool_dir.clone(), cfg.spool_max_mb * 1024 * 1024);
             Arc::new(
@@ -81,13 +87,29 @@ impl Agent {
         let (plan_tx, plan_rx) = watch::channel(plan::initial(&cfg));
         let (probe_now_tx, probe_now_rx) = mpsc::channel(PROBE_NOW_QUEUE);
         let new_results = Arc::new(Notify::new());
+        let (egress_tx, egress_rx) = watch::channel(String::new());
+        if let Some(url) = &cfg.egress_echo_url {
+            let spec = ProbeSpec {
+                url: url.clone(),
+                provider: targets::provider_for(&catalogue, probe::catalogue::GENERIC, url, &[]),
+                timeout: cfg.timeout,
+                source_address: cfg.source_address,
+                allow_private: false,
+                credential: None,
+            };
+            // It holds nothing to flush, so it simply ends on `stop`; results wait for nothing
+            // from it (they carry no egress address until the first look-up succeeds).
+            tokio::spawn(egress::keep_current(engine.clone(), spec, egress::REFRESH, egress::RETRY, egress_tx, probes_rx.clone()));
+        }
         let ctx = ProbeContext {
             cfg: Arc::clone(&cfg),
             engine,
-            catalogue: Arc::new(Catalogue::builtin()),
+            catalogue,
             spool: Arc::clone(&spool),
             new_results: Arc::clone(&new_results),
             permits: Arc::new(Semaphore::new(cfg.concurrency)),
+            credentials,
+            egress: egress_rx,
         };
         let scheduler = tokio::spawn(scheduler::run(ctx, plan_rx, probe_now_rx, probes_rx));
         let uplink = tokio::spawn(

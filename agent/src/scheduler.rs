@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Credentials};
 use crate::plan::{ActivePlan, Target};
 use crate::probe::{Catalogue, Engine, ProbeSpec};
 use crate::spool::Spool;
@@ -32,6 +32,10 @@ pub struct ProbeContext {
     pub spool: Arc<Spool>,
     pub new_results: Arc<Notify>,
     pub permits: Arc<Semaphore>,
+    /// Targets' API keys, read once at start (see [`AgentConfig::credentials`]).
+    pub credentials: Arc<Credentials>,
+    /// The agent's egress address as last looked up; empty when unknown.
+    pub egress: watch::Receiver<String>,
 }
 
 /// Runs the plan until `stop`; in-flight probes finish (each bounded by its timeout).
@@ -161,7 +165,7 @@ pub async fn probe_once(ctx: &ProbeContext, target: &Target, confirmation: bool)
         timeout: ctx.cfg.timeout,
         source_address: ctx.cfg.source_address,
         allow_private: target.local,
-        credential: None,
+        credential: target.credential.as_ref().and_then(|c| ctx.credentials.get(c)).cloned(),
     };
     let started_at = blockwatch_proto::time::now();
     let Ok(report) = tokio::time::timeout(ctx.cfg.timeout + PROBE_SLACK, ctx.engine.probe(&spec)).await else {
@@ -178,6 +182,7 @@ pub async fn probe_once(ctx: &ProbeContext, target: &Target, confirmation: bool)
         provider: spec.provider.id().to_string(),
         confirmation,
         control: target.control,
+        egress_address: ctx.egress.borrow().clone(),
         ..Default::default()
     };
     report.fill(&mut result);

@@ -21,9 +21,10 @@ pub fn provider_for(catalogue: &Catalogue, provider: &str, url: &str, expect_sta
     Provider::new(cfg).map(Arc::new).unwrap_or(base)
 }
 
-/// The host of an `https://host[:port]/path` URL (brackets kept off IPv6 literals).
+/// The host of an `https://host[:port]/path` or `tcp://host:port` URL (brackets kept off
+/// IPv6 literals).
 pub fn host_of(url: &str) -> &str {
-    let rest = url.strip_prefix("https://").unwrap_or(url);
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if let Some(v6) = authority.strip_prefix('[') {
         return v6.split(']').next().unwrap_or("");
@@ -40,6 +41,7 @@ mod tests {
         assert_eq!(host_of("https://api.openai.com/v1/models"), "api.openai.com");
         assert_eq!(host_of("https://127.0.0.1:8443/v1/models"), "127.0.0.1");
         assert_eq!(host_of("https://[::1]:8443/x"), "::1");
+        assert_eq!(host_of("tcp://collector:7400"), "collector");
     }
 
     #[test]

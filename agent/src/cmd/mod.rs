@@ -4,7 +4,6 @@ mod probe;
 mod run;
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -30,31 +29,7 @@ pub enum Command {
         config: PathBuf,
     },
     /// Probe one URL once and print every phase (exit 0 when reachable as expected).
-    Probe {
-        /// `https://host[:port]/path`
-        url: String,
-        /// Catalogue provider (default: by host, else generic).
-        #[arg(long, default_value = "")]
-        provider: String,
-        /// DNS server `ip[:port]` (default: the system resolver).
-        #[arg(long)]
-        resolver: Option<String>,
-        /// Extra CA certificate file (PEM).
-        #[arg(long)]
-        ca: Option<PathBuf>,
-        /// Probe timeout.
-        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
-        /// Local address to connect from.
-        #[arg(long)]
-        source: Option<std::net::IpAddr>,
-        /// Private and loopback DNS answers are expected (not forged).
-        #[arg(long)]
-        local: bool,
-        /// Print one JSON object instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Probe(Box<probe::Args>),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -62,9 +37,7 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Run { config } => run::run(&config).map(|()| 0),
         Command::CheckConfig { config } => run::check(&config).map(|()| 0),
-        Command::Probe { url, provider, resolver, ca, timeout, source, local, json } => {
-            probe::run(probe::Args { url, provider, resolver, ca, timeout, source, local, json })
-        }
+        Command::Probe(args) => probe::run(*args),
     }
 }
 

@@ -9,10 +9,12 @@ pub mod catalogue;
 pub mod classify;
 mod credential;
 mod dns;
+pub mod egress;
 pub mod failure;
 mod http;
 mod tcp;
 mod tls;
+mod url;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -34,6 +36,9 @@ pub use catalogue::{
 pub use credential::{Credential, CredentialError};
 pub use dns::is_bogon;
 pub use failure::{Failure, ooni};
+pub use url::check_url;
+
+use self::url::{ProbeUrl, Scheme, parse_url};
 
 use self::failure::ooni as f;
 
@@ -79,7 +84,7 @@ pub enum EngineError {
 /// One probe to run.
 #[derive(Debug, Clone)]
 pub struct ProbeSpec {
-    /// `https://host[:port]/path`.
+    /// `https://host[:port]/path`, or `tcp://host:port` for a connect-only probe.
     pub url: String,
     /// The catalogue entry the target belongs to.
     pub provider: Arc<Provider>,
@@ -175,29 +180,6 @@ fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The parts of a probe URL.
-struct Target {
-    host: String,
-    port: u16,
-    path: String,
-    authority: String,
-}
-
-fn parse_url(url: &str) -> Result<Target, Failure> {
-    let bad = |why: &str| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("bad probe URL {url:?}: {why}"));
-    blockwatch_proto::plan::check_url(url).map_err(bad)?;
-    let uri: ::http::Uri = url.parse().map_err(|_| bad("not a URI"))?;
-    let authority = uri.authority().ok_or_else(|| bad("no host"))?;
-    // IPv6 literals come bracketed; the bare address is what DNS, TCP and SNI need.
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
-    Ok(Target {
-        port: authority.port_u16().unwrap_or(443),
-        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
-        authority: authority.as_str().to_string(),
-        host,
-    })
-}
-
 impl Engine {
     /// Builds an engine: the resolver, and the TLS client configuration with the webpki roots
     /// plus `extra_ca_pem`.
@@ -226,6 +208,20 @@ impl Engine {
         rep
     }
 
+    /// GETs `spec.url` through the same phases, resolver, trust roots, source address and
+    /// deadline as a probe, and returns the status and the body (at most the body cap). For
+    /// the agent's own look-ups, such as its egress address; no credential is ever sent.
+    pub async fn fetch(&self, spec: &ProbeSpec) -> Result<(u16, Bytes), Failure> {
+        let target = parse_url(&spec.url)?;
+        if target.scheme != Scheme::Https {
+            return Err(Failure::new(Outcome::AgentError, f::UNKNOWN, format!("fetch {:?}: not an https:// URL", spec.url)));
+        }
+        let mut rep = ProbeReport::new(spec.provider.id());
+        let answer = self.phases(spec, &target, None, Instant::now() + spec.timeout, &mut rep).await?;
+        // An https:// target always gets as far as an answer or a failure.
+        answer.map(|a| (a.status, a.body)).ok_or_else(|| Failure::new(Outcome::AgentError, f::UNKNOWN, "no answer"))
+    }
+
     async fn run(&self, spec: &ProbeSpec, deadline: Instant, rep: &mut ProbeReport) -> Result<(), Failure> {
         let target = parse_url(&spec.url)?;
         let provider = &spec.provider;
@@ -240,7 +236,31 @@ impl Engine {
             }
             None => None,
         };
+        let Some(answer) = self.phases(spec, &target, credential, deadline, rep).await? else {
+            // A tcp:// target asks only whether the path works as far as a connection.
+            rep.outcome = Outcome::Ok;
+            return Ok(());
+        };
+        let verdict = classify::classify(provider, rep.keyed, answer.status, &answer.headers, &answer.body);
+        rep.outcome = verdict.outcome;
+        rep.provider_code = verdict.provider_code;
+        rep.detail = verdict.detail;
+        if verdict.outcome != Outcome::Ok {
+            rep.failure = f::HTTP_REQUEST_FAILED.to_string();
+        }
+        Ok(())
+    }
 
+    /// DNS, TCP, then (for https://) TLS and one request, each timed into `rep`. Returns the
+    /// answer, or `None` once connected to a tcp:// target.
+    async fn phases(
+        &self,
+        spec: &ProbeSpec,
+        target: &ProbeUrl,
+        credential: Option<&Credential>,
+        deadline: Instant,
+        rep: &mut ProbeReport,
+    ) -> Result<Option<http::Answer>, Failure> {
         let addrs = match target.host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) => {
@@ -272,6 +292,9 @@ impl Engine {
         let tcp = res?;
         rep.peer_address = peer.to_string();
         rep.local_address = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        if target.scheme == Scheme::Tcp {
+            return Ok(None);
+        }
 
         let name = ServerName::try_from(target.host.clone())
             .map_err(|e| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("server name {:?}: {e}", target.host)))?;
@@ -280,7 +303,7 @@ impl Engine {
         rep.durations.tls_us = micros(t.elapsed());
         let tls = res?;
 
-        let req = build_request(&target, provider, credential)?;
+        let req = build_request(target, &spec.provider, credential)?;
         rep.keyed = credential.is_some();
         let answer = match http::exchange(tls, req, self.inner.body_cap, deadline).await {
             Ok(a) => a,
@@ -297,19 +320,12 @@ impl Engine {
                 rep.edge_headers.insert(name.to_string(), v.to_string());
             }
         }
-        let verdict = classify::classify(provider, rep.keyed, answer.status, &answer.headers, &answer.body);
-        rep.outcome = verdict.outcome;
-        rep.provider_code = verdict.provider_code;
-        rep.detail = verdict.detail;
-        if verdict.outcome != Outcome::Ok {
-            rep.failure = f::HTTP_REQUEST_FAILED.to_string();
-        }
-        Ok(())
+        Ok(Some(answer))
     }
 }
 
 fn build_request(
-    target: &Target,
+    target: &ProbeUrl,
     provider: &Provider,
     credential: Option<&Credential>,
 ) -> Result<::http::Request<Empty<Bytes>>, Failure> {

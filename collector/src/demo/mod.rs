@@ -159,6 +159,8 @@ fn agent_config(
         expect_status: Vec::new(),
         local: true,
         pin: false,
+        credential_env: None,
+        credential_file: None,
     };
     AgentConfig {
         agent_id: id.into(),
@@ -175,6 +177,9 @@ fn agent_config(
         ca_file: Some(ca_file.to_owned()),
         poison: Vec::new(),
         targets: vec![target("openai", openai, "openai"), target("anthropic", anthropic, "anthropic")],
+        providers: Vec::new(),
+        control: None,
+        egress_echo_url: None,
     }
 }
 

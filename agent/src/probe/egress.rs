@@ -1,0 +1,99 @@
+//! The agent's egress identity: the address an IP-echo endpoint (like `https://api.ipify.org`)
+//! sees the agent connect from. Looked up through the probe engine, so it leaves by the same
+//! resolver, trust roots and source address as the probes, and kept current in a `watch`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::{Engine, ProbeSpec};
+
+/// How often the egress address is looked up again.
+pub const REFRESH: Duration = Duration::from_secs(3600);
+/// How soon a failed look-up is retried; the last known address is kept meanwhile.
+pub const RETRY: Duration = Duration::from_secs(60);
+/// Longest answer shown in an error (the body is the engine's, already capped).
+const SHOWN: usize = 64;
+
+/// Why a look-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    /// No answer: the request failed in one of its phases.
+    #[error("egress echo {url}: {outcome}: {detail}")]
+    Fetch {
+        /// The echo URL.
+        url: String,
+        /// The outcome name (`tcp_refused`).
+        outcome: &'static str,
+        /// What failed.
+        detail: String,
+    },
+    /// The endpoint answered, but not with 200.
+    #[error("egress echo {url}: status {status}")]
+    Status {
+        /// The echo URL.
+        url: String,
+        /// The status it answered.
+        status: u16,
+    },
+    /// The answer is not a bare IP address.
+    #[error("egress echo {url}: answer {answer:?} is not an IP address")]
+    NotAnAddress {
+        /// The echo URL.
+        url: String,
+        /// The start of the answer.
+        answer: String,
+    },
+}
+
+/// Looks the egress address up once: a GET of `spec.url` whose plain-text body is the address.
+pub async fn lookup(engine: &Engine, spec: &ProbeSpec) -> Result<IpAddr, EgressError> {
+    let url = || spec.url.clone();
+    let (status, body) = engine.fetch(spec).await.map_err(|f| EgressError::Fetch {
+        url: url(),
+        outcome: f.outcome.name(),
+        detail: f.detail,
+    })?;
+    if status != 200 {
+        return Err(EgressError::Status { url: url(), status });
+    }
+    let text = String::from_utf8_lossy(&body);
+    text.trim().parse().map_err(|_| EgressError::NotAnAddress {
+        url: url(),
+        answer: text.chars().take(SHOWN).collect(),
+    })
+}
+
+/// Keeps `tx` holding the egress address until `stop`: looked up now, again every `every`,
+/// and `retry` after a failed look-up (keeping the last known address, since a stale identity
+/// says more than none).
+pub async fn keep_current(
+    engine: Engine,
+    spec: ProbeSpec,
+    every: Duration,
+    retry: Duration,
+    tx: watch::Sender<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = match lookup(&engine, &spec).await {
+            Ok(ip) => {
+                let ip = ip.to_string();
+                if *tx.borrow() != ip {
+                    tracing::info!(egress_address = %ip, "egress address");
+                }
+                tx.send_replace(ip);
+                every
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry = ?retry, "egress address look-up failed");
+                retry
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = crate::stopped(&mut stop) => return,
+        }
+    }
+}
