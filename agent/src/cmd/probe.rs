@@ -8,7 +8,7 @@ use blockwatch_proto::Outcome;
 use blockwatch_proto::outcome::Phase;
 use blockwatch_proto::trace::TraceRecord;
 use blockwatch_proto::v1::ProbeResult;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::probe::{Catalogue, Credential, Engine, EngineConfig, ProbeSpec, ProviderConfig};
 
@@ -136,16 +136,23 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     Ok(if result.outcome() == Outcome::Ok { 0 } else { 1 })
 }
 
-/// The trace record, with `failure` always present (empty for `ok`) so scripts need not
-/// tell "no failure" from "field missing". Phases that ran have their `*_ms` (at least
+/// What `--json` prints: the trace record (format fields first), then `failure` when the
+/// record left it out for being empty (so scripts need not tell "no failure" from "field
+/// missing"), and whether a key was sent. Phases that ran have their `*_ms` (at least
 /// 0.001); phases that did not run are left out.
+#[derive(Serialize)]
+struct JsonOutput<'a> {
+    #[serde(flatten)]
+    record: TraceRecord,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failure: Option<&'a str>,
+    keyed: bool,
+}
+
 fn json(r: &ProbeResult) -> anyhow::Result<String> {
-    let mut v = serde_json::to_value(TraceRecord::from_result(r, None))?;
-    if let Some(obj) = v.as_object_mut() {
-        obj.entry("failure").or_insert_with(|| serde_json::Value::String(String::new()));
-        obj.insert("keyed".into(), r.keyed.into());
-    }
-    Ok(serde_json::to_string(&v)?)
+    let record = TraceRecord::from_result(r, None);
+    let failure = record.failure.is_empty().then_some("");
+    Ok(serde_json::to_string(&JsonOutput { record, failure, keyed: r.keyed })?)
 }
 
 /// Where a probe stopped, for the text output; `None` when it went all the way.
