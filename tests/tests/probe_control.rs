@@ -57,3 +57,30 @@ async fn bad_tcp_urls_are_agent_errors() {
     let err = eng.fetch(&spec("tcp://127.0.0.1:1".into(), provider("generic"), QUICK)).await.unwrap_err();
     assert!(err.detail.contains("not an https:// URL"), "{}", err.detail);
 }
+
+/// The real agent and collector: with no `control` key the agent probes the collector's own
+/// port, and those results arrive as target `control`, flagged as such.
+#[test]
+fn agent_probes_the_collector_as_its_default_control() {
+    use blockwatch_tests::{CollectorProc, export, start_agent, wait_for};
+    let dir = tempfile::tempdir().unwrap();
+    let mut collector = CollectorProc::start(dir.path(), None, "");
+    let config = format!(
+        "agent_id = \"ctl-1\"\nregion = \"eu\"\ncollector = \"http://{}\"\ninterval = \"1s\"\nspool_dir = {:?}\n",
+        collector.addr,
+        dir.path().join("spool").display().to_string(),
+    );
+    let mut agent = start_agent(dir.path(), "ctl-1", &config);
+    wait_for("agent to register", std::time::Duration::from_secs(20), || {
+        collector.proc.log().contains("agent registered").then_some(())
+    });
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
+    assert_eq!(collector.proc.terminate(), Some(0));
+    let records = export(&collector.data_dir);
+    assert!(!records.is_empty(), "no control results");
+    for r in &records {
+        assert_eq!((r.target.as_str(), r.control, r.outcome.as_str()), ("control", true, "ok"), "{r:?}");
+        assert_eq!(r.peer_address, collector.addr.to_string());
+    }
+}
