@@ -125,6 +125,20 @@ impl FakeCollector {
     }
 }
 
+/// CPU time (user + system) a process has used, in seconds (from `/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let ticks_per_s = 100.0; // USER_HZ on Linux
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let (u, k): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+            Some((u + k) / ticks_per_s)
+        })
+        .unwrap_or(0.0)
+}
+
 /// Resident memory of a process in KiB (from `/proc/PID/status`).
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

@@ -19,6 +19,8 @@ pub struct Provider {
     pub blocked: Arc<Mutex<Vec<IpAddr>>>,
     /// Every source address that made a request, with the request path.
     pub seen: Arc<Mutex<std::collections::BTreeSet<(IpAddr, String)>>>,
+    /// Requests per source address.
+    pub requests: Arc<Mutex<std::collections::BTreeMap<IpAddr, u64>>>,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -33,6 +35,8 @@ impl Provider {
         let refused = Arc::clone(&blocked);
         let seen: Arc<Mutex<std::collections::BTreeSet<(IpAddr, String)>>> = Arc::default();
         let record = Arc::clone(&seen);
+        let requests: Arc<Mutex<std::collections::BTreeMap<IpAddr, u64>>> = Arc::default();
+        let count = Arc::clone(&requests);
         let addr = rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
@@ -43,6 +47,9 @@ impl Provider {
                     if let Ok(mut s) = record.lock() {
                         s.insert((peer.ip(), req.uri.path().to_string()));
                     }
+                    if let Ok(mut c) = count.lock() {
+                        *c.entry(peer.ip()).or_default() += 1;
+                    }
                     if refused.lock().map(|b| b.contains(&peer.ip())).unwrap_or(false) {
                         Canned::json(403, GEO)
                     } else {
@@ -52,7 +59,12 @@ impl Provider {
             );
             addr
         });
-        Provider { addr, ca_file, blocked, seen, _rt: rt }
+        Provider { addr, ca_file, blocked, seen, requests, _rt: rt }
+    }
+
+    /// Requests seen from `ip` so far.
+    pub fn requests_from(&self, ip: IpAddr) -> u64 {
+        self.requests.lock().map(|c| c.get(&ip).copied().unwrap_or(0)).unwrap_or(0)
     }
 
     /// The probe URL.
