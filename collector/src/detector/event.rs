@@ -1,38 +1,70 @@
-//! What the detector decides.
+//! What the detector says: events with the evidence behind each decision.
 
 use blockwatch_proto::time::{Millis, format_rfc3339};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
 
-use super::Observation;
-
-/// The kinds of decision.
+/// The kind of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
+    /// A (target, region) started refusing traffic from the region.
     BlockStarted,
+    /// A block of a (target, region) ended.
     BlockEnded,
+    /// A target failed in most regions at once: the provider, not a block.
+    OutageStarted,
+    /// Every region that failed in an outage is back.
+    OutageEnded,
+    /// An agent failed most of its targets at once: its own network, not a block.
+    VantageDown,
+    /// That agent is reaching its targets again.
+    VantageUp,
 }
 
-/// Why the detector decided.
+/// Why the detector decided: who saw what, and how strongly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Evidence {
-    /// Agents of the region whose results were weighed.
+    /// Agents whose results carried the decision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub agents: Vec<String>,
-    /// Failing results in the current streaks.
+    /// Agents of the region that reported and did not agree.
+    pub dissenting_agents: u32,
+    /// Failing results in the deciding run, across `agents` (for vantage events: the
+    /// agent's failing targets).
     pub failing: u32,
-    /// How many of them carried the provider's geo signature.
-    pub geo_signatures: u32,
+    /// Successful results in the same run (for vantage events: targets still fine).
+    pub ok: u32,
+    /// The most frequent failure outcome of the run (`http_geo_blocked`, `tls_reset`, ...).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub dominant_outcome: String,
+    /// Its family: `geo`, `dns`, `rst`, `blackhole`, `dns_timeout`, `other`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub signature: String,
+    /// Summed log-likelihood ratio of the change (nats).
+    pub statistic: f64,
+    /// How long the change had lasted when decided, in probe intervals.
+    pub persisted_intervals: f64,
+    /// The probe interval inferred from the results (milliseconds).
+    pub interval_ms: i64,
+    /// Other regions probing the target that were failing / fine at the time.
+    pub regions_failing: u32,
+    pub regions_ok: u32,
+    /// Regions involved, for outages.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
 }
 
-/// One decision.
+/// One decision of the detector.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
     pub kind: EventKind,
+    /// The target, or `*` for an agent-wide event.
     pub target: String,
+    /// The region, or `*` for a target-wide event.
     pub region: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_id: Option<String>,
-    /// The estimated change point (event time).
+    /// The estimated change point (event time), not the moment of the decision.
     #[serde(serialize_with = "rfc3339")]
     pub onset: Millis,
     /// `received_at` of the result on which the detector decided.
@@ -41,25 +73,14 @@ pub struct Event {
     pub evidence: Evidence,
 }
 
-fn rfc3339<S: serde::Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
+fn rfc3339<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_rfc3339(*ms))
 }
 
 impl Event {
-    pub(super) fn new(kind: EventKind, obs: &Observation<'_>, onset: Millis, evidence: Evidence) -> Event {
-        Event {
-            kind,
-            target: obs.target.to_string(),
-            region: obs.region.to_string(),
-            agent_id: None,
-            onset,
-            detected_at: obs.received_at,
-            evidence,
-        }
-    }
-
-    /// The event as one line of JSON (no newline).
+    /// The event as one line of JSON (no trailing newline).
     pub fn to_json_line(&self) -> String {
+        // Serializing plain strings, numbers and vectors cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 }

@@ -1,143 +1,275 @@
-//! The block detector: a pure state machine over the result stream.
+//! The block detector: a pure function of the result stream, `(state, result) -> (state,
+//! events)`, with no clock, I/O or randomness of its own.
 //!
-//! `observe(result) -> events`, with no clock, no I/O and no randomness: time comes in with
-//! the data (`started_at` is event time, `received_at` is decision time), so the live
-//! collector and `replay` over a file produce the same events.
-//!
-//! This first version decides per (target, region) from each agent's streak of consecutive
-//! block-like failures, and refuses to call a block while the same target fails in every
-//! region (an outage).
+//! Results are kept per **lane** (one agent probing one target), in event-time order so late
+//! results slot into place. Each lane runs two CUSUM statistics (log-likelihood ratio of
+//! "blocked" against the agent's learned baseline, and the reverse for recovery). A
+//! **cell** (one target in one region) decides: a block starts when most of its reporting
+//! agents lean the same way, with enough summed evidence, for long enough (at once for geo
+//! signatures, several probe intervals for network failures), and the failure is neither a
+//! vantage problem (the agent fails most of its targets) nor a provider outage (most other
+//! regions fail the target at once). Onsets are maximum-likelihood change points per lane,
+//! combined by the median.
 
+mod cell;
+mod config;
 mod event;
+mod intern;
+mod lane;
+mod stats;
+mod vantage;
 
-use std::collections::HashMap;
+#[cfg(test)]
+mod tests;
 
 use blockwatch_proto::Outcome;
 use blockwatch_proto::time::Millis;
-use serde::Deserialize;
 
+pub use config::DetectorConfig;
 pub use event::{Event, EventKind, Evidence};
 
-/// Detector settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct DetectorConfig {
-    /// Consecutive failures per agent before its region counts as failing. Default 2.
-    pub streak: u32,
-}
+use intern::{Interner, id_hash};
+use lane::{Entry, Insert, Lane, NEVER};
+use stats::{Baseline, Class};
 
-impl Default for DetectorConfig {
-    fn default() -> Self {
-        DetectorConfig { streak: 2 }
-    }
-}
-
-/// One result as the detector sees it.
+/// One probe result, borrowed from wherever it was parsed.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
+    /// Idempotency key: a result re-sent with the same id is counted once.
     pub probe_id: &'a str,
     pub agent_id: &'a str,
     pub region: &'a str,
     pub target: &'a str,
+    /// When the probe started (agent clock): the event time.
     pub started_at: Millis,
+    /// When the collector received it: the decision time.
     pub received_at: Millis,
     pub outcome: Outcome,
+    /// The target is a control, one that should always answer: it tells about the agent,
+    /// never about blocking.
     pub control: bool,
+    /// An extra, off-schedule probe the agent ran to confirm a failure.
     pub confirmation: bool,
 }
 
-#[derive(Default)]
-struct AgentStreak {
-    fail_streak: u32,
-    ok_streak: u32,
-    first_fail: Millis,
-    first_ok: Millis,
-    last_started: Millis,
-    geo: u32,
+/// What the detector did with a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// Used as evidence.
+    Accepted,
+    /// Already seen (same probe id and start): ignored.
+    Duplicate,
+    /// Older than the history the detector keeps for its lane: ignored.
+    Stale,
 }
 
-#[derive(Default)]
+/// An agent: its lanes, learned baseline and vantage state.
+struct Agent {
+    region: u32,
+    /// (target, lane) pairs.
+    lanes: Vec<(u32, u32)>,
+    baseline: Baseline,
+    /// Most of its targets are failing at once: its results say nothing about blocks.
+    down: bool,
+    down_since: Millis,
+    down_reported: bool,
+}
+
+/// One target in one region, where blocks are decided.
 struct Cell {
-    agents: HashMap<String, AgentStreak>,
-    blocked: bool,
+    target: u32,
+    region: u32,
+    lanes: Vec<u32>,
+    /// Newest `started_at` seen in the cell.
+    now_t: Millis,
+    block: Option<Block>,
+    /// Last event time at which the cell's failure was judged part of an outage.
+    outage_seen: Millis,
+    /// Onset of the end of the last block: a new block starts after it.
+    ended: Millis,
 }
 
-/// All detector state; grows with the number of (agent, target) pairs only.
+/// An open block.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    onset: Millis,
+    /// Failure rate during the block (what recovery is weighed against).
+    rate: f64,
+}
+
+/// A target and the regions probing it.
+struct Target {
+    cells: Vec<u32>,
+    outage: Option<Outage>,
+}
+
+/// An open provider outage.
+struct Outage {
+    regions: Vec<u32>,
+}
+
+/// The detector: all state, bounded by the number of (agent, target) lanes.
 pub struct Detector {
-    config: DetectorConfig,
-    cells: HashMap<(String, String), Cell>,
-}
-
-fn is_block_evidence(o: Outcome) -> bool {
-    o != Outcome::Ok && !o.is_provider_noise()
+    cfg: DetectorConfig,
+    agent_names: Interner,
+    target_names: Interner,
+    region_names: Interner,
+    agents: Vec<Agent>,
+    targets: Vec<Target>,
+    lanes: Vec<Lane>,
+    cells: Vec<Cell>,
 }
 
 impl Detector {
     /// A detector with no history.
     pub fn new(config: DetectorConfig) -> Detector {
         Detector {
-            config,
-            cells: HashMap::new(),
+            cfg: config,
+            agent_names: Interner::default(),
+            target_names: Interner::default(),
+            region_names: Interner::default(),
+            agents: Vec::new(),
+            targets: Vec::new(),
+            lanes: Vec::new(),
+            cells: Vec::new(),
         }
     }
 
-    /// Feeds one result; pushes any decisions onto `out`.
-    pub fn observe(&mut self, obs: &Observation<'_>, out: &mut Vec<Event>) {
-        if obs.control {
-            return;
-        }
-        let key = (obs.target.to_string(), obs.region.to_string());
-        let cell = self.cells.entry(key).or_default();
-        let a = cell.agents.entry(obs.agent_id.to_string()).or_default();
-        if obs.started_at < a.last_started {
-            return;
-        }
-        a.last_started = obs.started_at;
-        if is_block_evidence(obs.outcome) {
-            if a.fail_streak == 0 {
-                a.first_fail = obs.started_at;
-                a.geo = 0;
+    /// The configuration in use.
+    pub fn config(&self) -> &DetectorConfig {
+        &self.cfg
+    }
+
+    /// Takes one result; appends any events it decides to `out`.
+    pub fn observe(&mut self, obs: &Observation<'_>, out: &mut Vec<Event>) -> Ingest {
+        let (a, t, r) = self.intern(obs);
+        let l = self.lane_of(a, t, r);
+        let class = Class::of(obs.outcome);
+        let entry = Entry {
+            t: obs.started_at,
+            id: id_hash(obs.probe_id),
+            outcome: u8::try_from(obs.outcome as i32).unwrap_or(0),
+            class,
+        };
+        let lane = &mut self.lanes[l as usize];
+        lane.control |= obs.control;
+        let agent = &mut self.agents[a as usize];
+        let late = match lane.insert(entry, obs.received_at, obs.confirmation) {
+            Insert::Duplicate => return Ingest::Duplicate,
+            Insert::Stale => return Ingest::Stale,
+            Insert::Appended => {
+                // The baseline learns only from lanes outside a failure episode, so a block
+                // or a dead network does not teach the agent that failing is normal.
+                if matches!(class, Class::Ok | Class::Net) && lane.sf < self.cfg.lane_threshold {
+                    agent.baseline.learn(class == Class::Net);
+                }
+                lane.step(&entry, agent.baseline.llr());
+                false
             }
-            a.fail_streak += 1;
-            a.ok_streak = 0;
-            a.geo += u32::from(obs.outcome.is_geo_signature());
-        } else if obs.outcome == Outcome::Ok {
-            if a.ok_streak == 0 {
-                a.first_ok = obs.started_at;
+            Insert::Inserted => {
+                lane.recompute(agent.baseline.llr());
+                true
             }
-            a.ok_streak += 1;
-            a.fail_streak = 0;
+        };
+        let cell = lane.cell;
+        self.update_vantage(a, l, obs.started_at, obs.received_at, out);
+        if self.agents[a as usize].down {
+            let lane = &mut self.lanes[l as usize];
+            lane.clean_since = lane.clean_since.max(obs.started_at);
         }
-        let need = self.config.streak;
-        let all_failing = cell.agents.values().all(|a| a.fail_streak >= need);
-        let all_ok = cell.agents.values().all(|a| a.ok_streak >= need);
-        if !cell.blocked && all_failing {
-            let elsewhere_ok = self
-                .cells
-                .iter()
-                .any(|((t, r), c)| t == obs.target && r != obs.region && c.agents.values().any(|a| a.ok_streak > 0));
-            let cell = self.cells.get_mut(&(obs.target.to_string(), obs.region.to_string())).expect("cell exists");
-            if elsewhere_ok {
-                cell.blocked = true;
-                out.push(Event::new(EventKind::BlockStarted, obs, cell_onset(cell, |a| a.first_fail), evidence(cell)));
+        let c = &mut self.cells[cell as usize];
+        c.now_t = c.now_t.max(obs.started_at);
+        if self.lanes[l as usize].control {
+            return Ingest::Accepted;
+        }
+        // A start needs a failure, an end a success; a late result can change either.
+        if self.cells[cell as usize].block.is_some() {
+            if class == Class::Ok || late {
+                self.evaluate_end(cell, obs.received_at, out);
             }
-        } else if cell.blocked && all_ok {
-            cell.blocked = false;
-            out.push(Event::new(EventKind::BlockEnded, obs, cell_onset(cell, |a| a.first_ok), evidence(cell)));
+        } else if class.is_failure() || late {
+            self.evaluate_start(cell, obs.received_at, out);
         }
+        if class == Class::Ok && self.targets[t as usize].outage.is_some() {
+            self.maybe_end_outage(t, obs.started_at, obs.received_at, out);
+        }
+        Ingest::Accepted
+    }
+
+    fn intern(&mut self, obs: &Observation<'_>) -> (u32, u32, u32) {
+        let (r, _) = self.region_names.get_or_insert(obs.region);
+        let (t, new_t) = self.target_names.get_or_insert(obs.target);
+        if new_t {
+            self.targets.push(Target { cells: Vec::new(), outage: None });
+        }
+        let (a, new_a) = self.agent_names.get_or_insert(obs.agent_id);
+        if new_a {
+            self.agents.push(Agent {
+                region: r,
+                lanes: Vec::new(),
+                baseline: Baseline::new(&self.cfg),
+                down: false,
+                down_since: NEVER,
+                down_reported: false,
+            });
+        }
+        (a, t, r)
+    }
+
+    /// The lane of (agent, target), created on first use and moved if the agent moved region.
+    fn lane_of(&mut self, a: u32, t: u32, r: u32) -> u32 {
+        let found = self.agents[a as usize].lanes.iter().find(|(tt, _)| *tt == t).map(|&(_, l)| l);
+        if let Some(l) = found {
+            let old = self.lanes[l as usize].cell;
+            if self.cells[old as usize].region == r {
+                return l;
+            }
+            self.cells[old as usize].lanes.retain(|&x| x != l);
+            let c = self.cell_of(t, r);
+            self.cells[c as usize].lanes.push(l);
+            self.lanes[l as usize].cell = c;
+            self.agents[a as usize].region = r;
+            return l;
+        }
+        let c = self.cell_of(t, r);
+        let l = self.lanes.len() as u32;
+        self.lanes.push(Lane::new(
+            a,
+            c,
+            self.cfg.lane_history,
+            self.cfg.default_interval_ms as f64,
+            self.cfg.end_threshold,
+        ));
+        self.cells[c as usize].lanes.push(l);
+        let agent = &mut self.agents[a as usize];
+        agent.lanes.push((t, l));
+        agent.region = r;
+        l
+    }
+
+    fn cell_of(&mut self, t: u32, r: u32) -> u32 {
+        let cells = &self.targets[t as usize].cells;
+        if let Some(&c) = cells.iter().find(|&&c| self.cells[c as usize].region == r) {
+            return c;
+        }
+        let c = self.cells.len() as u32;
+        self.cells.push(Cell {
+            target: t,
+            region: r,
+            lanes: Vec::new(),
+            now_t: NEVER,
+            block: None,
+            outage_seen: NEVER,
+            ended: NEVER,
+        });
+        self.targets[t as usize].cells.push(c);
+        c
     }
 }
 
-fn cell_onset(cell: &Cell, f: impl Fn(&AgentStreak) -> Millis) -> Millis {
-    cell.agents.values().map(f).min().unwrap_or_default()
-}
-
-fn evidence(cell: &Cell) -> Evidence {
-    let mut agents: Vec<String> = cell.agents.keys().cloned().collect();
-    agents.sort();
-    Evidence {
-        agents,
-        failing: cell.agents.values().map(|a| a.fail_streak).sum(),
-        geo_signatures: cell.agents.values().map(|a| a.geo).sum(),
-    }
+/// Median of a non-empty slice (mean of the middle two for an even count); sorts it.
+fn median(xs: &mut [Millis]) -> Millis {
+    xs.sort_unstable();
+    let n = xs.len();
+    if n % 2 == 1 { xs[n / 2] } else { xs[n / 2 - 1] + (xs[n / 2] - xs[n / 2 - 1]) / 2 }
 }

@@ -1,0 +1,406 @@
+//! Decisions for one (target, region) cell: block start and end, weighed across the
+//! region's agents, against the other regions (outage) and against each agent's other
+//! targets (vantage, see `vantage.rs`).
+
+use blockwatch_proto::Outcome;
+use blockwatch_proto::time::Millis;
+
+use super::event::{Event, EventKind, Evidence};
+use super::lane::{ChangePoint, NEVER};
+use super::stats::signature;
+use super::{Block, Detector, Outage, median};
+
+/// Run failure rates are clamped to this range before they become an alternative
+/// hypothesis: a run of ten failures does not prove a rate of exactly one.
+const RATE_RANGE: (f64, f64) = (0.5, 0.98);
+
+/// Window, in probe intervals, over which a region must still be failing when a block is
+/// declared.
+const RECENT_WINDOW: f64 = 1.5;
+
+/// One lane's view of the change being tested.
+enum Vote {
+    /// Agrees, with this much evidence.
+    Agree(f64),
+    /// Between the two (a failing lane whose newest result succeeded).
+    Undecided,
+    Dissent,
+}
+
+/// How the agents of one cell currently split.
+struct Split {
+    /// Lanes that agree with the change being tested.
+    agree: Vec<u32>,
+    /// Reporting lanes that do not.
+    dissent: u32,
+    /// Summed statistic of the agreeing lanes.
+    stat: f64,
+}
+
+impl Split {
+    /// Most of the reporting agents agree, at least two when two or more report.
+    fn quorum(&self) -> bool {
+        let known = self.agree.len() + self.dissent as usize;
+        let need = if known >= 2 { 2 } else { 1 };
+        self.agree.len() >= need && self.agree.len() > self.dissent as usize
+    }
+}
+
+impl Detector {
+    /// Lanes of cell `c` that count now: they reported within a few intervals, their view
+    /// is not still being filled by a spool flush, and their agent is not down (unless the
+    /// lane's evidence is a geo signature, which a dead network cannot produce).
+    fn split(&self, c: u32, received: Millis, agrees: impl Fn(&super::Lane) -> Vote) -> Split {
+        let mut s = Split { agree: Vec::new(), dissent: 0, stat: 0.0 };
+        for &l in &self.cells[c as usize].lanes {
+            let lane = &self.lanes[l as usize];
+            if !self.counts(lane, c, received) {
+                continue;
+            }
+            match agrees(lane) {
+                Vote::Agree(stat) => {
+                    s.agree.push(l);
+                    s.stat += stat;
+                }
+                Vote::Undecided => {}
+                Vote::Dissent => s.dissent += 1,
+            }
+        }
+        s
+    }
+
+    /// Whether cell `c` (not blocked) has become blocked; emits `block_started`.
+    pub(super) fn evaluate_start(&mut self, c: u32, received: Millis, out: &mut Vec<Event>) {
+        let strong = self.cfg.lane_threshold;
+        let split = self.split(c, received, |lane| {
+            if lane.leaning() && (lane.last_failed() || lane.sf >= strong) {
+                Vote::Agree(lane.sf)
+            } else if lane.leaning() {
+                Vote::Undecided
+            } else {
+                Vote::Dissent
+            }
+        });
+        if !split.quorum() {
+            return;
+        }
+        let (mut fails, mut geo, mut iv, mut weakest) = (0u32, 0u32, 0.0, f64::MAX);
+        let mut starts = Vec::with_capacity(split.agree.len());
+        let mut lasts = Vec::with_capacity(split.agree.len());
+        for &l in &split.agree {
+            let lane = &self.lanes[l as usize];
+            fails += lane.f_fails;
+            geo += lane.f_geo;
+            iv += lane.interval;
+            weakest = weakest.min(lane.sf);
+            lasts.push(lane.f_last);
+            starts.push(lane.f_start.max(lane.clean_since).max(self.cells[c as usize].ended));
+        }
+        let iv = iv / split.agree.len() as f64;
+        let is_geo = geo * 2 >= fails;
+        // Network failures are what noisy vantages produce too: each agreeing agent must be
+        // convinced on its own, and a lone agent more so. A geo signature is the provider's
+        // own statement and weighs the same from any number of agents.
+        let single = split.agree.len() + split.dissent as usize == 1;
+        let threshold = if single && !is_geo { self.cfg.single_agent_threshold } else { self.cfg.block_threshold };
+        if split.stat < threshold || (!is_geo && weakest < self.cfg.lane_threshold) {
+            return;
+        }
+        let persistence = if is_geo { self.cfg.geo_persistence } else { self.cfg.network_persistence } * iv;
+        // How long the agreeing agents have been failing: the upper median of their latest
+        // failures (one agent's stray failure after a blip does not stretch it) minus the
+        // onset.
+        lasts.sort_unstable();
+        let newest = lasts[lasts.len() / 2];
+        // Cheap gate on the CUSUM runs before the exact change points.
+        if ((newest - median(&mut starts)) as f64) < persistence {
+            return;
+        }
+        let Some((onset, cps)) = self.change_points(c, &split.agree, received, false, None) else {
+            return;
+        };
+        let persisted = (newest - onset) as f64;
+        if persisted < persistence {
+            return;
+        }
+        // Still failing now, across the region: not the tail of a blip that one agent's
+        // stray failure seems to extend.
+        if !self.failing_now(c, newest - (RECENT_WINDOW * iv) as Millis, received) {
+            return;
+        }
+        // Failures among the provider's own error answers are the provider's trouble.
+        let busy: u32 = cps.iter().map(|p| p.busy).sum();
+        if busy * 2 >= cps.iter().map(|p| p.fails).sum::<u32>() {
+            return;
+        }
+
+        let (failing, ok, regions) = self.other_regions(c, onset, iv, received);
+        let cell = &self.cells[c as usize];
+        let t = cell.target;
+        let window = self.cfg.outage_window * iv;
+        if failing > 0 && f64::from(failing) >= self.cfg.outage_fraction * f64::from(failing + ok) {
+            self.cells[c as usize].outage_seen = cell.now_t;
+            self.open_outage(t, c, onset, received, regions, iv, out);
+            return;
+        }
+        // A failure that was part of an outage a moment ago is the tail of that outage,
+        // unless it outlives it by a full persistence.
+        if cell.outage_seen != NEVER
+            && cell.outage_seen as f64 >= onset as f64 - window
+            && ((cell.now_t - cell.outage_seen) as f64) < self.cfg.network_persistence * iv
+        {
+            return;
+        }
+
+        let rate = (f64::from(cps.iter().map(|p| p.fails).sum::<u32>())
+            / f64::from(cps.iter().map(|p| p.fails + p.oks).sum::<u32>().max(1)))
+        .clamp(RATE_RANGE.0, RATE_RANGE.1);
+        self.cells[c as usize].block = Some(Block { onset, rate });
+        let mut ev = self.cell_evidence(&split, &cps, onset, persisted / iv, iv);
+        ev.regions_failing = failing;
+        ev.regions_ok = ok;
+        out.push(self.cell_event(c, EventKind::BlockStarted, onset, received, ev));
+    }
+
+    /// Whether blocked cell `c` has recovered; emits `block_ended`.
+    pub(super) fn evaluate_end(&mut self, c: u32, received: Millis, out: &mut Vec<Event>) {
+        let Some(block) = self.cells[c as usize].block else { return };
+        let threshold = self.cfg.end_threshold;
+        let split = self.split(c, received, |lane| {
+            if lane.recovered(threshold, block.onset) { Vote::Agree(lane.sr) } else { Vote::Dissent }
+        });
+        // A lone agent in a partial block sees runs of successes by chance: it needs twice
+        // the evidence.
+        let single = split.agree.len() + split.dissent as usize == 1;
+        if !split.quorum() || split.stat < if single { 2.0 * threshold } else { threshold } {
+            return;
+        }
+        let Some((onset, cps)) = self.change_points(c, &split.agree, received, true, Some(block)) else {
+            return;
+        };
+        let mut iv = 0.0;
+        let mut lasts = Vec::with_capacity(split.agree.len());
+        for &l in &split.agree {
+            let lane = &self.lanes[l as usize];
+            iv += lane.interval;
+            lasts.push(lane.r_last);
+        }
+        let iv = iv / split.agree.len() as f64;
+        let newest = median(&mut lasts);
+        let persisted = (newest - onset) as f64;
+        if persisted < self.cfg.end_persistence * iv {
+            return;
+        }
+        self.cells[c as usize].block = None;
+        self.cells[c as usize].ended = onset;
+        for i in 0..self.cells[c as usize].lanes.len() {
+            let l = self.cells[c as usize].lanes[i];
+            self.lanes[l as usize].forget_until(onset);
+        }
+        let ev = self.cell_evidence(&split, &cps, onset, persisted / iv, iv);
+        out.push(self.cell_event(c, EventKind::BlockEnded, onset, received, ev));
+    }
+
+    /// At least as many failing as succeeding results after `since` among the reporting
+    /// lanes of cell `c`.
+    fn failing_now(&self, c: u32, since: Millis, received: Millis) -> bool {
+        let (mut fails, mut oks) = (0, 0);
+        for &l in &self.cells[c as usize].lanes {
+            let lane = &self.lanes[l as usize];
+            if self.counts(lane, c, received) {
+                let (f, o) = lane.counts_after(since);
+                fails += f;
+                oks += o;
+            }
+        }
+        fails >= oks
+    }
+
+    /// Whether a lane of cell `c` counts now (see [`Detector::split`]).
+    fn counts(&self, lane: &super::Lane, c: u32, received: Millis) -> bool {
+        let cell = &self.cells[c as usize];
+        (lane.last_t as f64) >= cell.now_t as f64 - self.cfg.silent_after * lane.interval
+            && lane.fresh(received, self.cfg.max_gap)
+            && (!self.agents[lane.agent as usize].down || lane.geo_run())
+    }
+
+    /// Maximum-likelihood change points of the agreeing lanes, and their median. `None` when
+    /// a lane has no usable change point, or its change point is not pinned by the result
+    /// before it while late results are still arriving (a spool flush in random order: the
+    /// run's start may be among what has not arrived yet).
+    /// For a start (`block` is `None`) a lane looks back to where its vantage problem, if
+    /// any, ended; for an end, to the block's onset.
+    fn change_points(
+        &self,
+        c: u32,
+        lanes: &[u32],
+        received: Millis,
+        recovery: bool,
+        block: Option<Block>,
+    ) -> Option<(Millis, Vec<ChangePoint>)> {
+        let mut cps = Vec::with_capacity(lanes.len());
+        let mut onsets = Vec::with_capacity(lanes.len());
+        for &l in lanes {
+            let lane = &self.lanes[l as usize];
+            let (since, rate) = match block {
+                Some(b) => (b.onset, b.rate),
+                None if lane.geo_run() => (self.cells[c as usize].ended, lane.run_rate()),
+                None => (lane.clean_since.max(self.cells[c as usize].ended), lane.run_rate()),
+            };
+            let rate = rate.clamp(RATE_RANGE.0, RATE_RANGE.1);
+            let llr = self.agents[lane.agent as usize].baseline.llr().with_p1(rate);
+            let max_gap = self.cfg.max_gap * lane.interval;
+            let cp = lane.change_point(recovery, &llr, since, max_gap)?;
+            if !cp.pinned && lane.late_received != NEVER && ((received - lane.late_received) as f64) <= max_gap {
+                return None;
+            }
+            onsets.push(cp.onset);
+            cps.push(cp);
+        }
+        Some((median(&mut onsets), cps))
+    }
+
+    /// Counts the other regions probing the target of cell `c` that fail at once with it
+    /// (their failure began within the outage window of `onset`), and those that are fine.
+    /// Regions with an open block of their own count as neither.
+    fn other_regions(&self, c: u32, onset: Millis, iv: f64, received: Millis) -> (u32, u32, Vec<u32>) {
+        let cell = &self.cells[c as usize];
+        let window = self.cfg.outage_window * iv;
+        let (mut failing, mut ok, mut regions) = (0, 0, Vec::new());
+        for &oc in &self.targets[cell.target as usize].cells {
+            let other = &self.cells[oc as usize];
+            if oc == c || other.block.is_some() {
+                continue;
+            }
+            let recent_outage = other.outage_seen != NEVER && other.outage_seen as f64 >= onset as f64 - window;
+            let threshold = self.cfg.lane_threshold;
+            let split = self.split(oc, received, |lane| {
+                if lane.flagged(threshold) && lane.f_start as f64 >= onset as f64 - window {
+                    Vote::Agree(lane.sf)
+                } else {
+                    Vote::Dissent
+                }
+            });
+            let known = split.agree.len() + split.dissent as usize;
+            if recent_outage || (!split.agree.is_empty() && split.agree.len() > split.dissent as usize) {
+                failing += 1;
+                regions.push(other.region);
+            } else if known > 0 {
+                ok += 1;
+            }
+        }
+        (failing, ok, regions)
+    }
+
+    /// Records cell `c` as part of an outage of target `t`, emitting `outage_started` for a
+    /// new one.
+    #[allow(clippy::too_many_arguments)]
+    fn open_outage(
+        &mut self,
+        t: u32,
+        c: u32,
+        onset: Millis,
+        received: Millis,
+        mut regions: Vec<u32>,
+        iv: f64,
+        out: &mut Vec<Event>,
+    ) {
+        let region = self.cells[c as usize].region;
+        regions.push(region);
+        regions.sort_unstable();
+        let target = &mut self.targets[t as usize];
+        match &mut target.outage {
+            Some(o) => {
+                for r in regions {
+                    if !o.regions.contains(&r) {
+                        o.regions.push(r);
+                    }
+                }
+            }
+            None => {
+                let names = regions.iter().map(|&r| self.region_names.name(r).to_string()).collect();
+                target.outage = Some(Outage { regions });
+                out.push(Event {
+                    kind: EventKind::OutageStarted,
+                    target: self.target_names.name(t).to_string(),
+                    region: "*".into(),
+                    agent_id: None,
+                    onset,
+                    detected_at: received,
+                    evidence: Evidence { regions: names, interval_ms: iv as i64, ..Evidence::default() },
+                });
+            }
+        }
+    }
+
+    /// Closes the outage of target `t` once none of its regions has a failing lane.
+    pub(super) fn maybe_end_outage(&mut self, t: u32, now: Millis, received: Millis, out: &mut Vec<Event>) {
+        let Some(outage) = &self.targets[t as usize].outage else { return };
+        let threshold = self.cfg.lane_threshold;
+        for &c in &self.targets[t as usize].cells {
+            let cell = &self.cells[c as usize];
+            if outage.regions.contains(&cell.region)
+                && cell.lanes.iter().any(|&l| self.lanes[l as usize].flagged(threshold))
+            {
+                return;
+            }
+        }
+        let names = outage.regions.iter().map(|&r| self.region_names.name(r).to_string()).collect();
+        self.targets[t as usize].outage = None;
+        out.push(Event {
+            kind: EventKind::OutageEnded,
+            target: self.target_names.name(t).to_string(),
+            region: "*".into(),
+            agent_id: None,
+            onset: now,
+            detected_at: received,
+            evidence: Evidence { regions: names, ..Evidence::default() },
+        });
+    }
+
+    fn cell_evidence(&self, split: &Split, cps: &[ChangePoint], onset: Millis, persisted: f64, iv: f64) -> Evidence {
+        let mut counts = [0u32; 128];
+        for &l in &split.agree {
+            for o in self.lanes[l as usize].failures_since(onset) {
+                counts[usize::from(o & 127)] += 1;
+            }
+        }
+        let dominant = counts
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .max_by_key(|&(i, n)| (*n, std::cmp::Reverse(i)))
+            .and_then(|(i, _)| Outcome::try_from(i as i32).ok());
+        let mut agents: Vec<String> = split
+            .agree
+            .iter()
+            .map(|&l| self.agent_names.name(self.lanes[l as usize].agent).to_string())
+            .collect();
+        agents.sort();
+        Evidence {
+            agents,
+            dissenting_agents: split.dissent,
+            failing: cps.iter().map(|p| p.fails).sum(),
+            ok: cps.iter().map(|p| p.oks).sum(),
+            dominant_outcome: dominant.map(|o| o.name().to_string()).unwrap_or_default(),
+            signature: dominant.map(|o| signature(o).to_string()).unwrap_or_default(),
+            statistic: (split.stat * 100.0).round() / 100.0,
+            persisted_intervals: (persisted * 100.0).round() / 100.0,
+            interval_ms: iv as i64,
+            ..Evidence::default()
+        }
+    }
+
+    fn cell_event(&self, c: u32, kind: EventKind, onset: Millis, received: Millis, evidence: Evidence) -> Event {
+        let cell = &self.cells[c as usize];
+        Event {
+            kind,
+            target: self.target_names.name(cell.target).to_string(),
+            region: self.region_names.name(cell.region).to_string(),
+            agent_id: None,
+            onset,
+            detected_at: received,
+            evidence,
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! The detector on generated traces of every scenario family, across probe intervals, fleet
+//! sizes, noise levels and timings it was not tuned on.
+//!
+//! `BW_SIM_DUMP=DIR` also writes each trace and its truth to DIR, for `score.py`.
+
+mod sim;
+
+use blockwatch_collector::detector::{Detector, DetectorConfig, Event, Observation};
+use blockwatch_proto::Outcome;
+
+use sim::score::{Score, score};
+use sim::{FAMILIES, Family, Params, Trace, generate};
+
+fn run(trace: &Trace) -> Vec<Event> {
+    let mut d = Detector::new(DetectorConfig::default());
+    let mut events = Vec::new();
+    for r in &trace.records {
+        let obs = Observation {
+            probe_id: &r.probe_id,
+            agent_id: &r.agent_id,
+            region: &r.region,
+            target: &r.target,
+            started_at: r.started_at,
+            received_at: r.received_at,
+            outcome: Outcome::from_name(r.outcome).expect("generator outcomes are known"),
+            control: false,
+            confirmation: false,
+        };
+        d.observe(&obs, &mut events);
+    }
+    events
+}
+
+fn dump(trace: &Trace) {
+    if let Ok(dir) = std::env::var("BW_SIM_DUMP") {
+        std::fs::create_dir_all(&dir).expect("dump dir");
+        std::fs::write(format!("{dir}/{}.jsonl", trace.name), trace.to_jsonl()).expect("write trace");
+        std::fs::write(format!("{dir}/{}.truth.json", trace.name), trace.truth_json()).expect("write truth");
+    }
+}
+
+/// Runs the given parameter sets and returns the pooled score, printing per-family lines.
+fn evaluate(sets: &[Params]) -> Score {
+    let mut total = Score::default();
+    for fam in FAMILIES {
+        let mut fs = Score::default();
+        for p in sets.iter().filter(|p| p.family == *fam) {
+            let trace = generate(p);
+            dump(&trace);
+            fs.add(&score(&trace, &run(&trace)));
+        }
+        if fs.tp + fs.fn_ + fs.fp + fs.end_expected > 0 || !fs.notes.is_empty() {
+            println!("{fam:?}: {}", fs.summary());
+        }
+        total.add(&fs);
+    }
+    for n in &total.notes {
+        println!("  {n}");
+    }
+    println!("ALL: {}", total.summary());
+    total
+}
+
+/// Every family at each interval, cycling fleet sizes so that each size meets each family.
+fn matrix(intervals: &[i64], fleets: &[usize], seed: u64) -> Vec<Params> {
+    let mut sets = Vec::new();
+    let mut k = seed;
+    for (fi, fam) in FAMILIES.iter().enumerate() {
+        for (ii, &iv) in intervals.iter().enumerate() {
+            k += 1;
+            let agents = match fam {
+                Family::LateArrival => [1, 1, 2, 3][ii % 4],
+                Family::SingleAgentIsp => [3, 2, 3, 10][ii % 4],
+                _ => fleets[(fi + ii) % fleets.len()],
+            };
+            let mut p = Params::new(*fam, iv, agents, k);
+            if agents >= 10 {
+                // Keep the run time down: fewer probes per lane for big fleets.
+                p.probes = 240;
+            }
+            sets.push(p);
+        }
+    }
+    sets
+}
+
+/// The quality goals, on a pool whose block mix is heavier in network blocks (which need
+/// persistence) and partial blocks than the samples: the delay goals are checked on geo
+/// blocks alone (median) and on everything (p95, with a little slack for thin partial
+/// blocks of lone agents).
+fn assert_quality(s: &Score) {
+    assert!(s.precision() >= 0.98, "precision {:.3}", s.precision());
+    assert!(s.recall() >= 0.98, "recall {:.3}", s.recall());
+    assert_eq!(s.end_fp, 0, "false ends");
+    assert!(s.end_recall() >= 0.95, "end recall {:.2}", s.end_recall());
+    assert!(s.delay(0.95) <= 7.0, "p95 delay {:.2}", s.delay(0.95));
+    assert!(s.onset(0.5) <= 0.5, "median onset error {:.2}", s.onset(0.5));
+}
+
+fn assert_geo_fast(sets: &[Params]) {
+    let geo: Vec<Params> = sets.iter().filter(|p| p.family == Family::GeoBlock).cloned().collect();
+    let s = evaluate(&geo);
+    assert!(s.delay(0.5) <= 1.0, "geo median delay {:.2}", s.delay(0.5));
+    assert!(s.delay(0.95) <= 2.5, "geo p95 delay {:.2}", s.delay(0.95));
+}
+
+#[test]
+fn families_across_intervals_and_fleets() {
+    let mut sets = matrix(&[30, 60, 300, 600], &[1, 2, 3, 10, 2, 50], 100);
+    sets.extend(matrix(&[60, 30, 600, 300], &[3, 1, 2, 10, 2], 300));
+    assert_quality(&evaluate(&sets));
+    assert_geo_fast(&sets);
+}
+
+#[test]
+fn noisier_agents_and_more_resends() {
+    let mut sets = matrix(&[60, 120, 300, 30], &[2, 3, 1, 10], 900);
+    sets.extend(matrix(&[120, 60, 30, 600], &[1, 2, 3, 2], 1300));
+    for p in &mut sets {
+        p.noise *= 1.5;
+        p.duplicates = 0.02;
+    }
+    assert_quality(&evaluate(&sets));
+}

@@ -1,0 +1,407 @@
+//! Synthetic labelled traces of the scenario families in `shared/eval/samples`, with the
+//! parameters varied (interval, agents per region, noise, jitter, timing), and a scorer that
+//! mirrors `shared/eval/score.py`. Deterministic: everything comes from a seeded splitmix64.
+
+#![allow(dead_code, clippy::needless_range_loop)]
+
+pub mod score;
+
+use std::fmt::Write as _;
+
+use blockwatch_proto::time::format_rfc3339;
+
+/// splitmix64: tiny, fast and good enough for simulation.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    pub fn range(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.f64()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.f64() < p
+    }
+    pub fn pick<T: Copy>(&mut self, xs: &[T]) -> T {
+        xs[self.below(xs.len())]
+    }
+}
+
+/// The scenario families of the samples.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    GeoBlock,
+    NetBlockRst,
+    NetBlockBlackhole,
+    NetBlockDns,
+    GlobalOutage,
+    VantageDown,
+    Flaky,
+    RatelimitBlips,
+    SingleAgentIsp,
+    LateArrival,
+    LiftAndRollout,
+}
+
+pub const FAMILIES: &[Family] = &[
+    Family::GeoBlock,
+    Family::NetBlockRst,
+    Family::NetBlockBlackhole,
+    Family::NetBlockDns,
+    Family::GlobalOutage,
+    Family::VantageDown,
+    Family::Flaky,
+    Family::RatelimitBlips,
+    Family::SingleAgentIsp,
+    Family::LateArrival,
+    Family::LiftAndRollout,
+];
+
+/// Knobs of one generated trace.
+#[derive(Debug, Clone)]
+pub struct Params {
+    pub family: Family,
+    pub interval_ms: i64,
+    pub agents_per_region: usize,
+    pub regions: usize,
+    pub targets: usize,
+    /// Probes per (agent, target) over the whole trace.
+    pub probes: usize,
+    /// Background failure rate of an ordinary agent.
+    pub noise: f64,
+    /// Share of re-sent results.
+    pub duplicates: f64,
+    /// Blip length, in intervals (min, max).
+    pub blip_intervals: (f64, f64),
+    pub seed: u64,
+}
+
+impl Params {
+    pub fn new(family: Family, interval_s: i64, agents: usize, seed: u64) -> Params {
+        let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
+        Params {
+            family,
+            interval_ms: interval_s * 1000,
+            agents_per_region: agents,
+            regions: 3 + rng.below(3),
+            targets: 2 + rng.below(3),
+            probes: 480,
+            noise: rng.range(0.003, 0.03),
+            duplicates: 0.005,
+            blip_intervals: (2.5, 4.5),
+            seed,
+        }
+    }
+}
+
+/// One result line.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub probe_id: String,
+    pub agent_id: String,
+    pub region: String,
+    pub target: String,
+    pub started_at: i64,
+    pub received_at: i64,
+    pub outcome: &'static str,
+}
+
+/// A labelled block.
+#[derive(Debug, Clone)]
+pub struct TruthBlock {
+    pub target: String,
+    pub region: String,
+    pub start: i64,
+    pub end: Option<i64>,
+}
+
+/// A generated trace with its labels.
+pub struct Trace {
+    pub name: String,
+    pub interval_ms: i64,
+    pub start: i64,
+    pub end: i64,
+    pub records: Vec<Record>,
+    pub blocks: Vec<TruthBlock>,
+}
+
+const REGIONS: &[&str] = &["eu-west", "hk", "cn-north", "us-east", "ir-tehran", "ru-central", "ap-southeast", "cn-south"];
+const TARGETS: &[&str] = &["openai", "anthropic", "deepseek", "gemini", "mistral", "dashscope"];
+const NOISE: &[&str] = &["tcp_timeout", "tcp_timeout", "dns_timeout", "tls_timeout", "tcp_reset", "http_server_error"];
+const T0: i64 = 1_721_781_668_000;
+
+/// A time-boxed change of outcomes for some (region, agent, target) set.
+#[derive(Clone)]
+struct Overlay {
+    regions: Option<Vec<usize>>,
+    agents: Option<Vec<usize>>,
+    targets: Option<Vec<usize>>,
+    start: i64,
+    end: i64,
+    /// Probability a probe in scope gets one of `outcomes`.
+    rate: f64,
+    outcomes: Vec<&'static str>,
+}
+
+impl Overlay {
+    fn applies(&self, region: usize, agent: usize, target: usize, t: i64) -> bool {
+        t >= self.start
+            && t < self.end
+            && self.regions.as_ref().is_none_or(|r| r.contains(&region))
+            && self.agents.as_ref().is_none_or(|a| a.contains(&agent))
+            && self.targets.as_ref().is_none_or(|x| x.contains(&target))
+    }
+}
+
+fn signature_outcomes(sig: &str) -> Vec<&'static str> {
+    match sig {
+        "geo" => vec!["http_geo_blocked"],
+        "rst" => vec!["tls_reset", "tls_reset", "tls_reset", "tcp_reset"],
+        "blackhole" => vec!["tcp_timeout"],
+        _ => vec!["dns_bogon", "dns_bogon", "tls_cert_invalid"],
+    }
+}
+
+/// Generates one trace.
+pub fn generate(p: &Params) -> Trace {
+    let mut rng = Rng::new(p.seed);
+    let iv = p.interval_ms;
+    let duration = iv * p.probes as i64;
+    let (start, end) = (T0, T0 + duration);
+    let n_regions = p.regions.min(REGIONS.len());
+    let n_targets = p.targets.min(TARGETS.len());
+    let n_agents = n_regions * p.agents_per_region;
+    let region_of = |a: usize| a / p.agents_per_region;
+
+    let mut noise: Vec<f64> = (0..n_agents).map(|_| p.noise * rng.range(0.5, 1.5)).collect();
+    let mut overlays: Vec<Overlay> = Vec::new();
+    let mut blocks: Vec<TruthBlock> = Vec::new();
+    // (agent, offline from, back at): results spooled and flushed late.
+    let mut offline: Vec<(usize, i64, i64)> = Vec::new();
+    let at = |frac: f64| start + (duration as f64 * frac) as i64;
+    let block_rate = |rng: &mut Rng| if rng.chance(0.6) { 1.0 } else { rng.range(0.75, 0.95) };
+
+    let add_block = |rng: &mut Rng, overlays: &mut Vec<Overlay>, blocks: &mut Vec<TruthBlock>, r: usize, t: usize, s: i64, e: Option<i64>, sig: &str| {
+        let rate = block_rate(rng);
+        overlays.push(Overlay {
+            regions: Some(vec![r]),
+            agents: None,
+            targets: Some(vec![t]),
+            start: s,
+            end: e.unwrap_or(i64::MAX),
+            rate,
+            outcomes: signature_outcomes(sig),
+        });
+        blocks.push(TruthBlock { target: TARGETS[t].into(), region: REGIONS[r].into(), start: s, end: e });
+    };
+
+    match p.family {
+        Family::GeoBlock | Family::NetBlockRst | Family::NetBlockBlackhole | Family::NetBlockDns => {
+            let sig = match p.family {
+                Family::GeoBlock => "geo",
+                Family::NetBlockRst => "rst",
+                Family::NetBlockBlackhole => "blackhole",
+                _ => "dns",
+            };
+            let t = rng.below(n_targets);
+            let n_blocks = if p.family == Family::GeoBlock { 2 } else { 1 };
+            let mut used = Vec::new();
+            for _ in 0..n_blocks {
+                let mut r = rng.below(n_regions);
+                while used.contains(&r) {
+                    r = (r + 1) % n_regions;
+                }
+                used.push(r);
+                let s = at(rng.range(0.35, 0.8));
+                let e = if rng.chance(0.4) { Some(s + (duration as f64 * rng.range(0.1, 0.15)) as i64) } else { None };
+                add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, e, sig);
+            }
+        }
+        Family::GlobalOutage => {
+            for k in 0..2 {
+                let t = (k + rng.below(n_targets)) % n_targets;
+                let s = at(rng.range(0.2 + 0.4 * k as f64, 0.5 + 0.4 * k as f64));
+                let len = (rng.range(15.0, 20.0) * iv as f64) as i64;
+                let outcomes = if rng.chance(0.5) { vec!["tcp_timeout", "tcp_timeout", "tls_timeout"] } else { vec!["http_server_error", "http_server_error", "http_server_error", "http_server_error", "tcp_timeout"] };
+                for r in 0..n_regions {
+                    let skew = (rng.range(0.0, 1.0) * iv as f64) as i64;
+                    overlays.push(Overlay { regions: Some(vec![r]), agents: None, targets: Some(vec![t]), start: s + skew, end: s + skew + len, rate: 0.97, outcomes: outcomes.clone() });
+                }
+            }
+        }
+        Family::VantageDown | Family::SingleAgentIsp => {
+            let a = rng.below(n_agents);
+            let s = at(rng.range(0.3, 0.6));
+            overlays.push(Overlay { regions: None, agents: Some(vec![a]), targets: None, start: s, end: s + (120.0 * iv as f64) as i64, rate: 1.0, outcomes: vec!["tcp_timeout", "tcp_timeout", "dns_timeout"] });
+            if p.family == Family::VantageDown {
+                let r = (region_of(a) + 1) % n_regions;
+                let s = at(rng.range(0.15, 0.25));
+                overlays.push(Overlay { regions: Some(vec![r]), agents: None, targets: None, start: s, end: s + (20.0 * iv as f64) as i64, rate: 1.0, outcomes: vec!["tcp_timeout", "tcp_timeout", "dns_timeout"] });
+            }
+        }
+        Family::Flaky => {
+            for n in noise.iter_mut() {
+                if rng.chance(0.3) {
+                    *n = rng.range(0.1, 0.3);
+                }
+            }
+            // Flaky agents fail in short bursts too.
+            for _ in 0..(n_agents.min(20) * 4) {
+                let a = rng.below(n_agents);
+                if noise[a] < 0.1 {
+                    continue;
+                }
+                let s = at(rng.range(0.0, 0.95));
+                overlays.push(Overlay { regions: None, agents: Some(vec![a]), targets: Some(vec![rng.below(n_targets)]), start: s, end: s + (rng.range(2.0, 6.0) * iv as f64) as i64, rate: 0.8, outcomes: NOISE.to_vec() });
+            }
+        }
+        Family::RatelimitBlips => {
+            let t = rng.below(n_targets);
+            let r = rng.below(n_regions);
+            let s = at(rng.range(0.4, 0.6));
+            overlays.push(Overlay { regions: Some(vec![r]), agents: None, targets: Some(vec![t]), start: s, end: s + 30 * iv, rate: 0.9, outcomes: vec!["http_rate_limited"] });
+            let t2 = (t + 1) % n_targets;
+            for _ in 0..8 {
+                let s = at(rng.range(0.2, 0.5));
+                overlays.push(Overlay { regions: None, agents: Some(vec![rng.below(n_agents)]), targets: Some(vec![t2]), start: s, end: s + (rng.range(2.0, 6.0) * iv as f64) as i64, rate: 0.9, outcomes: vec!["http_rate_limited"] });
+            }
+            for k in 0..3 {
+                let s = at(0.1 + 0.25 * k as f64 + rng.range(0.0, 0.1));
+                let len = (rng.range(p.blip_intervals.0, p.blip_intervals.1) * iv as f64) as i64;
+                let sig = rng.pick(&["rst", "blackhole", "rst"]);
+                overlays.push(Overlay { regions: Some(vec![rng.below(n_regions)]), agents: None, targets: Some(vec![rng.below(n_targets)]), start: s, end: s + len, rate: 1.0, outcomes: signature_outcomes(sig) });
+            }
+        }
+        Family::LateArrival => {
+            let a = rng.below(n_agents);
+            let r = region_of(a);
+            let t = rng.below(n_targets);
+            let off = at(rng.range(0.3, 0.4));
+            let back = off + 60 * iv;
+            let s = off + (rng.range(0.3, 0.6) * 60.0 * iv as f64) as i64;
+            add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, None, "rst");
+            offline.push((a, off, back));
+        }
+        Family::LiftAndRollout => {
+            let t1 = rng.below(n_targets);
+            let r1 = rng.below(n_regions);
+            let s1 = at(rng.range(0.08, 0.12));
+            let e1 = s1 + (duration as f64 * 0.25) as i64;
+            add_block(&mut rng, &mut overlays, &mut blocks, r1, t1, s1, Some(e1), "geo");
+            let t2 = (t1 + 1) % n_targets;
+            let mut s = at(rng.range(0.5, 0.55));
+            for (k, sig) in ["blackhole", "rst", "geo"].iter().enumerate() {
+                let r = (r1 + 1 + k) % n_regions;
+                if blocks.iter().any(|b| b.region == REGIONS[r] && b.target == TARGETS[t2]) {
+                    continue;
+                }
+                add_block(&mut rng, &mut overlays, &mut blocks, r, t2, s, None, sig);
+                s += (rng.range(0.08, 0.12) * duration as f64) as i64;
+            }
+        }
+    }
+
+    let mut records = Vec::new();
+    for a in 0..n_agents {
+        let r = region_of(a);
+        let agent_id = format!("{}-{}", REGIONS[r], a % p.agents_per_region + 1);
+        for t in 0..n_targets {
+            let mut ts = start + (rng.f64() * iv as f64) as i64;
+            let mut seq = 0;
+            while ts < end {
+                seq += 1;
+                let outcome = match overlays.iter().find(|o| o.applies(r, a, t, ts)) {
+                    Some(o) if rng.chance(o.rate) => rng.pick(&o.outcomes),
+                    Some(_) => "ok",
+                    None if rng.chance(noise[a]) => rng.pick(NOISE),
+                    None => "ok",
+                };
+                let took = if outcome.ends_with("timeout") { rng.range(5000.0, 10000.0) } else { rng.range(150.0, 600.0) };
+                let mut received = ts + took as i64 + rng.range(10.0, 300.0) as i64;
+                if let Some(&(_, _, back)) = offline.iter().find(|(oa, from, back)| *oa == a && ts >= *from && ts < *back) {
+                    received = back + rng.range(0.0, 20_000.0) as i64;
+                }
+                let rec = Record {
+                    probe_id: format!("{agent_id}/{}/{seq}", TARGETS[t]),
+                    agent_id: agent_id.clone(),
+                    region: REGIONS[r].into(),
+                    target: TARGETS[t].into(),
+                    started_at: ts,
+                    received_at: received,
+                    outcome,
+                };
+                if rng.chance(p.duplicates) {
+                    let mut dup = rec.clone();
+                    dup.received_at += rng.range(1000.0, 60_000.0) as i64;
+                    records.push(dup);
+                }
+                records.push(rec);
+                ts += (iv as f64 * rng.range(0.5, 1.5)) as i64;
+            }
+        }
+    }
+    records.sort_by(|a, b| a.received_at.cmp(&b.received_at).then_with(|| a.probe_id.cmp(&b.probe_id)));
+    let name = format!("{:?}-{}s-{}a-{}", p.family, p.interval_ms / 1000, p.agents_per_region, p.seed);
+    Trace { name, interval_ms: iv, start, end, records, blocks }
+}
+
+impl Trace {
+    /// The trace as JSONL in the samples' format.
+    pub fn to_jsonl(&self) -> String {
+        let mut s = String::new();
+        for r in &self.records {
+            let _ = writeln!(
+                s,
+                r#"{{"probe_id":"{}","agent_id":"{}","region":"{}","target":"{}","started_at":"{}","received_at":"{}","outcome":"{}","http_status":0,"provider_code":"","duration_ms":0}}"#,
+                r.probe_id,
+                r.agent_id,
+                r.region,
+                r.target,
+                format_rfc3339(r.started_at),
+                format_rfc3339(r.received_at),
+                r.outcome
+            );
+        }
+        s
+    }
+
+    /// The labels as a `*.truth.json` document.
+    pub fn truth_json(&self) -> String {
+        let blocks: Vec<String> = self
+            .blocks
+            .iter()
+            .map(|b| {
+                format!(
+                    r#"{{"target":"{}","region":"{}","start":"{}","end":{},"signature":""}}"#,
+                    b.target,
+                    b.region,
+                    format_rfc3339(b.start),
+                    b.end.map_or("null".to_string(), |e| format!("\"{}\"", format_rfc3339(e)))
+                )
+            })
+            .collect();
+        format!(
+            r#"{{"scenario":"{}","interval_s":{},"start":"{}","end":"{}","blocks":[{}]}}"#,
+            self.name,
+            self.interval_ms / 1000,
+            format_rfc3339(self.start),
+            format_rfc3339(self.end),
+            blocks.join(",")
+        )
+    }
+}

@@ -1,0 +1,159 @@
+//! The scoring of `shared/eval/score.py`, in Rust, over generated traces.
+
+use std::collections::HashSet;
+
+use blockwatch_collector::detector::{Event, EventKind};
+
+use super::Trace;
+
+/// Results of one or more traces.
+#[derive(Debug, Default, Clone)]
+pub struct Score {
+    pub tp: usize,
+    pub fp: usize,
+    pub fn_: usize,
+    pub delays: Vec<f64>,
+    pub onset_err: Vec<f64>,
+    pub end_expected: usize,
+    pub end_tp: usize,
+    pub end_fp: usize,
+    pub notes: Vec<String>,
+}
+
+impl Score {
+    pub fn add(&mut self, o: &Score) {
+        self.tp += o.tp;
+        self.fp += o.fp;
+        self.fn_ += o.fn_;
+        self.delays.extend(&o.delays);
+        self.onset_err.extend(&o.onset_err);
+        self.end_expected += o.end_expected;
+        self.end_tp += o.end_tp;
+        self.end_fp += o.end_fp;
+        self.notes.extend(o.notes.iter().cloned());
+    }
+    pub fn precision(&self) -> f64 {
+        if self.tp + self.fp == 0 { 1.0 } else { self.tp as f64 / (self.tp + self.fp) as f64 }
+    }
+    pub fn recall(&self) -> f64 {
+        if self.tp + self.fn_ == 0 { 1.0 } else { self.tp as f64 / (self.tp + self.fn_) as f64 }
+    }
+    pub fn end_recall(&self) -> f64 {
+        if self.end_expected == 0 { 1.0 } else { self.end_tp as f64 / self.end_expected as f64 }
+    }
+    pub fn delay(&self, q: f64) -> f64 {
+        pct(&self.delays, q)
+    }
+    pub fn onset(&self, q: f64) -> f64 {
+        pct(&self.onset_err.iter().map(|x| x.abs()).collect::<Vec<_>>(), q)
+    }
+    pub fn summary(&self) -> String {
+        format!(
+            "blocks {} tp {} fp {} fn {} precision {:.3} recall {:.3} delay median {:.2} p95 {:.2} onset median {:.2} p95 {:.2} end recall {:.2} ({}/{}) false ends {}",
+            self.tp + self.fn_,
+            self.tp,
+            self.fp,
+            self.fn_,
+            self.precision(),
+            self.recall(),
+            self.delay(0.5),
+            self.delay(0.95),
+            self.onset(0.5),
+            self.onset(0.95),
+            self.end_recall(),
+            self.end_tp,
+            self.end_expected,
+            self.end_fp
+        )
+    }
+}
+
+/// Percentile as score.py takes it (nearest rank, Python rounding of the index).
+fn pct(xs: &[f64], q: f64) -> f64 {
+    if xs.is_empty() {
+        return 0.0;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let idx = (q * (v.len() - 1) as f64).round_ties_even() as usize;
+    v[idx.min(v.len() - 1)]
+}
+
+/// Scores the events of one trace.
+pub fn score(trace: &Trace, events: &[Event]) -> Score {
+    let iv = trace.interval_ms as f64;
+    let tol = 2.0 * iv;
+    let mut s = Score::default();
+    let started: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::BlockStarted).collect();
+    let ended: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::BlockEnded).collect();
+    let mut used = HashSet::new();
+    let mut blocks = trace.blocks.clone();
+    blocks.sort_by_key(|b| b.start);
+    for b in &blocks {
+        let e = b.end.unwrap_or(trace.end) as f64;
+        let st = b.start as f64;
+        let cands: Vec<usize> = (0..started.len())
+            .filter(|i| !used.contains(i))
+            .filter(|&i| {
+                let ev = started[i];
+                ev.target == b.target && ev.region == b.region && st - tol <= ev.onset as f64 && (ev.onset as f64) < e
+            })
+            .collect();
+        let Some(&i) = cands.iter().min_by_key(|&&i| started[i].detected_at) else {
+            s.fn_ += 1;
+            s.notes.push(format!("{}: missed {}@{} from +{:.1}iv", trace.name, b.target, b.region, (st - trace.start as f64) / iv));
+            continue;
+        };
+        used.insert(i);
+        s.tp += 1;
+        let seen = trace
+            .records
+            .iter()
+            .filter(|r| r.target == b.target && r.region == b.region && r.started_at >= b.start)
+            .map(|r| r.received_at)
+            .min()
+            .unwrap_or(b.start);
+        let delay = (started[i].detected_at as f64 - st.max(seen as f64)) / iv;
+        s.delays.push(delay);
+        s.onset_err.push((started[i].onset as f64 - st) / iv);
+        if delay > 6.0 {
+            s.notes.push(format!("{}: slow {}@{} delay {:.2}", trace.name, b.target, b.region, delay));
+        }
+    }
+    for (i, ev) in started.iter().enumerate() {
+        if !used.contains(&i) {
+            s.fp += 1;
+            s.notes.push(format!(
+                "{}: false alarm {}@{} onset +{:.1}iv ({:?})",
+                trace.name,
+                ev.target,
+                ev.region,
+                (ev.onset - trace.start) as f64 / iv,
+                ev.evidence.agents
+            ));
+        }
+    }
+    let mut used_end = HashSet::new();
+    for b in &trace.blocks {
+        let Some(e) = b.end else { continue };
+        s.end_expected += 1;
+        let cand = (0..ended.len())
+            .filter(|i| !used_end.contains(i))
+            .filter(|&i| ended[i].target == b.target && ended[i].region == b.region && ((ended[i].onset - e) as f64).abs() <= tol)
+            .min_by_key(|&i| ended[i].detected_at);
+        match cand {
+            Some(i) => {
+                used_end.insert(i);
+                s.end_tp += 1;
+            }
+            None => s.notes.push(format!("{}: missed end {}@{} at +{:.1}iv", trace.name, b.target, b.region, (e - trace.start) as f64 / iv)),
+        }
+    }
+    s.end_fp = ended.len() - used_end.len();
+    for (i, ev) in ended.iter().enumerate() {
+        if !used_end.contains(&i) {
+            s.notes.push(format!("{}: false end {}@{} onset +{:.1}iv", trace.name, ev.target, ev.region, (ev.onset - trace.start) as f64 / iv));
+        }
+    }
+    s
+}
