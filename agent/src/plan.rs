@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use blockwatch_proto::v1::{Plan, PlanTarget};
+use blockwatch_proto::plan::from_proto_duration as std_duration;
+use blockwatch_proto::v1::Plan;
 
 use crate::config::{AgentConfig, CONTROL_ID, CredentialSource, TargetConfig};
 
@@ -29,33 +30,13 @@ pub struct ActivePlan {
     pub targets: Vec<Target>,
 }
 
-fn proto_duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration {
-        seconds: d.as_secs() as i64,
-        nanos: d.subsec_nanos() as i32,
-    }
-}
-
-fn std_duration(d: &prost_types::Duration) -> Duration {
-    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
-}
-
 /// The local config as a wire plan (so it is checked by the same rules as a central one).
 pub fn local_plan(cfg: &AgentConfig, version: u64) -> Plan {
-    Plan {
+    blockwatch_proto::plan::build(
         version,
-        interval: Some(proto_duration(cfg.interval)),
-        targets: cfg
-            .targets
-            .iter()
-            .map(|t| PlanTarget {
-                id: t.id.clone(),
-                url: t.url.clone(),
-                provider: t.provider.clone(),
-                interval: t.interval.map(proto_duration),
-            })
-            .collect(),
-    }
+        cfg.interval,
+        cfg.targets.iter().map(|t| (t.id.as_str(), t.url.as_str(), t.provider.as_str(), t.interval)),
+    )
 }
 
 fn from_config(t: &TargetConfig, default_interval: Duration) -> Target {
@@ -139,6 +120,8 @@ pub fn apply(cfg: &AgentConfig, plan: &Plan) -> Result<ActivePlan, Vec<String>> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use blockwatch_proto::plan::to_proto_duration as proto_duration;
+    use blockwatch_proto::v1::PlanTarget;
 
     fn cfg() -> AgentConfig {
         AgentConfig::parse(

@@ -13,6 +13,37 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Most targets in one plan.
 pub const MAX_TARGETS: usize = 1000;
 
+/// A std duration as a protobuf one.
+pub fn to_proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+}
+
+/// A protobuf duration as a std one (negative parts clamp to zero).
+pub fn from_proto_duration(d: &prost_types::Duration) -> Duration {
+    Duration::new(d.seconds.max(0) as u64, d.nanos.max(0) as u32)
+}
+
+/// Builds a wire plan from `(id, url, provider, interval)` of each target.
+pub fn build<'a>(
+    version: u64,
+    interval: Duration,
+    targets: impl IntoIterator<Item = (&'a str, &'a str, &'a str, Option<Duration>)>,
+) -> Plan {
+    Plan {
+        version,
+        interval: Some(to_proto_duration(interval)),
+        targets: targets
+            .into_iter()
+            .map(|(id, url, provider, interval)| crate::v1::PlanTarget {
+                id: id.into(),
+                url: url.into(),
+                provider: provider.into(),
+                interval: interval.map(to_proto_duration),
+            })
+            .collect(),
+    }
+}
+
 fn duration(d: &prost_types::Duration) -> Option<Duration> {
     (d.seconds >= 0 && d.nanos >= 0)
         .then(|| Duration::new(d.seconds as u64, d.nanos as u32))
