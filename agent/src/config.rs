@@ -180,31 +180,12 @@ fn default_concurrency() -> usize {
     16
 }
 
-/// A configuration that cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("config {path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("config {path}: {}", problems.join("; "))]
-    Invalid { path: PathBuf, problems: Vec<String> },
-}
+pub use blockwatch_proto::config_file::ConfigError;
 
 impl AgentConfig {
     /// Reads, parses, applies environment overrides and validates a config file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
+        let mut cfg: AgentConfig = blockwatch_proto::config_file::read_toml(path)?;
         cfg.apply_env(|k| std::env::var(k).ok());
         let mut problems = cfg.validate().err().unwrap_or_default();
         problems.extend(cfg.credentials(|k| std::env::var(k).ok()).err().unwrap_or_default());
@@ -257,7 +238,7 @@ impl AgentConfig {
 
     /// Parses TOML text; the message names the offending key and line.
     pub fn parse(text: &str) -> Result<AgentConfig, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().replace('\n', " "))
+        blockwatch_proto::config_file::parse_toml(text)
     }
 
     /// Applies `BLOCKWATCH_*` overrides read through `get`.

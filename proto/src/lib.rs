@@ -1,6 +1,7 @@
 //! The blockwatch wire format (`blockwatch.v1`) and the few types that agent and collector
 //! both need: the outcome taxonomy with its names, and the JSONL trace record.
 
+pub mod config_file;
 pub mod outcome;
 pub mod plan;
 pub mod time;
