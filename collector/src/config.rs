@@ -18,6 +18,10 @@ pub struct CollectorConfig {
     /// gRPC listen address for agents. Default `127.0.0.1:7400`. Env: `BLOCKWATCH_LISTEN`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// HTTP query API listen address (`/v1/events`, `/v1/agents`, `/healthz`). Default
+    /// `127.0.0.1:7401`. Env: `BLOCKWATCH_API_LISTEN`.
+    #[serde(default = "default_api_listen")]
+    pub api_listen: SocketAddr,
     /// Directory of the store. Default `./blockwatch-data`. Env: `BLOCKWATCH_DATA_DIR`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -65,6 +69,9 @@ pub struct PlanTargetConfig {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7400))
 }
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7401))
+}
 fn default_data_dir() -> PathBuf {
     PathBuf::from("blockwatch-data")
 }
@@ -79,6 +86,7 @@ impl Default for CollectorConfig {
     fn default() -> Self {
         CollectorConfig {
             listen: default_listen(),
+            api_listen: default_api_listen(),
             data_dir: default_data_dir(),
             max_batch: DEFAULT_MAX_BATCH,
             heartbeat_interval: default_heartbeat(),
@@ -116,6 +124,12 @@ impl CollectorConfig {
             match v.parse() {
                 Ok(a) => self.listen = a,
                 Err(e) => problems.push(format!("BLOCKWATCH_LISTEN={v:?}: {e}")),
+            }
+        }
+        if let Some(v) = get("BLOCKWATCH_API_LISTEN") {
+            match v.parse() {
+                Ok(a) => self.api_listen = a,
+                Err(e) => problems.push(format!("BLOCKWATCH_API_LISTEN={v:?}: {e}")),
             }
         }
         if let Some(v) = get("BLOCKWATCH_DATA_DIR") {

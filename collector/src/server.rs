@@ -3,10 +3,12 @@
 //! Tasks and channels (see ARCHITECTURE.md):
 //! - tonic server → one task per Report stream → `Store` writer thread (queue `WRITE_QUEUE`,
 //!   block when full) → ack back on the stream (queue `OUTBOUND_QUEUE`).
-//! - stream task → detector task (queue `DETECTOR_QUEUE`, block when full) → event log in the
-//!   store and the `events` broadcast (`EVENT_BROADCAST`, slow subscribers lose the oldest).
+//! - writer thread → detector thread, in store order (queue `DETECTOR_QUEUE`, the writer
+//!   blocks when full) → event log in the store and the `events` broadcast (`EVENT_BROADCAST`,
+//!   slow subscribers lose the oldest).
 //!
-//! Shutdown: stop accepting, let streams end, drain the detector queue, close the store last.
+//! Shutdown: stop accepting, let streams end, close the store's writer (which ends the
+//! detector's feed), let the detector drain.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,15 +16,15 @@ use std::sync::Arc;
 use blockwatch_proto::time::from_timestamp;
 use blockwatch_proto::v1::fleet_server::FleetServer;
 use blockwatch_proto::v1::{Plan, StoredResult};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::CollectorConfig;
 use crate::detector::{Detector, DetectorConfig, Event, Observation};
 use crate::ingest::Ingest;
-use crate::store::{Store, StoreError};
+use crate::store::{EventLog, Store, StoreError};
 
-/// Batches of new results waiting for the detector. When full, ingest waits.
+/// Batches of new results waiting for the detector. When full, the store writer waits.
 pub const DETECTOR_QUEUE: usize = 1024;
 /// Events buffered per live subscriber; a slow subscriber misses the oldest.
 pub const EVENT_BROADCAST: usize = 1024;
@@ -47,6 +49,8 @@ pub enum StartError {
 pub struct Collector {
     /// The address agents connect to.
     pub addr: SocketAddr,
+    /// The HTTP query API's address.
+    pub api_addr: SocketAddr,
     /// Live detector events.
     pub events: broadcast::Sender<Event>,
     /// Live stored results, in batches as they were made durable.
@@ -58,14 +62,17 @@ pub struct Collector {
     store: Store,
     stop: tokio::sync::oneshot::Sender<()>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    detector: JoinHandle<()>,
+    api_stop: tokio::sync::oneshot::Sender<()>,
+    api: JoinHandle<std::io::Result<()>>,
+    detector: std::thread::JoinHandle<()>,
 }
 
 impl Collector {
     /// Opens the store, rebuilds the detector's state from it, and starts serving.
     pub async fn start(cfg: &CollectorConfig) -> Result<Collector, StartError> {
         let dir = cfg.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+        let (det_tx, det_rx) = std::sync::mpsc::sync_channel(DETECTOR_QUEUE);
+        let store = tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx)))
             .await
             .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) })??;
         let detector = {
@@ -77,11 +84,16 @@ impl Collector {
         };
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
         let (results, _) = broadcast::channel(RESULT_BROADCAST);
-        let (det_tx, det_rx) = mpsc::channel(DETECTOR_QUEUE);
-        let detector = tokio::spawn(run_detector(detector, det_rx, store.clone(), events.clone(), results.clone()));
+        let detector = {
+            let (log, events, results) = (store.event_log(), events.clone(), results.clone());
+            std::thread::Builder::new()
+                .name("detector".into())
+                .spawn(move || run_detector(detector, det_rx, log, events, results))
+                .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(e) })?
+        };
         let initial_plan = cfg.plan.as_ref().map(|p| crate::plan::to_proto(p, 1));
         let (plan, plan_rx) = watch::channel(initial_plan);
-        let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, det_tx));
+        let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx));
 
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -100,8 +112,14 @@ impl Collector {
                     let _ = stopped.await;
                 }),
         );
-        tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "collector listening");
-        Ok(Collector { addr, events, results, ingest, plan, store, stop, server, detector })
+        let api_listener = crate::api::bind(cfg.api_listen).await?;
+        let api_addr = api_listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
+        let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let api = tokio::spawn(crate::api::serve(api_listener, store.clone(), Arc::clone(&ingest), async {
+            let _ = api_stopped.await;
+        }));
+        tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");
+        Ok(Collector { addr, api_addr, events, results, ingest, plan, store, stop, server, api_stop, api, detector })
     }
 
     /// Replaces the central plan when it differs from the running one; returns the new plan
@@ -133,15 +151,23 @@ impl Collector {
     /// Stops accepting, waits for streams to end (up to `deadline`), drains the detector and
     /// closes the store.
     pub async fn shutdown(self, deadline: std::time::Duration) {
-        let Collector { stop, server, detector, store, ingest, .. } = self;
+        let Collector { stop, server, detector, store, ingest, api_stop, api, .. } = self;
+        let _ = api_stop.send(());
         let _ = stop.send(());
         ingest.close_streams();
         if tokio::time::timeout(deadline, server).await.is_err() {
             tracing::warn!("streams still open at the shutdown deadline; closing anyway");
         }
         drop(ingest);
-        let _ = tokio::time::timeout(deadline, detector).await;
-        let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        if tokio::time::timeout(deadline, api).await.is_err() {
+            tracing::warn!("API requests still running at the shutdown deadline");
+        }
+        // Closing the writer ends the detector's feed; the detector then drains and stops.
+        let _ = tokio::task::spawn_blocking(move || {
+            store.close();
+            let _ = detector.join();
+        })
+        .await;
     }
 }
 
@@ -182,15 +208,16 @@ pub fn observe(detector: &mut Detector, stored: &StoredResult, out: &mut Vec<Eve
     );
 }
 
-async fn run_detector(
+/// The live detector, on its own thread: results in store order in, events out.
+fn run_detector(
     mut detector: Detector,
-    mut rx: mpsc::Receiver<Vec<StoredResult>>,
-    store: Store,
+    rx: std::sync::mpsc::Receiver<Vec<StoredResult>>,
+    mut log: EventLog,
     events: broadcast::Sender<Event>,
     results: broadcast::Sender<Arc<Vec<StoredResult>>>,
 ) {
     let mut out = Vec::new();
-    while let Some(batch) = rx.recv().await {
+    while let Ok(batch) = rx.recv() {
         for stored in &batch {
             observe(&mut detector, stored, &mut out);
         }
@@ -198,8 +225,8 @@ async fn run_detector(
         if out.is_empty() {
             continue;
         }
-        let lines = out.iter().map(Event::to_json_line).collect();
-        if let Err(e) = store.append_events(lines).await {
+        let lines: Vec<String> = out.iter().map(Event::to_json_line).collect();
+        if let Err(e) = log.append(&lines) {
             tracing::error!(error = %e, "could not persist detector events");
         }
         for e in out.drain(..) {

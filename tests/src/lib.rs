@@ -104,6 +104,8 @@ pub fn listening(addr: SocketAddr) -> bool {
 pub struct CollectorProc {
     pub proc: Proc,
     pub addr: SocketAddr,
+    /// The HTTP query API.
+    pub api: SocketAddr,
     pub data_dir: PathBuf,
     pub config: PathBuf,
 }
@@ -113,13 +115,14 @@ impl CollectorProc {
     /// config lines, and waits until it listens.
     pub fn start(dir: &Path, port: Option<u16>, extra: &str) -> CollectorProc {
         let addr = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or_else(free_port)));
+        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let data_dir = dir.join("collector-data");
         let config = dir.join("collector.toml");
-        std::fs::write(&config, format!("listen = \"{addr}\"\ndata_dir = \"{}\"\n{extra}\n", data_dir.display()))
+        std::fs::write(&config, format!("listen = \"{addr}\"\napi_listen = \"{api}\"\ndata_dir = \"{}\"\n{extra}\n", data_dir.display()))
             .expect("write config");
         let log = dir.join(format!("collector-{}.log", addr.port()));
         let proc = Proc::start(&bin("blockwatch-collector"), &["serve", "--config", config.to_str().unwrap()], log);
-        let c = CollectorProc { proc, addr, data_dir, config };
+        let c = CollectorProc { proc, addr, api, data_dir, config };
         wait_for("collector to listen", Duration::from_secs(20), || listening(addr).then_some(()));
         c
     }
@@ -171,4 +174,33 @@ pub fn read(path: &Path) -> String {
         let _ = f.read_to_string(&mut s);
     }
     s
+}
+
+/// `GET path` on a plain-HTTP server; returns (status, body). Enough HTTP/1.1 for the
+/// collector's query API.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the API");
+    s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send request");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    let text = String::from_utf8(raw).expect("utf-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(body) } else { body.to_string() })
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
 }

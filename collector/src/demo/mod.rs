@@ -63,6 +63,7 @@ pub async fn run(duration: Duration, interval: Duration, out: &mut (dyn std::io:
 
     let collector = Collector::start(&CollectorConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: work.join("collector"),
         ..Default::default()
     })
@@ -71,7 +72,7 @@ pub async fn run(duration: Duration, interval: Duration, out: &mut (dyn std::io:
     let mut results = collector.results.subscribe();
 
     writeln!(out, "blockwatch demo: everything below runs on this machine, on loopback.\n")?;
-    writeln!(out, "  collector        grpc://{}", collector.addr)?;
+    writeln!(out, "  collector        grpc://{}   events: curl http://{}/v1/events", collector.addr, collector.api_addr)?;
     writeln!(out, "  simulated OpenAI     https://{openai_addr}/v1/models  (keyless answer: 401 = reachable)")?;
     writeln!(out, "  simulated Anthropic  https://{anthropic_addr}/v1/models  (keyless answer: 401 = reachable)")?;
     let mut agents = Vec::new();

@@ -10,7 +10,7 @@ use blockwatch_proto::time;
 use blockwatch_proto::v1::fleet_server::Fleet;
 use blockwatch_proto::v1::{
     Ack, AgentMessage, CollectorMessage, Plan, RegisterRequest, RegisterResponse, Reject,
-    StoredResult, agent_message, collector_message,
+    agent_message, collector_message,
 };
 use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
@@ -40,18 +40,12 @@ pub struct Ingest {
     heartbeat: std::time::Duration,
     plan: watch::Receiver<Option<Plan>>,
     agents: Mutex<HashMap<String, AgentInfo>>,
-    detector: mpsc::Sender<Vec<StoredResult>>,
     stop: watch::Sender<bool>,
 }
 
 impl Ingest {
-    /// Builds the service over a store; new results are forwarded to `detector`.
-    pub fn new(
-        store: Store,
-        cfg: &crate::config::CollectorConfig,
-        plan: watch::Receiver<Option<Plan>>,
-        detector: mpsc::Sender<Vec<StoredResult>>,
-    ) -> Ingest {
+    /// Builds the service over a store (which feeds the detector).
+    pub fn new(store: Store, cfg: &crate::config::CollectorConfig, plan: watch::Receiver<Option<Plan>>) -> Ingest {
         Ingest {
             store,
             allowed: cfg.agents.clone(),
@@ -59,7 +53,6 @@ impl Ingest {
             heartbeat: cfg.heartbeat_interval,
             plan,
             agents: Mutex::new(HashMap::new()),
-            detector,
             stop: watch::channel(false).0,
         }
     }
@@ -255,10 +248,6 @@ impl Ingest {
             .await
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;
         self.touch(agent_id, |_| {});
-        if !outcome.stored.is_empty() {
-            // Backpressure: a detector that falls behind slows ingest rather than dropping.
-            let _ = self.detector.send(outcome.stored).await;
-        }
         let mut replies = Vec::with_capacity(2);
         if !bad.is_empty() {
             replies.push(CollectorMessage {

@@ -7,9 +7,12 @@
 //! - `ids`: probe id → ingest sequence. The dedupe index.
 //! - `events`: event sequence (u64 big-endian) → event JSON line.
 //!
-//! All writes go through one writer thread ([`writer`]) that does the dedupe check, so two
-//! concurrent batches carrying the same probe id cannot both store it, and that commits with
-//! `PersistMode::SyncAll` before it answers: an answer means durable.
+//! All result writes go through one writer thread ([`writer`]) that does the dedupe check, so
+//! two concurrent batches carrying the same probe id cannot both store it, and that commits
+//! with `PersistMode::SyncAll` before it answers: an answer means durable. It then hands the
+//! stored results to the live detector in store order, so the detector sees exactly what a
+//! later replay of the store sees. Events are appended by the detector alone, through an
+//! [`EventLog`].
 
 mod writer;
 
@@ -21,7 +24,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-pub use writer::WriteOutcome;
+pub use writer::{Feed, WriteOutcome};
 
 /// Requests waiting for the writer thread. When full, callers wait (backpressure reaches the
 /// agents' streams).
@@ -67,6 +70,12 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_feeding(dir, None)
+    }
+
+    /// Like [`Store::open`], and every committed batch of new results is sent to `feed`, in
+    /// store order.
+    pub fn open_feeding(dir: &Path, feed: Option<Feed>) -> Result<Store, StoreError> {
         let open_err = |source| StoreError::Open {
             path: dir.to_owned(),
             source,
@@ -82,7 +91,7 @@ impl Store {
             db,
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let handle = writer::spawn(ks.clone(), rx).map_err(|e| open_err(fjall::Error::Io(e)))?;
+        let handle = writer::spawn(ks.clone(), rx, feed).map_err(|e| open_err(fjall::Error::Io(e)))?;
         Ok(Store {
             ks,
             tx,
@@ -108,14 +117,14 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Appends event lines to the event log; returns once they are durable.
-    pub async fn append_events(&self, lines: Vec<String>) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Request::Events { lines, reply })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+    /// The event log, for its one writer (the detector). It does not keep the result writer
+    /// alive.
+    pub fn event_log(&self) -> EventLog {
+        EventLog {
+            next: last_key(&self.ks.events) + 1,
+            db: self.ks.db.clone(),
+            events: self.ks.events.clone(),
+        }
     }
 
     /// Every stored result in the order received. Blocking: call from a blocking context.
@@ -129,11 +138,17 @@ impl Store {
         })
     }
 
-    /// Every event line in the order emitted. Blocking.
-    pub fn events(&self) -> impl Iterator<Item = Result<String, StoreError>> + use<> {
-        self.ks.events.iter().map(|guard| {
-            let v = guard.value().map_err(StoreError::Read)?;
-            Ok(String::from_utf8_lossy(&v).into_owned())
+    /// Every event line in the order emitted, with its sequence number. Blocking.
+    pub fn events(&self) -> impl Iterator<Item = Result<(u64, String), StoreError>> + use<> {
+        self.events_after(0)
+    }
+
+    /// Event lines with a sequence number above `after`, oldest first. Blocking.
+    pub fn events_after(&self, after: u64) -> impl Iterator<Item = Result<(u64, String), StoreError>> + use<> {
+        let from = after.saturating_add(1).to_be_bytes();
+        self.ks.events.range(from..).map(|guard| {
+            let (k, v) = guard.into_inner().map_err(StoreError::Read)?;
+            Ok((key_seq(&k), String::from_utf8_lossy(&v).into_owned()))
         })
     }
 
@@ -151,6 +166,30 @@ impl Store {
         }
         let _ = ks.db.persist(fjall::PersistMode::SyncAll);
     }
+}
+
+/// Appends detector events; one writer, so it numbers them itself.
+pub struct EventLog {
+    db: Database,
+    events: Keyspace,
+    next: u64,
+}
+
+impl EventLog {
+    /// Appends event lines; returns once they are durable. Blocking.
+    pub fn append(&mut self, lines: &[String]) -> Result<(), StoreError> {
+        let mut batch = self.db.batch().durability(Some(fjall::PersistMode::SyncAll));
+        for (i, line) in lines.iter().enumerate() {
+            batch.insert(&self.events, (self.next + i as u64).to_be_bytes(), line.as_bytes());
+        }
+        batch.commit().map_err(StoreError::Write)?;
+        self.next += lines.len() as u64;
+        Ok(())
+    }
+}
+
+fn last_key(ks: &Keyspace) -> u64 {
+    ks.last_key_value().and_then(|g| g.key().ok()).map_or(0, |k| key_seq(&k))
 }
 
 fn key_seq(k: &[u8]) -> u64 {

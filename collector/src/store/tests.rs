@@ -34,7 +34,7 @@ async fn stores_once_and_survives_reopen() {
     let out = store.write_results(vec![result("a1/2"), result("a1/3")], 6).await.unwrap();
     assert_eq!(out.stored.len(), 1);
     assert_eq!(out.duplicates, vec!["a1/2".to_string()]);
-    store.append_events(vec!["{\"kind\":\"x\"}".into()]).await.unwrap();
+    store.event_log().append(&["{\"kind\":\"x\"}".into()]).unwrap();
     store.close();
 
     let store = Store::open(dir.path()).unwrap();
@@ -44,7 +44,11 @@ async fn stores_once_and_survives_reopen() {
     assert_eq!(ids(&store), ["a1/1", "a1/2", "a1/3", "a1/4"]);
     let stored: Vec<_> = store.results().map(|r| r.unwrap()).collect();
     assert_eq!(stored[3].received_at.unwrap(), blockwatch_proto::time::to_timestamp(7));
-    assert_eq!(store.events().count(), 1);
+    let mut log = store.event_log();
+    log.append(&["{\"kind\":\"y\"}".into(), "{\"kind\":\"z\"}".into()]).unwrap();
+    let events: Vec<_> = store.events().map(|e| e.unwrap()).collect();
+    assert_eq!(events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(store.events_after(2).map(|e| e.unwrap().1).collect::<Vec<_>>(), ["{\"kind\":\"z\"}"]);
     store.close();
 }
 
@@ -71,4 +75,29 @@ async fn concurrent_writers_never_store_an_id_twice() {
     all.dedup();
     assert_eq!(all.len(), total);
     store.close();
+}
+
+#[tokio::test]
+async fn the_feed_sees_store_order_with_receive_times_that_never_go_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+    let store = Store::open_feeding(dir.path(), Some(tx)).unwrap();
+    let mut tasks = Vec::new();
+    for w in 0..6i64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let batch = (0..20).map(|i| result(&format!("w{w}/{i}"))).collect();
+            // Writers stamp out of order on purpose.
+            store.write_results(batch, 100 - w).await.unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let stored: Vec<StoredResult> = store.results().map(|r| r.unwrap()).collect();
+    store.close();
+    let fed: Vec<StoredResult> = rx.iter().flatten().collect();
+    assert_eq!(fed, stored);
+    let times: Vec<i64> = fed.iter().map(|s| blockwatch_proto::time::from_timestamp(s.received_at.as_ref().unwrap())).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
 }

@@ -1,4 +1,5 @@
-//! The store's single writer: dedupe check, batch write, fsync, answer.
+//! The store's single writer: dedupe check, batch write, fsync, answer, then hand the newly
+//! stored results to the feed (the detector) in exactly the order they were stored.
 
 use std::collections::HashSet;
 
@@ -8,7 +9,7 @@ use fjall::PersistMode;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Keyspaces, StoreError, key_seq};
+use super::{Keyspaces, StoreError};
 
 /// Most queued requests folded into one commit (one fsync).
 const MAX_GROUP: usize = 32;
@@ -19,11 +20,11 @@ pub(crate) enum Request {
         received_at: Millis,
         reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
     },
-    Events {
-        lines: Vec<String>,
-        reply: oneshot::Sender<Result<(), StoreError>>,
-    },
 }
+
+/// Where committed results go, in store order. Blocking when full: a detector that falls
+/// behind slows ingest rather than losing results.
+pub type Feed = std::sync::mpsc::SyncSender<Vec<StoredResult>>;
 
 /// What a durable write did.
 #[derive(Debug, Default)]
@@ -37,21 +38,18 @@ pub struct WriteOutcome {
 pub(super) fn spawn(
     ks: Keyspaces,
     rx: mpsc::Receiver<Request>,
+    feed: Option<Feed>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("store-writer".into())
-        .spawn(move || run(ks, rx))
+        .spawn(move || run(ks, rx, feed))
 }
 
-fn last_seq(ks: &fjall::Keyspace) -> u64 {
-    ks.last_key_value()
-        .and_then(|g| g.key().ok())
-        .map_or(0, |k| key_seq(&k))
-}
-
-fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>) {
-    let mut next_result = last_seq(&ks.results) + 1;
-    let mut next_event = last_seq(&ks.events) + 1;
+fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
+    let mut next_result = super::last_key(&ks.results) + 1;
+    // Receive times never go backwards in store order, so replaying the store in order gives
+    // the detector exactly what it saw live.
+    let mut last_received: Millis = Millis::MIN;
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -64,7 +62,7 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>) {
         let mut seen = HashSet::new();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut failed = None;
-        let (mut seq, mut eseq) = (next_result, next_event);
+        let mut seq = next_result;
         for req in &group {
             match req {
                 Request::Results {
@@ -72,6 +70,8 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>) {
                     received_at,
                     ..
                 } => {
+                    let received_at = (*received_at).max(last_received);
+                    last_received = received_at;
                     let mut out = WriteOutcome::default();
                     for r in results {
                         let dup = seen.contains(r.probe_id.as_str())
@@ -89,21 +89,14 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>) {
                         seen.insert(r.probe_id.clone());
                         let stored = StoredResult {
                             result: Some(r.clone()),
-                            received_at: Some(to_timestamp(*received_at)),
+                            received_at: Some(to_timestamp(received_at)),
                         };
                         batch.insert(&ks.results, seq.to_be_bytes(), stored.encode_to_vec());
                         batch.insert(&ks.ids, r.probe_id.as_bytes(), seq.to_be_bytes());
                         seq += 1;
                         out.stored.push(stored);
                     }
-                    outcomes.push(Some(out));
-                }
-                Request::Events { lines, .. } => {
-                    for line in lines {
-                        batch.insert(&ks.events, eseq.to_be_bytes(), line.as_bytes());
-                        eseq += 1;
-                    }
-                    outcomes.push(None);
+                    outcomes.push(out);
                 }
             }
         }
@@ -114,31 +107,24 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>) {
         match result {
             Ok(()) => {
                 next_result = seq;
-                next_event = eseq;
-                for (req, out) in group.into_iter().zip(outcomes) {
-                    match req {
-                        Request::Results { reply, .. } => {
-                            let _ = reply.send(Ok(out.unwrap_or_default()));
-                        }
-                        Request::Events { reply, .. } => {
-                            let _ = reply.send(Ok(()));
-                        }
+                if let Some(f) = &feed {
+                    let stored: Vec<StoredResult> = outcomes.iter().flat_map(|o| o.stored.iter().cloned()).collect();
+                    if !stored.is_empty() && f.send(stored).is_err() {
+                        tracing::warn!("the detector has stopped; results are stored but no longer analysed live");
+                        feed = None;
                     }
+                }
+                for (req, out) in group.into_iter().zip(outcomes) {
+                    let Request::Results { reply, .. } = req;
+                    let _ = reply.send(Ok(out));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; nothing in this batch is acknowledged");
                 let msg = e.to_string();
                 for req in group {
-                    let err = || StoreError::Write(fjall::Error::Io(std::io::Error::other(msg.clone())));
-                    match req {
-                        Request::Results { reply, .. } => {
-                            let _ = reply.send(Err(err()));
-                        }
-                        Request::Events { reply, .. } => {
-                            let _ = reply.send(Err(err()));
-                        }
-                    }
+                    let Request::Results { reply, .. } = req;
+                    let _ = reply.send(Err(StoreError::Write(fjall::Error::Io(std::io::Error::other(msg.clone())))));
                 }
             }
         }

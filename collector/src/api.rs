@@ -1,0 +1,156 @@
+//! The collector's HTTP query API (plain HTTP/1.1, JSON), for SREs, scripts and dashboards:
+//!
+//! - `GET /healthz` — `ok` while the collector runs.
+//! - `GET /v1/events` — the event log as JSON lines, oldest first, each with its `seq`.
+//!   Query: `after=SEQ` (only later events: poll with the last `seq` you saw), `kind=`,
+//!   `target=`, `region=` (exact matches), `limit=` (default 1000, at most 100 000).
+//! - `GET /v1/agents` — the agents seen since start: region, version, last heard of, spool.
+//!
+//! Reads run on the blocking pool and never hold the store's writer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::{Deserialize, Serialize};
+
+use crate::ingest::Ingest;
+use crate::store::Store;
+
+/// Default and largest `limit` of `/v1/events`.
+pub const DEFAULT_LIMIT: usize = 1000;
+pub const MAX_LIMIT: usize = 100_000;
+
+#[derive(Clone)]
+struct Api {
+    store: Store,
+    ingest: Arc<Ingest>,
+}
+
+/// Serves the API on `listener` until `stop` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    store: Store,
+    ingest: Arc<Ingest>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/events", get(events))
+        .route("/v1/agents", get(agents))
+        .with_state(Api { store, ingest });
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
+}
+
+/// Binds the API's listener, naming the address on failure.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::server::StartError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| crate::server::StartError::Listen { addr, source })
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventQuery {
+    #[serde(default)]
+    after: u64,
+    kind: Option<String>,
+    target: Option<String>,
+    region: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The fields filters look at.
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    target: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    region: std::borrow::Cow<'a, str>,
+}
+
+impl EventQuery {
+    fn matches(&self, line: &str) -> bool {
+        if self.kind.is_none() && self.target.is_none() && self.region.is_none() {
+            return true;
+        }
+        let Ok(h) = serde_json::from_str::<Head<'_>>(line) else { return false };
+        let want = |f: &Option<String>, v: &str| f.as_deref().is_none_or(|f| f == v);
+        want(&self.kind, &h.kind) && want(&self.target, &h.target) && want(&self.region, &h.region)
+    }
+}
+
+fn bad_request(msg: String) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+}
+
+async fn events(State(api): State<Api>, query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return bad_request(format!("limit={limit}: must be 1..={MAX_LIMIT}"));
+    }
+    let store = api.store.clone();
+    let body = tokio::task::spawn_blocking(move || {
+        let mut body = String::new();
+        let mut n = 0;
+        for item in store.events_after(q.after) {
+            let (seq, line) = item?;
+            if !q.matches(&line) {
+                continue;
+            }
+            // Every stored line is a JSON object: put its sequence number first.
+            body.push_str(&format!("{{\"seq\":{seq},"));
+            body.push_str(line.strip_prefix('{').unwrap_or(&line));
+            body.push('\n');
+            n += 1;
+            if n == limit {
+                break;
+            }
+        }
+        Ok::<_, crate::store::StoreError>(body)
+    })
+    .await;
+    match body {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}\n")).into_response(),
+    }
+}
+
+#[derive(Serialize)]
+struct AgentView {
+    region: String,
+    version: String,
+    last_seen: String,
+    spooled: u64,
+    dropped_total: u64,
+}
+
+async fn agents(State(api): State<Api>) -> Response {
+    let view: BTreeMap<String, AgentView> = api
+        .ingest
+        .agents()
+        .into_iter()
+        .map(|(id, a)| {
+            (id, AgentView {
+                region: a.region,
+                version: a.version,
+                last_seen: blockwatch_proto::time::format_rfc3339(a.last_seen),
+                spooled: a.spooled,
+                dropped_total: a.dropped_total,
+            })
+        })
+        .collect();
+    let body = serde_json::to_string_pretty(&view).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
+}
