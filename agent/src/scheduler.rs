@@ -38,6 +38,10 @@ pub struct ProbeContext {
     pub egress: watch::Receiver<String>,
 }
 
+/// Requests from the collector to probe the same target closer together than this are
+/// ignored, so a collector cannot make an agent hammer a provider.
+pub const PROBE_NOW_MIN_GAP: Duration = Duration::from_secs(5);
+
 /// Runs the plan until `stop`; in-flight probes finish (each bounded by its timeout).
 pub async fn run(
     ctx: ProbeContext,
@@ -48,6 +52,7 @@ pub async fn run(
     let mut loops: HashMap<String, (Target, tokio::task::AbortHandle)> = HashMap::new();
     let mut set = JoinSet::new();
     let mut one_offs = JoinSet::new();
+    let mut requested: HashMap<String, tokio::time::Instant> = HashMap::new();
     let loop_stop = stop.clone();
     let initial = plan.borrow_and_update().clone();
     reconcile(&ctx, &initial, &mut loops, &mut set, &loop_stop);
@@ -59,7 +64,12 @@ pub async fn run(
                 reconcile(&ctx, &current, &mut loops, &mut set, &loop_stop);
             }
             Some(id) = probe_now.recv() => {
-                if let Some((target, _)) = loops.get(&id) {
+                let now = tokio::time::Instant::now();
+                requested.retain(|_, at| now.duration_since(*at) < PROBE_NOW_MIN_GAP);
+                if requested.contains_key(&id) {
+                    tracing::debug!(target = %id, "probe request ignored: one ran moments ago");
+                } else if let Some((target, _)) = loops.get(&id) {
+                    requested.insert(id.clone(), now);
                     tracing::info!(target = %id, "probe requested by the collector");
                     let (ctx, target) = (ctx.clone(), target.clone());
                     one_offs.spawn(async move { probe_once(&ctx, &target, true).await; });

@@ -4,7 +4,8 @@
 //! - `GET /v1/events` — the event log as JSON lines, oldest first, each with its `seq`.
 //!   Query: `after=SEQ` (only later events: poll with the last `seq` you saw), `kind=`,
 //!   `target=`, `region=` (exact matches), `limit=` (default 1000, at most 100 000).
-//! - `GET /v1/agents` — the agents seen since start: region, version, last heard of, spool.
+//! - `GET /v1/agents` — the agents seen since start: region, whether a stream is open,
+//!   version, last heard of, results spooled and dropped.
 //!
 //! Reads run on the blocking pool and never hold the store's writer.
 
@@ -130,6 +131,8 @@ async fn events(State(api): State<Api>, query: Result<Query<EventQuery>, axum::e
 #[derive(Serialize)]
 struct AgentView {
     region: String,
+    /// A Report stream is open now.
+    connected: bool,
     version: String,
     last_seen: String,
     spooled: u64,
@@ -137,12 +140,14 @@ struct AgentView {
 }
 
 async fn agents(State(api): State<Api>) -> Response {
+    let connected = api.ingest.streams().connected();
     let view: BTreeMap<String, AgentView> = api
         .ingest
         .agents()
         .into_iter()
         .map(|(id, a)| {
-            (id, AgentView {
+            (id.clone(), AgentView {
+                connected: connected.contains(&id),
                 region: a.region,
                 version: a.version,
                 last_seen: blockwatch_proto::time::format_rfc3339(a.last_seen),

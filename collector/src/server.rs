@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::CollectorConfig;
 use crate::detector::{Detector, DetectorConfig, Event, Observation};
-use crate::ingest::Ingest;
+use crate::ingest::{Ingest, Streams};
 use crate::store::{EventLog, Store, StoreError};
 
 /// Batches of new results waiting for the detector. When full, the store writer waits.
@@ -84,16 +84,18 @@ impl Collector {
         };
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
         let (results, _) = broadcast::channel(RESULT_BROADCAST);
-        let detector = {
-            let (log, events, results) = (store.event_log(), events.clone(), results.clone());
-            std::thread::Builder::new()
-                .name("detector".into())
-                .spawn(move || run_detector(detector, det_rx, log, events, results))
-                .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(e) })?
-        };
         let initial_plan = cfg.plan.as_ref().map(|p| crate::plan::to_proto(p, 1));
         let (plan, plan_rx) = watch::channel(initial_plan);
-        let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx));
+        let streams = Arc::new(Streams::default());
+        let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, Arc::clone(&streams)));
+        let detector = {
+            let (log, events, results) = (store.event_log(), events.clone(), results.clone());
+            let live = Live { log, events, results, streams };
+            std::thread::Builder::new()
+                .name("detector".into())
+                .spawn(move || run_detector(detector, det_rx, live))
+                .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(e) })?
+        };
 
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -208,18 +210,28 @@ pub fn observe(detector: &mut Detector, stored: &StoredResult, out: &mut Vec<Eve
     );
 }
 
-/// The live detector, on its own thread: results in store order in, events out.
-fn run_detector(
-    mut detector: Detector,
-    rx: std::sync::mpsc::Receiver<Vec<StoredResult>>,
-    mut log: EventLog,
+/// Where the live detector's output goes. Holds no handle that keeps the store's writer
+/// alive, so closing the store ends the detector.
+struct Live {
+    log: EventLog,
     events: broadcast::Sender<Event>,
     results: broadcast::Sender<Arc<Vec<StoredResult>>>,
-) {
+    streams: Arc<Streams>,
+}
+
+/// The live detector, on its own thread: results in store order in, events out, and probe
+/// requests to the agents of a region where a block is suspected.
+fn run_detector(mut detector: Detector, rx: std::sync::mpsc::Receiver<Vec<StoredResult>>, live: Live) {
+    let Live { mut log, events, results, streams } = live;
+    detector.request_confirmations();
     let mut out = Vec::new();
     while let Ok(batch) = rx.recv() {
         for stored in &batch {
             observe(&mut detector, stored, &mut out);
+        }
+        for req in detector.take_requests() {
+            let asked = streams.probe_now(&req.target, &req.region, &req.reason);
+            tracing::info!(target = %req.target, region = %req.region, agents = asked, reason = %req.reason, "asked the region's agents to probe now");
         }
         let _ = results.send(Arc::new(batch));
         if out.is_empty() {

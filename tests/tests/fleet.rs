@@ -164,3 +164,44 @@ fn agent_refuses_a_bad_plan_and_keeps_its_own() {
     });
     assert_eq!(agent.terminate(), Some(0));
 }
+
+#[test]
+fn a_suspected_block_makes_the_collector_ask_the_region_to_probe_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Provider::start(dir.path());
+    // The provider refuses hk's addresses from the start.
+    provider.blocked.lock().unwrap().extend(["127.0.0.2", "127.0.0.3"].map(|ip| ip.parse::<std::net::IpAddr>().unwrap()));
+    let mut collector = CollectorProc::start(dir.path(), None, "");
+    // hk-1 probes every second; hk-2 only every 10 minutes, so within this test it probes
+    // only when asked. eu-1 is in another region and must not be asked.
+    let fast = agent_toml("hk-1", "hk", collector.addr, &provider, dir.path(), "127.0.0.2", 1);
+    let slow = agent_toml("hk-2", "hk", collector.addr, &provider, dir.path(), "127.0.0.3", 1).replace("interval = \"1s\"", "interval = \"10m\"");
+    let other = agent_toml("eu-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.4", 1).replace("interval = \"1s\"", "interval = \"10m\"");
+    let mut agents = vec![start_agent(dir.path(), "hk-2", &slow), start_agent(dir.path(), "eu-1", &other)];
+    // Both slow agents connected before the fast one starts failing.
+    wait_for("the slow agents to connect", Duration::from_secs(20), || {
+        let (_, body) = http_get(collector.api, "/v1/agents");
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["hk-2"]["connected"] == true && v["eu-1"]["connected"] == true).then_some(())
+    });
+    agents.push(start_agent(dir.path(), "hk-1", &fast));
+    wait_for("hk-2 to probe on request", Duration::from_secs(30), || agents[0].log().contains("probe requested by the collector").then_some(()));
+    wait_for("the block to be detected", Duration::from_secs(30), || {
+        let (_, body) = http_get(collector.api, "/v1/events?kind=block_started");
+        body.contains("\"region\":\"hk\"").then_some(())
+    });
+    for a in &mut agents {
+        assert_eq!(a.terminate(), Some(0), "{}", a.log());
+    }
+    assert!(collector.proc.log().contains("asked the region's agents to probe now"));
+    assert_eq!(collector.proc.terminate(), Some(0));
+    let all = export(&collector.data_dir);
+    let requested: Vec<_> = all.iter().filter(|r| r.agent_id == "hk-2" && r.confirmation).collect();
+    assert!(!requested.is_empty(), "hk-2 sent no requested probe");
+    assert!(requested.iter().all(|r| r.outcome == "http_geo_blocked"), "{requested:?}");
+    assert!(agents[1].log().matches("probe requested by the collector").count() == 0, "eu-1 was asked");
+    // The agent rate-limits requests per target: never two requested probes within 5 s.
+    let mut times: Vec<i64> = requested.iter().map(|r| r.started_ms().unwrap()).collect();
+    times.sort_unstable();
+    assert!(times.windows(2).all(|w| w[1] - w[0] >= 4_900), "{times:?}");
+}

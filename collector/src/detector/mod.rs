@@ -52,6 +52,18 @@ pub struct Observation<'a> {
     pub confirmation: bool,
 }
 
+/// A request to the fleet: every agent of `region` should probe `target` now. The detector
+/// asks when it suspects a block there (a geo refusal, or one agent failing persistently)
+/// and fresh, independent evidence from the region's other agents would decide sooner than
+/// their schedules. Requests are advice for the live collector; they change no decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfirmRequest {
+    pub target: String,
+    pub region: String,
+    /// Why, for the agents' logs.
+    pub reason: String,
+}
+
 /// What the detector did with a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ingest {
@@ -87,6 +99,8 @@ struct Cell {
     outage_seen: Millis,
     /// Onset of the end of the last block: a new block starts after it.
     ended: Millis,
+    /// `received_at` of the last confirmation request for the cell.
+    confirm_asked: Millis,
 }
 
 /// An open block.
@@ -118,6 +132,8 @@ pub struct Detector {
     targets: Vec<Target>,
     lanes: Vec<Lane>,
     cells: Vec<Cell>,
+    /// Confirmation requests not yet taken; `None` when nobody takes them (replay).
+    requests: Option<Vec<ConfirmRequest>>,
 }
 
 impl Detector {
@@ -132,7 +148,18 @@ impl Detector {
             targets: Vec::new(),
             lanes: Vec::new(),
             cells: Vec::new(),
+            requests: None,
         }
+    }
+
+    /// From now on, collect [`ConfirmRequest`]s for [`Detector::take_requests`].
+    pub fn request_confirmations(&mut self) {
+        self.requests.get_or_insert_with(Vec::new);
+    }
+
+    /// Confirmation requests made since the last call.
+    pub fn take_requests(&mut self) -> Vec<ConfirmRequest> {
+        self.requests.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// The configuration in use.
@@ -189,11 +216,40 @@ impl Detector {
             }
         } else if class.is_failure() || late {
             self.evaluate_start(cell, obs.received_at, out);
+            if class.is_failure() && !late {
+                self.maybe_request_confirmation(l, class, obs.received_at);
+            }
         }
         if class == Class::Ok && self.targets[t as usize].outage.is_some() {
             self.maybe_end_outage(t, obs.started_at, obs.received_at, out);
         }
         Ingest::Accepted
+    }
+
+    /// Asks the region's agents to probe a suspected block now: on a geo refusal, or once a
+    /// lane's failure statistic crosses the per-lane threshold; at most once per probe
+    /// interval per (target, region), and never for an agent whose own network is down.
+    fn maybe_request_confirmation(&mut self, l: u32, class: Class, received: Millis) {
+        let Some(requests) = self.requests.as_mut() else { return };
+        let lane = &self.lanes[l as usize];
+        let c = &mut self.cells[lane.cell as usize];
+        if c.block.is_some() || self.agents[lane.agent as usize].down {
+            return;
+        }
+        let strong = class == Class::Geo;
+        if !strong && lane.sf < self.cfg.lane_threshold {
+            return;
+        }
+        if c.confirm_asked != NEVER && ((received - c.confirm_asked) as f64) < lane.interval {
+            return;
+        }
+        c.confirm_asked = received;
+        let reason = if strong { "geo refusal seen" } else { "persistent failures seen" };
+        requests.push(ConfirmRequest {
+            target: self.target_names.name(c.target).to_string(),
+            region: self.region_names.name(c.region).to_string(),
+            reason: format!("{reason} from {}", self.agent_names.name(lane.agent)),
+        });
     }
 
     fn intern(&mut self, obs: &Observation<'_>) -> (u32, u32, u32) {
@@ -261,6 +317,7 @@ impl Detector {
             block: None,
             outage_seen: NEVER,
             ended: NEVER,
+            confirm_asked: NEVER,
         });
         self.targets[t as usize].cells.push(c);
         c

@@ -315,3 +315,45 @@ fn config_defaults_and_unknown_keys() {
     let err = serde_json::from_str::<DetectorConfig>(r#"{"network_persistance": 6}"#).unwrap_err();
     assert!(err.to_string().contains("network_persistance"), "{err}");
 }
+
+#[test]
+fn suspected_blocks_ask_the_region_to_confirm_once_per_interval() {
+    // hk-0 meets a geo refusal at k = 10 and from then on; the others have not probed yet.
+    let recs = fleet(&[("hk", 3), ("eu", 2)], &["openai"], 14, |r, a, _, k| {
+        if r == "hk" && a == 0 && k >= 10 { Outcome::HttpGeoBlocked } else { Outcome::Ok }
+    });
+    let mut d = Detector::new(DetectorConfig::default());
+    d.request_confirmations();
+    let mut events = Vec::new();
+    let mut asked = Vec::new();
+    for r in &recs {
+        d.observe(&obs(r), &mut events);
+        for q in d.take_requests() {
+            asked.push((r.t, q));
+        }
+    }
+    assert!(!asked.is_empty(), "a geo refusal asks for confirmation");
+    let (t, first) = &asked[0];
+    assert_eq!((first.target.as_str(), first.region.as_str()), ("openai", "hk"));
+    assert!(first.reason.contains("geo refusal") && first.reason.contains("hk-0"), "{}", first.reason);
+    assert_eq!(*t, recs.iter().find(|r| r.outcome == Outcome::HttpGeoBlocked).unwrap().t);
+    for w in asked.windows(2) {
+        assert!(w[1].0 - w[0].0 >= IV - 1000, "asked twice within an interval: {asked:?}");
+    }
+
+    // A lone network failure is noise: nobody is asked. Replay (no taker) collects nothing.
+    let recs = fleet(&[("hk", 3)], &["openai"], 30, |_, a, _, k| {
+        if a == 1 && k == 12 { Outcome::TcpTimeout } else { Outcome::Ok }
+    });
+    let mut d = Detector::new(DetectorConfig::default());
+    d.request_confirmations();
+    for r in &recs {
+        d.observe(&obs(r), &mut events);
+    }
+    assert!(d.take_requests().is_empty());
+    let mut d = Detector::new(DetectorConfig::default());
+    for r in &recs {
+        d.observe(&obs(r), &mut events);
+    }
+    assert!(d.take_requests().is_empty());
+}

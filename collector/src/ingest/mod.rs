@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use blockwatch_proto::time;
 use blockwatch_proto::v1::fleet_server::Fleet;
 use blockwatch_proto::v1::{
-    Ack, AgentMessage, CollectorMessage, Plan, RegisterRequest, RegisterResponse, Reject,
+    Ack, AgentMessage, CollectorMessage, Plan, ProbeNow, RegisterRequest, RegisterResponse, Reject,
     agent_message, collector_message,
 };
 use futures_util::Stream;
@@ -32,6 +32,53 @@ pub struct AgentInfo {
     pub dropped_total: u64,
 }
 
+type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
+
+/// The open Report streams, by agent, with the agent's region: how the collector reaches
+/// agents outside a reply (probe requests).
+#[derive(Default)]
+pub struct Streams(Mutex<HashMap<String, (String, Outbound)>>);
+
+impl Streams {
+    /// Sends `ProbeNow(target)` to every agent of `region` with an open stream; returns how
+    /// many were asked. Never waits: an agent whose outbound queue is full is skipped.
+    pub fn probe_now(&self, target: &str, region: &str, reason: &str) -> usize {
+        let Ok(streams) = self.0.lock() else { return 0 };
+        let mut asked = 0;
+        for (agent, (r, tx)) in streams.iter() {
+            if r != region {
+                continue;
+            }
+            let m = msg(collector_message::Kind::ProbeNow(ProbeNow { target_id: target.to_string(), reason: reason.to_string() }));
+            match tx.try_send(m) {
+                Ok(()) => asked += 1,
+                Err(_) => tracing::debug!(agent, target, "probe request skipped: the agent's queue is full"),
+            }
+        }
+        asked
+    }
+
+    /// Agents with an open Report stream.
+    pub fn connected(&self) -> std::collections::HashSet<String> {
+        self.0.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    fn open(&self, agent: &str, region: String, tx: Outbound) {
+        if let Ok(mut s) = self.0.lock() {
+            s.insert(agent.to_string(), (region, tx));
+        }
+    }
+
+    fn close(&self, agent: &str, tx: &Outbound) {
+        if let Ok(mut s) = self.0.lock() {
+            // A reconnect may already have replaced this stream.
+            if s.get(agent).is_some_and(|(_, t)| t.same_channel(tx)) {
+                s.remove(agent);
+            }
+        }
+    }
+}
+
 /// State shared by all streams.
 pub struct Ingest {
     store: Store,
@@ -40,12 +87,19 @@ pub struct Ingest {
     heartbeat: std::time::Duration,
     plan: watch::Receiver<Option<Plan>>,
     agents: Mutex<HashMap<String, AgentInfo>>,
+    streams: Arc<Streams>,
     stop: watch::Sender<bool>,
 }
 
 impl Ingest {
-    /// Builds the service over a store (which feeds the detector).
-    pub fn new(store: Store, cfg: &crate::config::CollectorConfig, plan: watch::Receiver<Option<Plan>>) -> Ingest {
+    /// Builds the service over a store (which feeds the detector); open streams are listed in
+    /// `streams`.
+    pub fn new(
+        store: Store,
+        cfg: &crate::config::CollectorConfig,
+        plan: watch::Receiver<Option<Plan>>,
+        streams: Arc<Streams>,
+    ) -> Ingest {
         Ingest {
             store,
             allowed: cfg.agents.clone(),
@@ -53,6 +107,7 @@ impl Ingest {
             heartbeat: cfg.heartbeat_interval,
             plan,
             agents: Mutex::new(HashMap::new()),
+            streams,
             stop: watch::channel(false).0,
         }
     }
@@ -60,6 +115,11 @@ impl Ingest {
     /// Ends every open Report stream (agents reconnect elsewhere or later).
     pub fn close_streams(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// The open Report streams.
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 
     /// Known agents and what was last heard of them.
@@ -147,16 +207,19 @@ impl Fleet for FleetService {
             }) => h.agent_id,
             _ => return Err(Status::invalid_argument("the first message of a Report stream must be hello")),
         };
-        let known = self.agents.lock().map(|a| a.contains_key(&agent_id)).unwrap_or(false);
-        if !known {
+        let region = self.agents.lock().ok().and_then(|a| a.get(&agent_id).map(|i| i.region.clone()));
+        let Some(region) = region else {
             return Err(Status::failed_precondition(format!(
                 "agent {agent_id:?} has not registered; call Register first"
             )));
-        }
+        };
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
         let this = Arc::clone(&self.0);
         tokio::spawn(async move {
-            if let Err(status) = this.serve_stream(&agent_id, inbound, &tx).await {
+            this.streams.open(&agent_id, region, tx.clone());
+            let ended = this.serve_stream(&agent_id, inbound, &tx).await;
+            this.streams.close(&agent_id, &tx);
+            if let Err(status) = ended {
                 tracing::warn!(agent_id = %agent_id, error = %status.message(), "report stream ended with an error");
                 let _ = tx.send(Err(status)).await;
             }
