@@ -40,6 +40,10 @@ pub struct AgentConfig {
     /// Most probes running at once. Default 16.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Most results per second sent to the collector: after a long disconnection the
+    /// backlog drains at this pace, fresh results riding along in every batch. Default 200.
+    #[serde(default = "default_upload_rate")]
+    pub upload_rate: u32,
     /// Quick re-probes after a failure.
     #[serde(default)]
     pub confirm: ConfirmConfig,
@@ -179,6 +183,9 @@ fn default_spool_mb() -> u64 {
 fn default_concurrency() -> usize {
     16
 }
+fn default_upload_rate() -> u32 {
+    200
+}
 
 pub use blockwatch_proto::config_file::ConfigError;
 
@@ -285,6 +292,9 @@ impl AgentConfig {
         }
         if self.concurrency == 0 || self.concurrency > 1024 {
             p.push("concurrency: must be 1..=1024".into());
+        }
+        if self.upload_rate == 0 || self.upload_rate > 100_000 {
+            p.push(format!("upload_rate = {}: must be 1..=100000 results per second", self.upload_rate));
         }
         if self.confirm.min_delay > self.confirm.max_delay {
             p.push("confirm.min_delay: must not exceed confirm.max_delay".into());

@@ -32,7 +32,8 @@ pub const BATCH_LINGER: Duration = Duration::from_millis(200);
 pub const OUTBOUND_QUEUE: usize = 8;
 /// Largest gRPC message.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
-/// Pace of catching up on a backlog: one batch per tick.
+/// How often the uplink looks for results to send when nothing else wakes it (a backlog
+/// draining at `upload_rate`).
 const CATCHUP_TICK: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -187,6 +188,7 @@ impl Uplink {
         let mut reported_drops = 0u64;
         let mut linger: Option<Instant> = Some(Instant::now());
         let mut catchup = tokio::time::interval(CATCHUP_TICK);
+        let mut pace = Pace::new(self.cfg.upload_rate, max_batch);
         let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         let new_results = Arc::clone(&self.new_results);
         let mut stop = self.stop.clone();
@@ -252,11 +254,14 @@ impl Uplink {
             }
             if send_now {
                 let skip: HashSet<u64> = in_flight.values().flatten().copied().collect();
-                // One batch per wake-up: a backlog drains at a bounded pace, fresh results
-                // ride along in each batch.
-                if in_flight.len() < MAX_IN_FLIGHT {
-                    let batch = on_spool(&self.spool, move |s| s.pending(max_batch, max_batch / 4 + 1, &skip)).await?;
+                // One batch per wake-up, as large as the pace allows: a backlog drains at
+                // `upload_rate`, oldest first, with the newest results riding along in each
+                // batch (a quarter of it).
+                let n = pace.available().min(max_batch);
+                if in_flight.len() < MAX_IN_FLIGHT && n > 0 {
+                    let batch = on_spool(&self.spool, move |s| s.pending(n, n / 4 + 1, &skip)).await?;
                     if !batch.is_empty() {
+                        pace.spend(batch.len());
                         let id = next_batch;
                         next_batch += 1;
                         in_flight.insert(id, batch.iter().map(|r| r.seq).collect());
@@ -272,6 +277,35 @@ impl Uplink {
     }
 }
 
+/// Token bucket over results sent: a backlog drains at `rate` results per second at most,
+/// with bursts of up to one second's worth (or one batch, if smaller).
+struct Pace {
+    rate: f64,
+    cap: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Pace {
+    fn new(rate: u32, max_batch: usize) -> Pace {
+        let rate = f64::from(rate.max(1));
+        let cap = rate.min(max_batch as f64).max(1.0);
+        Pace { rate, cap, tokens: cap, at: Instant::now() }
+    }
+
+    /// Results that may be sent now.
+    fn available(&mut self) -> usize {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.cap);
+        self.at = now;
+        self.tokens as usize
+    }
+
+    fn spend(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+}
+
 /// Exponential backoff with full jitter: uniformly in [min, min·2^n] capped at the maximum.
 fn backoff(failures: u32) -> Duration {
     let cap = BACKOFF_MIN
@@ -284,6 +318,20 @@ fn backoff(failures: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pace_allows_a_burst_then_the_rate() {
+        let mut pace = Pace::new(40, 500);
+        assert_eq!(pace.available(), 40, "a second's worth to start");
+        pace.spend(40);
+        assert_eq!(pace.available(), 0);
+        tokio::time::advance(Duration::from_millis(250)).await;
+        assert_eq!(pace.available(), 10);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(pace.available(), 40, "never more than the burst");
+        let mut small_batches = Pace::new(1000, 50);
+        assert_eq!(small_batches.available(), 50);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

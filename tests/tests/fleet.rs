@@ -205,3 +205,62 @@ fn a_suspected_block_makes_the_collector_ask_the_region_to_probe_now() {
     times.sort_unstable();
     assert!(times.windows(2).all(|w| w[1] - w[0] >= 4_900), "{times:?}");
 }
+
+#[test]
+fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_fresh_results_flowing() {
+    const RATE: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Provider::start(dir.path());
+    let port = free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    // 10 probes a second, spooled while the collector is down.
+    let cfg = agent_toml("c-1", "eu", addr, &provider, dir.path(), "127.0.0.2", 10)
+        .replace("interval = \"1s\"\n", &format!("interval = \"1s\"\nupload_rate = {RATE}\n"));
+    let started = std::time::Instant::now();
+    let mut agent = start_agent(dir.path(), "c-1", &cfg);
+    std::thread::sleep(Duration::from_secs(8));
+    let up = blockwatch_proto::time::now();
+    let mut collector = CollectorProc::start(dir.path(), Some(port), "");
+    wait_for("the agent to reconnect", Duration::from_secs(40), || agent.log().contains("connected to collector").then_some(()));
+    // The backlog (10 a second since the start) drains at RATE less the 10 a second still made.
+    let backlog = 10.0 * started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs_f64(backlog / (RATE as f64 - 10.0) + 3.0));
+    assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
+    assert_eq!(collector.proc.terminate(), Some(0));
+    let (_, last_seq) = spool_state(dir.path(), "c-1");
+
+    let all = export(&collector.data_dir);
+    let seqs = seqs_by_agent(&all);
+    assert_eq!(seqs["c-1"], (1..=last_seq).collect::<Vec<_>>(), "every completed probe stored exactly once");
+    let seq = |r: &blockwatch_proto::trace::TraceRecord| r.probe_id.rsplit('/').next().unwrap().parse::<u64>().unwrap();
+    let backlog: Vec<_> = all.iter().filter(|r| r.started_ms().unwrap() < up).collect();
+    assert!(backlog.len() >= 60, "only {} results spooled during the outage", backlog.len());
+
+    // Paced: no one-second window of receive times holds more than a burst plus a second's rate.
+    let received: Vec<i64> = all.iter().map(|r| r.received_ms().unwrap()).collect();
+    let busiest = received.iter().map(|&t| received.iter().filter(|&&u| u >= t && u < t + 1000).count()).max().unwrap();
+    assert!(busiest <= 2 * RATE + 5, "{busiest} results stored within one second at upload_rate {RATE}");
+    let first_rx = received.iter().min().copied().unwrap();
+    let last_backlog_rx = backlog.iter().map(|r| r.received_ms().unwrap()).max().unwrap();
+    let drain_s = (last_backlog_rx - first_rx) as f64 / 1000.0;
+    let min_s = (backlog.len() - 2 * RATE) as f64 / RATE as f64;
+    assert!(drain_s >= min_s * 0.9, "backlog of {} drained in {drain_s:.1}s, faster than {RATE}/s", backlog.len());
+
+    // Oldest first: the store begins with the oldest result, and the backlog goes up in order
+    // apart from the newest results riding along.
+    assert_eq!(seq(&all[0]), 1, "the oldest result first");
+    let b: Vec<u64> = backlog.iter().map(|r| seq(r)).collect();
+    let rising = b.windows(2).filter(|w| w[1] > w[0]).count();
+    assert!(rising as f64 >= 0.7 * (b.len() - 1) as f64, "backlog out of order: {b:?}");
+
+    // Fresh results flow during catch-up: results that started after the reconnect are stored
+    // within a couple of seconds, before the backlog is done.
+    let fresh_early: Vec<_> = all
+        .iter()
+        .filter(|r| r.started_ms().unwrap() > first_rx && r.received_ms().unwrap() < last_backlog_rx)
+        .collect();
+    assert!(!fresh_early.is_empty(), "no fresh result stored while the backlog drained ({drain_s:.1}s)");
+    let worst = fresh_early.iter().map(|r| r.received_ms().unwrap() - r.started_ms().unwrap()).max().unwrap();
+    assert!(worst < 3_000, "a fresh result waited {worst} ms during catch-up");
+    println!("backlog {} drained in {drain_s:.1}s at upload_rate {RATE}; busiest second {busiest}; fresh results waited at most {worst} ms", backlog.len());
+}

@@ -173,6 +173,7 @@ fn agent_config(
         spool_dir: work.join(format!("spool-{id}")),
         spool_max_mb: 16,
         concurrency: 4,
+        upload_rate: 200,
         confirm: ConfirmConfig { count: 1, min_delay: interval / 5, max_delay: interval / 4 },
         nameservers: Vec::new(),
         ca_file: Some(ca_file.to_owned()),
