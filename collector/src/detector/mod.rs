@@ -28,7 +28,10 @@ use blockwatch_proto::time::Millis;
 pub use config::DetectorConfig;
 pub use event::{Event, EventKind, Evidence};
 
-use intern::{Interner, id_hash};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use intern::{FxHasher, Interner, id_hash};
 use lane::{Entry, Insert, Lane, NEVER};
 use stats::{Baseline, Class};
 
@@ -132,6 +135,9 @@ pub struct Detector {
     targets: Vec<Target>,
     lanes: Vec<Lane>,
     cells: Vec<Cell>,
+    /// (agent, target) → lane, by one hash of both names (checked against the names): the
+    /// common case costs one lookup instead of three.
+    lane_index: HashMap<u64, u32, BuildHasherDefault<FxHasher>>,
     /// Confirmation requests not yet taken; `None` when nobody takes them (replay).
     requests: Option<Vec<ConfirmRequest>>,
 }
@@ -148,6 +154,7 @@ impl Detector {
             targets: Vec::new(),
             lanes: Vec::new(),
             cells: Vec::new(),
+            lane_index: HashMap::default(),
             requests: None,
         }
     }
@@ -169,8 +176,7 @@ impl Detector {
 
     /// Takes one result; appends any events it decides to `out`.
     pub fn observe(&mut self, obs: &Observation<'_>, out: &mut Vec<Event>) -> Ingest {
-        let (a, t, r) = self.intern(obs);
-        let l = self.lane_of(a, t, r);
+        let (a, t, l) = self.find_lane(obs);
         let class = Class::of(obs.outcome);
         let entry = Entry {
             t: obs.started_at,
@@ -252,6 +258,28 @@ impl Detector {
         });
     }
 
+    /// (agent, target, lane) of a result: from the index when the agent, target and region
+    /// are as last seen, else by interning the names (and moving the lane if the agent moved).
+    #[inline]
+    fn find_lane(&mut self, obs: &Observation<'_>) -> (u32, u32, u32) {
+        let key = pair_hash(obs.agent_id, obs.target);
+        if let Some(&l) = self.lane_index.get(&key) {
+            let lane = &self.lanes[l as usize];
+            let cell = &self.cells[lane.cell as usize];
+            if self.agent_names.name(lane.agent) == obs.agent_id
+                && self.target_names.name(cell.target) == obs.target
+                && self.region_names.name(cell.region) == obs.region
+            {
+                return (lane.agent, cell.target, l);
+            }
+        }
+        let (a, t, r) = self.intern(obs);
+        let l = self.lane_of(a, t, r);
+        // On a hash collision the first pair keeps the slot; the other takes this path.
+        self.lane_index.entry(key).or_insert(l);
+        (a, t, l)
+    }
+
     fn intern(&mut self, obs: &Observation<'_>) -> (u32, u32, u32) {
         let (r, _) = self.region_names.get_or_insert(obs.region);
         let (t, new_t) = self.target_names.get_or_insert(obs.target);
@@ -322,6 +350,15 @@ impl Detector {
         self.targets[t as usize].cells.push(c);
         c
     }
+}
+
+/// One hash of an (agent, target) pair.
+fn pair_hash(agent: &str, target: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(agent.as_bytes());
+    h.write_u8(0xff);
+    h.write(target.as_bytes());
+    h.finish()
 }
 
 /// Median of a non-empty slice (mean of the middle two for an even count); sorts it.
