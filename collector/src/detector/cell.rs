@@ -112,8 +112,11 @@ impl Detector {
         // onset.
         lasts.sort_unstable();
         let newest = lasts[lasts.len() / 2];
-        // Cheap gate on the CUSUM runs before the exact change points.
-        if ((newest - median(&mut starts)) as f64) < persistence {
+        // Cheap gate on the CUSUM runs before the exact change points. The change point lies
+        // between a lane's last success and its first failure, up to an interval before the
+        // run starts: the gate allows for that, so it never refuses what the exact test
+        // would accept.
+        if ((newest - median(&mut starts)) as f64) < persistence - iv {
             return;
         }
         let Some((onset, cps)) = self.change_points(c, &split.agree, received, false, None) else {
