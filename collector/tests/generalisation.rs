@@ -93,7 +93,7 @@ fn assert_quality(s: &Score) {
     assert!(s.recall() >= 0.98, "recall {:.3}", s.recall());
     assert_eq!(s.end_fp, 0, "false ends");
     assert!(s.end_recall() >= 0.95, "end recall {:.2}", s.end_recall());
-    assert!(s.delay(0.95) <= 7.0, "p95 delay {:.2}", s.delay(0.95));
+    assert!(s.delay(0.95) <= 6.0, "p95 delay {:.2}", s.delay(0.95));
     assert!(s.onset(0.5) <= 0.5, "median onset error {:.2}", s.onset(0.5));
 }
 
