@@ -1,0 +1,53 @@
+//! `replay` keeps memory bounded by the number of (agent, target) lanes, not by the length of
+//! the trace: feeding the same fleet eight times longer leaves its peak RSS where it was.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use blockwatch_tests::*;
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn replay_memory_does_not_grow_with_trace_length() {
+    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/eval/samples/geo_block.jsonl");
+    let text = std::fs::read_to_string(&sample).expect("sample trace");
+    assert!(text.contains("2024-07-24T"), "the sample's date changed");
+    let mut child = Command::new(bin("blockwatch-collector"))
+        .args(["replay", "--input", "-", "--output", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn replay");
+    let pid = child.id();
+    let mut input = child.stdin.take().expect("stdin");
+    // Day k of August: the same fleet and targets, later in time, with fresh probe ids.
+    let copy = |k: u32| {
+        text.replace("2024-07-24T", &format!("2024-08-{k:02}T")).replace("\"probe_id\":\"", &format!("\"probe_id\":\"d{k}-"))
+    };
+    input.write_all(copy(1).as_bytes()).expect("feed");
+    input.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let after_one = peak_rss_kib(pid);
+    for k in 2..=8 {
+        input.write_all(copy(k).as_bytes()).expect("feed");
+    }
+    input.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let after_eight = peak_rss_kib(pid);
+    drop(input);
+    let out = child.wait_with_output().expect("replay ends");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    println!("peak RSS after 1 copy {after_one} KiB, after 8 copies {after_eight} KiB ({} lines each)", text.lines().count());
+    assert!(after_eight <= after_one + 1024, "replay grew from {after_one} KiB to {after_eight} KiB over 8x the trace");
+}
