@@ -9,7 +9,7 @@ mod sim;
 use std::hint::black_box;
 use std::time::Instant;
 
-use blockwatch_collector::detector::{Detector, DetectorConfig, Observation};
+use blockwatch_collector::detector::{Detector, DetectorConfig};
 use blockwatch_collector::replay::{parse_line, replay};
 use blockwatch_proto::Outcome;
 
@@ -83,18 +83,7 @@ fn main() {
         let mut d = Detector::new(DetectorConfig::default());
         let mut events = Vec::new();
         for (r, &outcome) in trace.records.iter().zip(&outcomes) {
-            let obs = Observation {
-                probe_id: &r.probe_id,
-                agent_id: &r.agent_id,
-                region: &r.region,
-                target: &r.target,
-                started_at: r.started_at,
-                received_at: r.received_at,
-                outcome,
-                control: false,
-                confirmation: false,
-            };
-            d.observe(&obs, &mut events);
+            d.observe(&r.observation(outcome), &mut events);
         }
         found = events.len();
     });

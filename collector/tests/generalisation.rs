@@ -5,7 +5,7 @@
 
 mod sim;
 
-use blockwatch_collector::detector::{Detector, DetectorConfig, Event, Observation};
+use blockwatch_collector::detector::{Detector, DetectorConfig, Event};
 use blockwatch_proto::Outcome;
 
 use sim::score::{Score, score};
@@ -15,18 +15,8 @@ fn run(trace: &Trace) -> Vec<Event> {
     let mut d = Detector::new(DetectorConfig::default());
     let mut events = Vec::new();
     for r in &trace.records {
-        let obs = Observation {
-            probe_id: &r.probe_id,
-            agent_id: &r.agent_id,
-            region: &r.region,
-            target: &r.target,
-            started_at: r.started_at,
-            received_at: r.received_at,
-            outcome: Outcome::from_name(r.outcome).expect("generator outcomes are known"),
-            control: false,
-            confirmation: false,
-        };
-        d.observe(&obs, &mut events);
+        let outcome = Outcome::from_name(r.outcome).expect("generator outcomes are known");
+        d.observe(&r.observation(outcome), &mut events);
     }
     events
 }

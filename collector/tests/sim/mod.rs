@@ -360,6 +360,23 @@ pub fn generate(p: &Params) -> Trace {
     Trace { name, interval_ms: iv, start, end, records, blocks }
 }
 
+impl Record {
+    /// The detector's view of the record, with its outcome already looked up.
+    pub fn observation(&self, outcome: blockwatch_proto::Outcome) -> blockwatch_collector::detector::Observation<'_> {
+        blockwatch_collector::detector::Observation {
+            probe_id: &self.probe_id,
+            agent_id: &self.agent_id,
+            region: &self.region,
+            target: &self.target,
+            started_at: self.started_at,
+            received_at: self.received_at,
+            outcome,
+            control: false,
+            confirmation: false,
+        }
+    }
+}
+
 impl Trace {
     /// The trace as JSONL in the samples' format.
     pub fn to_jsonl(&self) -> String {
