@@ -85,6 +85,9 @@ pub fn apply(cfg: &AgentConfig, plan: &Plan) -> Result<ActivePlan, Vec<String>> 
     if !problems.is_empty() {
         return Err(problems);
     }
+    if plan.withdrawn {
+        return Ok(ActivePlan { version: plan.version, ..initial(cfg) });
+    }
     let default = plan.interval.as_ref().map_or(cfg.interval, std_duration);
     let pinned: Vec<Target> = cfg
         .targets
@@ -146,6 +149,7 @@ mod tests {
     fn central_plan_replaces_unpinned_targets() {
         let c = cfg();
         let plan = Plan {
+            withdrawn: false,
             version: 7,
             interval: Some(proto_duration(Duration::from_secs(30))),
             targets: vec![PlanTarget { id: "new".into(), url: "https://new.example/".into(), ..Default::default() }],
@@ -169,6 +173,7 @@ mod tests {
         assert!(ctl.control && ctl.local && ctl.credential.is_none());
         assert_eq!(ctl.interval, c.interval);
         let plan = Plan {
+            withdrawn: false,
             version: 3,
             interval: Some(proto_duration(Duration::from_secs(30))),
             targets: vec![PlanTarget { id: "new".into(), url: "https://new.example/".into(), ..Default::default() }],
@@ -184,6 +189,7 @@ mod tests {
     #[test]
     fn plan_may_not_claim_the_control_id() {
         let plan = Plan {
+            withdrawn: false,
             version: 4,
             interval: Some(proto_duration(Duration::from_secs(30))),
             targets: vec![PlanTarget { id: "control".into(), url: "https://x.example/".into(), ..Default::default() }],
@@ -198,6 +204,7 @@ mod tests {
         let key = Some(CredentialSource::Env("OLD_KEY".into()));
         assert_eq!(initial(&c).targets[1].credential, key);
         let plan = |url: &str| Plan {
+            withdrawn: false,
             version: 5,
             interval: Some(proto_duration(Duration::from_secs(30))),
             targets: vec![PlanTarget { id: "old".into(), url: url.into(), ..Default::default() }],
@@ -207,8 +214,17 @@ mod tests {
     }
 
     #[test]
+    fn a_withdrawn_plan_brings_back_the_local_targets() {
+        let c = cfg();
+        let back = apply(&c, &Plan { version: 7, withdrawn: true, ..Default::default() }).unwrap();
+        assert_eq!(back, ActivePlan { version: 7, ..initial(&c) });
+        let odd = Plan { version: 8, withdrawn: true, targets: vec![PlanTarget::default()], ..Default::default() };
+        assert!(apply(&c, &odd).unwrap_err()[0].contains("withdrawn"));
+    }
+
+    #[test]
     fn bad_plan_is_refused_with_reasons() {
-        let plan = Plan { version: 2, interval: None, targets: vec![] };
+        let plan = Plan { version: 2, interval: None, targets: vec![], withdrawn: false };
         let err = apply(&cfg(), &plan).unwrap_err();
         assert!(err.iter().any(|e| e.contains("no interval")));
         assert!(err.iter().any(|e| e.contains("no targets")));

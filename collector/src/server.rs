@@ -130,9 +130,16 @@ impl Collector {
         let mut version = None;
         self.plan.send_if_modified(|current| {
             let old_version = current.as_ref().map_or(0, |p| p.version);
-            let next = plan.map(|p| crate::plan::to_proto(p, old_version + 1));
+            // Dropping the plan tells agents to go back to their own targets.
+            let next = match plan {
+                Some(p) => Some(crate::plan::to_proto(p, old_version + 1)),
+                None if current.as_ref().is_some_and(|p| !p.withdrawn) => {
+                    Some(Plan { version: old_version + 1, withdrawn: true, ..Default::default() })
+                }
+                None => current.clone(),
+            };
             let same = match (&*current, &next) {
-                (Some(a), Some(b)) => a.targets == b.targets && a.interval == b.interval,
+                (Some(a), Some(b)) => a.targets == b.targets && a.interval == b.interval && a.withdrawn == b.withdrawn,
                 (None, None) => true,
                 _ => false,
             };

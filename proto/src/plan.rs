@@ -31,6 +31,7 @@ pub fn build<'a>(
 ) -> Plan {
     Plan {
         version,
+        withdrawn: false,
         interval: Some(to_proto_duration(interval)),
         targets: targets
             .into_iter()
@@ -52,6 +53,12 @@ fn duration(d: &prost_types::Duration) -> Option<Duration> {
 /// The problems of a plan, each naming the target and field; empty when the plan is usable.
 pub fn problems(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
+    if plan.withdrawn {
+        if !plan.targets.is_empty() || plan.interval.is_some() {
+            out.push("plan: withdrawn, yet it has targets or an interval".to_string());
+        }
+        return out;
+    }
     let check_interval = |what: &str, d: &prost_types::Duration, out: &mut Vec<String>| match duration(d) {
         Some(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => {}
         _ => out.push(format!(
@@ -112,6 +119,7 @@ mod tests {
 
     fn plan(targets: Vec<PlanTarget>) -> Plan {
         Plan {
+            withdrawn: false,
             version: 1,
             targets,
             interval: Some(prost_types::Duration { seconds: 60, nanos: 0 }),

@@ -126,6 +126,13 @@ fn central_plan_reaches_three_regions_and_changes_without_restart() {
     wait_for("every region to probe plan-b", Duration::from_secs(30), || {
         ["127.0.0.2", "127.0.0.3", "127.0.0.4"].iter().all(|ip| saw("/plan-b/v1/models", ip)).then_some(())
     });
+    // Without a [plan] the agents go back to their own targets.
+    provider.seen.lock().unwrap().clear();
+    std::fs::write(&collector.config, format!("listen = \"{}\"\ndata_dir = \"{}\"\n", collector.addr, collector.data_dir.display())).unwrap();
+    let _ = std::process::Command::new("kill").args(["-HUP", &collector.proc.child.id().to_string()]).status();
+    wait_for("every region to probe its local target again", Duration::from_secs(30), || {
+        ["127.0.0.2", "127.0.0.3", "127.0.0.4"].iter().all(|ip| saw("/t0/v1/models", ip)).then_some(())
+    });
     // A broken reload is refused and the plan stays.
     std::fs::write(&collector.config, "listen = [oops").unwrap();
     let _ = std::process::Command::new("kill").args(["-HUP", &collector.proc.child.id().to_string()]).status();
@@ -149,6 +156,7 @@ fn agent_refuses_a_bad_plan_and_keeps_its_own() {
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
     let bad = Plan {
+        withdrawn: false,
         version: 9,
         interval: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
         targets: vec![PlanTarget { id: "evil".into(), url: "http://plain.example/".into(), ..Default::default() }],
