@@ -84,13 +84,14 @@ impl Detector {
         if !split.quorum() {
             return;
         }
-        let (mut fails, mut geo, mut iv, mut weakest) = (0u32, 0u32, 0.0, f64::MAX);
+        let (mut fails, mut geo, mut forged, mut iv, mut weakest) = (0u32, 0u32, 0u32, 0.0, f64::MAX);
         let mut starts = Vec::with_capacity(split.agree.len());
         let mut lasts = Vec::with_capacity(split.agree.len());
         for &l in &split.agree {
             let lane = &self.lanes[l as usize];
             fails += lane.f_fails;
             geo += lane.f_geo;
+            forged += lane.f_forged;
             iv += lane.interval;
             weakest = weakest.min(lane.sf);
             lasts.push(lane.f_last);
@@ -98,15 +99,23 @@ impl Detector {
         }
         let iv = iv / split.agree.len() as f64;
         let is_geo = geo * 2 >= fails;
+        // Forged answers are interference too, though seen at the network level.
+        let signed = is_geo || (geo + forged) * 2 >= fails;
         // Network failures are what noisy vantages produce too: each agreeing agent must be
-        // convinced on its own, and a lone agent more so. A geo signature is the provider's
-        // own statement and weighs the same from any number of agents.
+        // convinced on its own, and a lone agent more so. A geo refusal or a forged answer
+        // says who did it and weighs the same from any number of agents.
         let single = split.agree.len() + split.dissent as usize == 1;
-        let threshold = if single && !is_geo { self.cfg.single_agent_threshold } else { self.cfg.block_threshold };
-        if split.stat < threshold || (!is_geo && weakest < self.cfg.lane_threshold) {
+        let threshold = if single && !signed { self.cfg.single_agent_threshold } else { self.cfg.block_threshold };
+        if split.stat < threshold || (!signed && weakest < self.cfg.lane_threshold) {
             return;
         }
-        let persistence = if is_geo { self.cfg.geo_persistence } else { self.cfg.network_persistence } * iv;
+        let persistence = if is_geo {
+            self.cfg.geo_persistence
+        } else if signed {
+            self.cfg.forgery_persistence
+        } else {
+            self.cfg.network_persistence
+        } * iv;
         // How long the agreeing agents have been failing: the upper median of their latest
         // failures (one agent's stray failure after a blip does not stretch it) minus the
         // onset.

@@ -27,7 +27,7 @@ pub struct DetectorConfig {
     /// Upper clamp of a learned failure rate (an agent failing more than this is too noisy
     /// to learn anything more from). Default 0.5.
     pub baseline_max: f64,
-    /// Rate at which a geo signature appears without a block. Default 0.001.
+    /// Rate at which a geo refusal or a forged answer appears without a block. Default 0.001.
     pub geo_baseline: f64,
     /// Failure rate the change-point statistic looks for: a block refuses at least this
     /// share of probes. Lower finds thinner partial blocks, more slowly. Default 0.8.
@@ -46,6 +46,10 @@ pub struct DetectorConfig {
     pub network_persistence: f64,
     /// The same for geo signatures, which are strong evidence on their own. Default 0.
     pub geo_persistence: f64,
+    /// The same for forged answers (DNS answers forged to bogon addresses, false NXDOMAIN,
+    /// certificates that do not verify): interference that blips and outages do not
+    /// produce, confirmed over one interval. Default 1.
+    pub forgery_persistence: f64,
     /// Log-likelihood ratio of recovery, per agent, needed to end a block (twice this when
     /// only one agent reports). Default 6.
     pub end_threshold: f64,
@@ -85,6 +89,7 @@ impl Default for DetectorConfig {
             single_agent_threshold: 16.0,
             network_persistence: 5.0,
             geo_persistence: 0.0,
+            forgery_persistence: 1.0,
             end_threshold: 6.0,
             end_persistence: 3.0,
             outage_fraction: 0.5,

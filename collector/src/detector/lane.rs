@@ -72,6 +72,8 @@ pub(crate) struct Lane {
     pub f_fails: u32,
     pub f_oks: u32,
     pub f_geo: u32,
+    /// Forged answers during the run.
+    pub f_forged: u32,
     /// Provider-noise answers during the run.
     pub f_busy: u32,
 
@@ -111,6 +113,7 @@ impl Lane {
             f_fails: 0,
             f_oks: 0,
             f_geo: 0,
+            f_forged: 0,
             f_busy: 0,
             sr: 0.0,
             r_start: NEVER,
@@ -228,6 +231,7 @@ impl Lane {
                 self.f_fails += 1;
                 self.f_last = e.t;
                 self.f_geo += u32::from(e.class == Class::Geo);
+                self.f_forged += u32::from(e.class == Class::Forged);
             } else {
                 self.f_oks += 1;
             }
@@ -272,6 +276,7 @@ impl Lane {
         self.f_fails = 0;
         self.f_oks = 0;
         self.f_geo = 0;
+        self.f_forged = 0;
         self.f_busy = 0;
     }
 
@@ -363,7 +368,7 @@ impl Lane {
         for e in self.buf.range(i..) {
             match e.class {
                 Class::Ok => oks += 1,
-                Class::Net | Class::Geo => fails += 1,
+                Class::Net | Class::Geo | Class::Forged => fails += 1,
                 Class::Busy => busy += 1,
                 Class::Neutral => {}
             }
@@ -377,7 +382,7 @@ impl Lane {
         for e in self.buf.iter().rev().take_while(|e| e.t > since) {
             match e.class {
                 Class::Ok => oks += 1,
-                Class::Net | Class::Geo => fails += 1,
+                Class::Net | Class::Geo | Class::Forged => fails += 1,
                 Class::Neutral | Class::Busy => {}
             }
         }

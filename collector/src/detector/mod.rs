@@ -242,7 +242,7 @@ impl Detector {
         if c.block.is_some() || self.agents[lane.agent as usize].down {
             return;
         }
-        let strong = class == Class::Geo;
+        let strong = matches!(class, Class::Geo | Class::Forged);
         if !strong && lane.sf < self.cfg.lane_threshold {
             return;
         }
@@ -250,7 +250,11 @@ impl Detector {
             return;
         }
         c.confirm_asked = received;
-        let reason = if strong { "geo refusal seen" } else { "persistent failures seen" };
+        let reason = match class {
+            Class::Geo => "geo refusal seen",
+            Class::Forged => "forged answer seen",
+            _ => "persistent failures seen",
+        };
         requests.push(ConfirmRequest {
             target: self.target_names.name(c.target).to_string(),
             region: self.region_names.name(c.region).to_string(),

@@ -21,6 +21,11 @@ pub(crate) enum Class {
     /// The provider answered but was unhappy (rate limit, overload, server error): never
     /// evidence of a block, and a failure run full of these is the provider's trouble.
     Busy = 4,
+    /// An answer only interference gives: a DNS answer forged to a bogon address or a false
+    /// NXDOMAIN for the provider's name, a certificate that does not verify for its host.
+    /// Strong evidence like a geo refusal, but a network-level one: a vantage whose own
+    /// network forges everything (a captive portal) is still a vantage problem.
+    Forged = 5,
 }
 
 impl Class {
@@ -33,13 +38,15 @@ impl Class {
             Class::Geo
         } else if matches!(o, Outcome::AgentError | Outcome::Unspecified) {
             Class::Neutral
+        } else if matches!(o, Outcome::DnsBogon | Outcome::DnsNxdomain | Outcome::TlsCertInvalid) {
+            Class::Forged
         } else {
             Class::Net
         }
     }
 
     pub(crate) fn is_failure(self) -> bool {
-        matches!(self, Class::Net | Class::Geo)
+        matches!(self, Class::Net | Class::Geo | Class::Forged)
     }
 }
 
@@ -105,7 +112,7 @@ impl Llr {
         match c {
             Class::Ok => self.ok,
             Class::Net => self.fail,
-            Class::Geo => self.geo,
+            Class::Geo | Class::Forged => self.geo,
             Class::Neutral | Class::Busy => 0.0,
         }
     }
@@ -115,7 +122,7 @@ impl Llr {
         match c {
             Class::Ok => self.rec_ok,
             Class::Net => self.rec_fail,
-            Class::Geo => self.rec_geo,
+            Class::Geo | Class::Forged => self.rec_geo,
             Class::Neutral | Class::Busy => 0.0,
         }
     }

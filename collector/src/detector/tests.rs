@@ -126,6 +126,31 @@ fn network_block_waits_out_blips_and_ends_with_hysteresis() {
 }
 
 #[test]
+fn forged_answers_are_confirmed_fast_but_a_forging_vantage_is_not_a_block() {
+    // cn's resolvers forge deepseek's name from k = 100 on (bogons, some bad certificates);
+    // meanwhile eu-0 sits behind a captive portal that forges every name for two hours.
+    let recs = fleet(REGIONS, TARGETS, 300, |r, a, t, k| {
+        if r == "cn" && t == "deepseek" && k >= 100 {
+            if k % 4 == 0 { Outcome::TlsCertInvalid } else { Outcome::DnsBogon }
+        } else if r == "eu" && a == 0 && (150..270).contains(&k) {
+            Outcome::DnsBogon
+        } else {
+            Outcome::Ok
+        }
+    });
+    let ev = run(&recs);
+    let started = of_kind(&ev, EventKind::BlockStarted);
+    assert_eq!(started.len(), 1, "{ev:?}");
+    assert_eq!((started[0].target.as_str(), started[0].region.as_str()), ("deepseek", "cn"));
+    assert_eq!(started[0].evidence.signature, "dns");
+    let start = T0 + 100 * IV;
+    assert!(started[0].detected_at - start <= 3 * IV, "slow: {} intervals", (started[0].detected_at - start) / IV);
+    assert!((started[0].onset - start).abs() <= IV);
+    let down = of_kind(&ev, EventKind::VantageDown);
+    assert_eq!(down.iter().filter_map(|e| e.agent_id.as_deref()).collect::<Vec<_>>(), ["eu-0"], "{ev:?}");
+}
+
+#[test]
 fn provider_outage_everywhere_is_not_a_block() {
     let recs = fleet(REGIONS, TARGETS, 200, |_, _, t, k| {
         if t == "anthropic" && (80..100).contains(&k) { Outcome::TcpTimeout } else { Outcome::Ok }
