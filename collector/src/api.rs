@@ -4,6 +4,9 @@
 //! - `GET /v1/events` — the event log as JSON lines, oldest first, each with its `seq`.
 //!   Query: `after=SEQ` (only later events: poll with the last `seq` you saw), `kind=`,
 //!   `target=`, `region=` (exact matches), `limit=` (default 1000, at most 100 000).
+//! - `GET /v1/results` — stored results in the trace format (JSON lines, what `export`
+//!   writes), in the order stored, streamed. Query: `after=N` (skip the first N: results are
+//!   numbered 1, 2, 3, … as stored, so a poller adds the lines it got), `limit=` (default all).
 //! - `GET /v1/agents` — the agents seen since start: region, whether a stream is open,
 //!   version, last heard of, results spooled and dropped.
 //!
@@ -20,7 +23,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
 use crate::ingest::Ingest;
-use crate::store::Store;
+use crate::store::Reader;
 
 /// Default and largest `limit` of `/v1/events`.
 pub const DEFAULT_LIMIT: usize = 1000;
@@ -28,14 +31,14 @@ pub const MAX_LIMIT: usize = 100_000;
 
 #[derive(Clone)]
 struct Api {
-    store: Store,
+    store: Reader,
     ingest: Arc<Ingest>,
 }
 
 /// Serves the API on `listener` until `stop` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    store: Store,
+    store: Reader,
     ingest: Arc<Ingest>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -43,6 +46,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/events", get(events))
         .route("/v1/agents", get(agents))
+        .route("/v1/results", get(results))
         .with_state(Api { store, ingest });
     axum::serve(listener, app).with_graceful_shutdown(stop).await
 }
@@ -126,6 +130,68 @@ async fn events(State(api): State<Api>, query: Result<Query<EventQuery>, axum::e
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}\n")).into_response(),
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResultQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<u64>,
+}
+
+/// Bytes buffered before a chunk of an export goes out.
+const CHUNK: usize = 64 * 1024;
+
+/// An `io::Write` that hands full chunks to the response body; fails once the client left.
+struct ChunkWriter {
+    buf: Vec<u8>,
+    tx: tokio::sync::mpsc::Sender<Result<bytes::Bytes, std::io::Error>>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
+        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+async fn results(State(api): State<Api>, query: Result<Query<ResultQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let store = api.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter { buf: Vec::with_capacity(CHUNK), tx: tx.clone() };
+        let limit = q.limit.unwrap_or(u64::MAX);
+        if let Err(e) = crate::export::export_range(&store, crate::export::Format::Jsonl, q.after, limit, &mut out) {
+            // The status is sent already: end the body with the error so the client sees a
+            // broken transfer rather than a short, valid-looking export.
+            tracing::warn!(error = %e, "results export over the API stopped");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
 #[derive(Serialize)]

@@ -4,7 +4,7 @@ use std::io::Write;
 
 use blockwatch_proto::trace::TraceRecord;
 
-use crate::store::{Store, StoreError};
+use crate::store::{Reader, StoreError};
 
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -23,11 +23,20 @@ pub enum ExportError {
 }
 
 /// Writes every stored result, in the order received. Returns how many.
-pub fn export(store: &Store, format: Format, mut out: impl Write) -> Result<u64, ExportError> {
+pub fn export(store: &Reader, format: Format, out: impl Write) -> Result<u64, ExportError> {
+    export_range(store, format, 0, u64::MAX, out)
+}
+
+/// Writes up to `limit` stored results, in the order received, skipping the first `after`
+/// (results are numbered 1, 2, 3, … as stored). Returns how many.
+pub fn export_range(store: &Reader, format: Format, after: u64, limit: u64, mut out: impl Write) -> Result<u64, ExportError> {
     let mut n = 0;
     match format {
         Format::Jsonl => {
-            for stored in store.results() {
+            for stored in store.results_after(after) {
+                if n == limit {
+                    break;
+                }
                 let rec = TraceRecord::from_stored(&stored?);
                 serde_json::to_writer(&mut out, &rec).map_err(std::io::Error::from)?;
                 out.write_all(b"\n")?;

@@ -117,7 +117,7 @@ impl Collector {
         let api_listener = crate::api::bind(cfg.api_listen).await?;
         let api_addr = api_listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(crate::api::serve(api_listener, store.clone(), Arc::clone(&ingest), async {
+        let api = tokio::spawn(crate::api::serve(api_listener, store.reader(), Arc::clone(&ingest), async {
             let _ = api_stopped.await;
         }));
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");

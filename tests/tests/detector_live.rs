@@ -118,6 +118,15 @@ fn live_equals_replay(sample_name: &str) {
     assert!(live.iter().any(|l| l.contains("\"block_started\"")), "the sample has blocks: {live:#?}");
     assert_eq!(live, replayed, "live events differ from replay of the stored results");
 
+    // The stored results over the API are the export, and page by position.
+    let (status, body) = http_get(collector.api, "/v1/results");
+    assert_eq!(status, 200);
+    assert!(body == exported, "GET /v1/results differs from export ({} vs {} bytes)", body.len(), exported.len());
+    let (_, page) = http_get(collector.api, "/v1/results?after=10&limit=5");
+    assert_eq!(page.lines().collect::<Vec<_>>(), exported.lines().skip(10).take(5).collect::<Vec<_>>());
+    let (status, body) = http_get(collector.api, "/v1/results?after=-1");
+    assert_eq!(status, 400, "{body}");
+
     // Filters and paging.
     let (_, started) = http_get(collector.api, "/v1/events?kind=block_started");
     assert!(started.lines().count() >= 1 && started.lines().all(|l| l.contains("\"kind\":\"block_started\"")));

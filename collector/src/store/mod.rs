@@ -59,10 +59,10 @@ pub(crate) struct Keyspaces {
     events: Keyspace,
 }
 
-/// Handle to the store; cheap to clone.
+/// Handle to the store; cheap to clone. Reads go through its [`Reader`].
 #[derive(Clone)]
 pub struct Store {
-    ks: Keyspaces,
+    reader: Reader,
     tx: mpsc::Sender<writer::Request>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -93,7 +93,7 @@ impl Store {
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = writer::spawn(ks.clone(), rx, feed).map_err(|e| open_err(fjall::Error::Io(e)))?;
         Ok(Store {
-            ks,
+            reader: Reader { ks },
             tx,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
         })
@@ -120,16 +120,49 @@ impl Store {
     /// The event log, for its one writer (the detector). It does not keep the result writer
     /// alive.
     pub fn event_log(&self) -> EventLog {
-        EventLog {
-            next: last_key(&self.ks.events) + 1,
-            db: self.ks.db.clone(),
-            events: self.ks.events.clone(),
-        }
+        let ks = &self.reader.ks;
+        EventLog { next: last_key(&ks.events) + 1, db: ks.db.clone(), events: ks.events.clone() }
     }
 
+    /// A read-only handle: it does not keep the writer alive, so long reads (an export over
+    /// the API) never hold up shutdown.
+    pub fn reader(&self) -> Reader {
+        self.reader.clone()
+    }
+
+    /// Stops the writer after the queued writes and flushes everything to disk.
+    pub fn close(self) {
+        let Store { reader: Reader { ks }, tx, writer } = self;
+        drop(tx);
+        if let Some(h) = writer.lock().ok().and_then(|mut g| g.take()) {
+            let _ = h.join();
+        }
+        let _ = ks.db.persist(fjall::PersistMode::SyncAll);
+    }
+}
+
+impl std::ops::Deref for Store {
+    type Target = Reader;
+    fn deref(&self) -> &Reader {
+        &self.reader
+    }
+}
+
+/// Reads of the store, safe alongside the writer; cheap to clone.
+#[derive(Clone)]
+pub struct Reader {
+    ks: Keyspaces,
+}
+
+impl Reader {
     /// Every stored result in the order received. Blocking: call from a blocking context.
     pub fn results(&self) -> impl Iterator<Item = Result<StoredResult, StoreError>> + use<> {
-        self.ks.results.iter().map(|guard| {
+        self.results_after(0)
+    }
+
+    /// Stored results after the first `after` (they are numbered from 1 as stored). Blocking.
+    pub fn results_after(&self, after: u64) -> impl Iterator<Item = Result<StoredResult, StoreError>> + use<> {
+        self.ks.results.range(after.saturating_add(1).to_be_bytes()..).map(|guard| {
             let (k, v) = guard.into_inner().map_err(StoreError::Read)?;
             StoredResult::decode(&*v).map_err(|source| StoreError::Corrupt {
                 key: format!("results/{}", key_seq(&k)),
@@ -157,15 +190,6 @@ impl Store {
         self.ks.results.len().map_err(StoreError::Read)
     }
 
-    /// Stops the writer after the queued writes and flushes everything to disk.
-    pub fn close(self) {
-        let Store { ks, tx, writer } = self;
-        drop(tx);
-        if let Some(h) = writer.lock().ok().and_then(|mut g| g.take()) {
-            let _ = h.join();
-        }
-        let _ = ks.db.persist(fjall::PersistMode::SyncAll);
-    }
 }
 
 /// Appends detector events; one writer, so it numbers them itself.
