@@ -7,7 +7,8 @@
 //! - `GET /v1/results` — stored results in the trace format (JSON lines, what `export`
 //!   writes), in the order stored, streamed. Query: `after=N` (skip the first N: results are
 //!   numbered 1, 2, 3, … as stored, so a poller adds the lines it got), `limit=` (default all).
-//! - `GET /v1/agents` — the agents seen since start: region, whether a stream is open,
+//! - `GET /v1/agents` — the agents seen since start: region, whether a stream is open and
+//!   whether the agent is silent,
 //!   version, last heard of, results spooled and dropped.
 //!
 //! Reads run on the blocking pool and never hold the store's writer.
@@ -199,6 +200,8 @@ struct AgentView {
     region: String,
     /// A Report stream is open now.
     connected: bool,
+    /// Nothing heard (result or heartbeat) for three heartbeat intervals.
+    silent: bool,
     version: String,
     last_seen: String,
     spooled: u64,
@@ -207,6 +210,8 @@ struct AgentView {
 
 async fn agents(State(api): State<Api>) -> Response {
     let connected = api.ingest.streams().connected();
+    let quiet_ms = (api.ingest.heartbeat() * crate::server::SILENT_AFTER_HEARTBEATS).as_millis() as i64;
+    let now = blockwatch_proto::time::now();
     let view: BTreeMap<String, AgentView> = api
         .ingest
         .agents()
@@ -214,6 +219,7 @@ async fn agents(State(api): State<Api>) -> Response {
         .map(|(id, a)| {
             (id.clone(), AgentView {
                 connected: connected.contains(&id),
+                silent: now - a.last_seen > quiet_ms,
                 region: a.region,
                 version: a.version,
                 last_seen: blockwatch_proto::time::format_rfc3339(a.last_seen),

@@ -11,7 +11,7 @@
 //! detector's feed), let the detector drain.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use blockwatch_proto::time::from_timestamp;
 use blockwatch_proto::v1::fleet_server::FleetServer;
@@ -20,7 +20,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::CollectorConfig;
-use crate::detector::{Detector, DetectorConfig, Event, Observation};
+use crate::detector::{Detector, DetectorConfig, Event, EventKind, Evidence, Observation};
 use crate::ingest::{Ingest, Streams};
 use crate::store::{EventLog, Store, StoreError};
 
@@ -65,6 +65,7 @@ pub struct Collector {
     api_stop: tokio::sync::oneshot::Sender<()>,
     api: JoinHandle<std::io::Result<()>>,
     detector: std::thread::JoinHandle<()>,
+    silence: JoinHandle<()>,
 }
 
 impl Collector {
@@ -88,8 +89,9 @@ impl Collector {
         let (plan, plan_rx) = watch::channel(initial_plan);
         let streams = Arc::new(Streams::default());
         let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, Arc::clone(&streams)));
+        let log = Arc::new(Mutex::new(store.event_log()));
         let detector = {
-            let (log, events, results) = (store.event_log(), events.clone(), results.clone());
+            let (log, events, results) = (Arc::clone(&log), events.clone(), results.clone());
             let live = Live { log, events, results, streams };
             std::thread::Builder::new()
                 .name("detector".into())
@@ -121,7 +123,8 @@ impl Collector {
             let _ = api_stopped.await;
         }));
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");
-        Ok(Collector { addr, api_addr, events, results, ingest, plan, store, stop, server, api_stop, api, detector })
+        let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone()));
+        Ok(Collector { addr, api_addr, events, results, ingest, plan, store, stop, server, api_stop, api, detector, silence })
     }
 
     /// Replaces the central plan when it differs from the running one; returns the new plan
@@ -160,10 +163,11 @@ impl Collector {
     /// Stops accepting, waits for streams to end (up to `deadline`), drains the detector and
     /// closes the store.
     pub async fn shutdown(self, deadline: std::time::Duration) {
-        let Collector { stop, server, detector, store, ingest, api_stop, api, .. } = self;
+        let Collector { stop, server, detector, store, ingest, api_stop, api, silence, .. } = self;
         let _ = api_stop.send(());
         let _ = stop.send(());
         ingest.close_streams();
+        let _ = silence.await;
         if tokio::time::timeout(deadline, server).await.is_err() {
             tracing::warn!("streams still open at the shutdown deadline; closing anyway");
         }
@@ -220,7 +224,7 @@ pub fn observe(detector: &mut Detector, stored: &StoredResult, out: &mut Vec<Eve
 /// Where the live detector's output goes. Holds no handle that keeps the store's writer
 /// alive, so closing the store ends the detector.
 struct Live {
-    log: EventLog,
+    log: Arc<Mutex<EventLog>>,
     events: broadcast::Sender<Event>,
     results: broadcast::Sender<Arc<Vec<StoredResult>>>,
     streams: Arc<Streams>,
@@ -229,7 +233,7 @@ struct Live {
 /// The live detector, on its own thread: results in store order in, events out, and probe
 /// requests to the agents of a region where a block is suspected.
 fn run_detector(mut detector: Detector, rx: std::sync::mpsc::Receiver<Vec<StoredResult>>, live: Live) {
-    let Live { mut log, events, results, streams } = live;
+    let Live { log, events, results, streams } = live;
     detector.request_confirmations();
     let mut out = Vec::new();
     while let Ok(batch) = rx.recv() {
@@ -241,16 +245,76 @@ fn run_detector(mut detector: Detector, rx: std::sync::mpsc::Receiver<Vec<Stored
             tracing::info!(target = %req.target, region = %req.region, agents = asked, reason = %req.reason, "asked the region's agents to probe now");
         }
         let _ = results.send(Arc::new(batch));
-        if out.is_empty() {
-            continue;
+        publish(&log, &events, &mut out);
+    }
+}
+
+/// Appends events to the event log (durably), logs them and hands them to live subscribers.
+fn publish(log: &Mutex<EventLog>, events: &broadcast::Sender<Event>, out: &mut Vec<Event>) {
+    if out.is_empty() {
+        return;
+    }
+    let lines: Vec<String> = out.iter().map(Event::to_json_line).collect();
+    match log.lock() {
+        Ok(mut log) => {
+            if let Err(e) = log.append(&lines) {
+                tracing::error!(error = %e, "could not persist events");
+            }
         }
-        let lines: Vec<String> = out.iter().map(Event::to_json_line).collect();
-        if let Err(e) = log.append(&lines) {
-            tracing::error!(error = %e, "could not persist detector events");
+        Err(_) => tracing::error!("event log unavailable; events not persisted"),
+    }
+    for e in out.drain(..) {
+        tracing::info!(kind = ?e.kind, target = %e.target, region = %e.region, agent = e.agent_id.as_deref().unwrap_or("-"),
+            onset = %blockwatch_proto::time::format_rfc3339(e.onset), "event");
+        let _ = events.send(e);
+    }
+}
+
+/// Agents not heard from (no result, no heartbeat) for this many heartbeat intervals are
+/// silent.
+pub const SILENT_AFTER_HEARTBEATS: u32 = 3;
+
+/// Marks agents silent when the collector has heard nothing from them for
+/// `SILENT_AFTER_HEARTBEATS` heartbeat intervals, and back when they speak again; both are
+/// events in the log. Ends at shutdown.
+async fn watch_silence(ingest: Arc<Ingest>, log: Arc<Mutex<EventLog>>, events: broadcast::Sender<Event>) {
+    let beat = ingest.heartbeat();
+    let limit = (beat * SILENT_AFTER_HEARTBEATS).as_millis() as i64;
+    let mut stop = ingest.stopping();
+    let mut tick = tokio::time::interval(beat / 2);
+    let mut silent: std::collections::HashSet<String> = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
-        for e in out.drain(..) {
-            tracing::info!(kind = ?e.kind, target = %e.target, region = %e.region, onset = %blockwatch_proto::time::format_rfc3339(e.onset), "detector event");
-            let _ = events.send(e);
+        let now = blockwatch_proto::time::now();
+        let mut out = Vec::new();
+        for (id, a) in ingest.agents() {
+            let quiet = now - a.last_seen > limit;
+            let (kind, onset) = match (quiet, silent.contains(&id)) {
+                (true, false) => (EventKind::AgentSilent, a.last_seen),
+                (false, true) => (EventKind::AgentBack, a.last_seen),
+                _ => continue,
+            };
+            if quiet {
+                silent.insert(id.clone());
+            } else {
+                silent.remove(&id);
+            }
+            out.push(Event {
+                kind,
+                target: "*".into(),
+                region: a.region,
+                agent_id: Some(id),
+                onset,
+                detected_at: now,
+                evidence: Evidence { interval_ms: beat.as_millis() as i64, ..Default::default() },
+            });
+        }
+        if !out.is_empty() {
+            let (log, events) = (Arc::clone(&log), events.clone());
+            let _ = tokio::task::spawn_blocking(move || publish(&log, &events, &mut out)).await;
         }
     }
 }

@@ -272,3 +272,36 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
     assert!(worst < 3_000, "a fresh result waited {worst} ms during catch-up");
     println!("backlog {} drained in {drain_s:.1}s at upload_rate {RATE}; busiest second {busiest}; fresh results waited at most {worst} ms", backlog.len());
 }
+
+#[test]
+fn an_agent_that_stops_talking_is_marked_silent_and_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Provider::start(dir.path());
+    let collector = CollectorProc::start(dir.path(), None, "heartbeat_interval = \"1s\"");
+    let cfg = agent_toml("s-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.2", 1).replace("interval = \"1s\"", "interval = \"10m\"");
+    let agents = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        let (_, body) = http_get(collector.api, "/v1/agents");
+        serde_json::from_str::<serde_json::Value>(&body).ok().filter(|v| f(&v["s-1"])).map(|_| ())
+    };
+    let mut agent = start_agent(dir.path(), "s-1", &cfg);
+    wait_for("the agent to connect", Duration::from_secs(20), || agents(&|a| a["connected"] == true));
+    // Heartbeats alone keep a quiet agent (10 min interval) from being silent.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(agents(&|a| a["silent"] == false).is_some());
+    agent.kill9();
+    let t = std::time::Instant::now();
+    wait_for("agent_silent", Duration::from_secs(20), || {
+        let (_, body) = http_get(collector.api, "/v1/events?kind=agent_silent");
+        body.contains("\"agent_id\":\"s-1\"").then_some(())
+    });
+    let took = t.elapsed();
+    assert!(took >= Duration::from_secs(2), "silent after only {took:?} with 1 s heartbeats");
+    assert!(agents(&|a| a["silent"] == true && a["connected"] == false).is_some());
+    let _agent = start_agent(dir.path(), "s-1", &cfg);
+    wait_for("agent_back", Duration::from_secs(20), || {
+        let (_, body) = http_get(collector.api, "/v1/events?kind=agent_back");
+        body.contains("\"agent_id\":\"s-1\"").then_some(())
+    });
+    let (_, all) = http_get(collector.api, "/v1/events");
+    assert_eq!(all.matches("agent_silent").count(), 1, "{all}");
+}

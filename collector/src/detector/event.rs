@@ -19,6 +19,11 @@ pub enum EventKind {
     VantageDown,
     /// That agent is reaching its targets again.
     VantageUp,
+    /// The collector has heard nothing from an agent (no result, no heartbeat) for three
+    /// heartbeat intervals. Raised by the collector, not the detector.
+    AgentSilent,
+    /// A silent agent is heard from again.
+    AgentBack,
 }
 
 /// Why the detector decided: who saw what, and how strongly.

@@ -117,6 +117,16 @@ impl Ingest {
         self.stop.send_replace(true);
     }
 
+    /// Becomes true when the streams are closed for shutdown.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stop.subscribe()
+    }
+
+    /// How often agents are told to send heartbeats.
+    pub fn heartbeat(&self) -> std::time::Duration {
+        self.heartbeat
+    }
+
     /// The open Report streams.
     pub fn streams(&self) -> &Streams {
         &self.streams
