@@ -147,11 +147,10 @@ impl CollectorConfig {
         if self.heartbeat_interval < Duration::from_secs(1) {
             problems.push("heartbeat_interval: must be at least 1s".to_string());
         }
-        if let Some(plan) = &self.plan {
-            if let Err(p) = crate::plan::validate(plan) {
+        if let Some(plan) = &self.plan
+            && let Err(p) = crate::plan::validate(plan) {
                 problems.extend(p);
             }
-        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 }

@@ -138,12 +138,11 @@ impl Ingest {
     }
 
     fn touch(&self, agent_id: &str, f: impl FnOnce(&mut AgentInfo)) {
-        if let Ok(mut agents) = self.agents.lock() {
-            if let Some(a) = agents.get_mut(agent_id) {
+        if let Ok(mut agents) = self.agents.lock()
+            && let Some(a) = agents.get_mut(agent_id) {
                 a.last_seen = time::now();
                 f(a);
             }
-        }
     }
 }
 
@@ -259,11 +258,10 @@ impl Ingest {
                         continue;
                     }
                     let current = plan.borrow_and_update().clone();
-                    if let Some(p) = current {
-                        if tx.send(msg(collector_message::Kind::Plan(p))).await.is_err() {
+                    if let Some(p) = current
+                        && tx.send(msg(collector_message::Kind::Plan(p))).await.is_err() {
                             return Ok(());
                         }
-                    }
                     continue;
                 }
             };
