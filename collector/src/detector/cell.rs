@@ -262,7 +262,7 @@ impl Detector {
             let rate = rate.clamp(RATE_RANGE.0, RATE_RANGE.1);
             let llr = self.agents[lane.agent as usize].baseline.llr().with_p1(rate);
             let max_gap = self.cfg.max_gap * lane.interval;
-            let cp = lane.change_point(recovery, &llr, since, max_gap)?;
+            let cp = lane.change_point(recovery, !recovery && lane.signed_run(), &llr, since, max_gap)?;
             if !cp.pinned && lane.late_received != NEVER && ((received - lane.late_received) as f64) <= max_gap {
                 return None;
             }

@@ -45,9 +45,10 @@ const ONSET_CAP: f64 = 24.0;
 const SR_CAP: f64 = 3.0;
 
 /// Among change points whose likelihood is within this many nats of the best, the latest is
-/// taken: an onset estimated too early (a stray failure just before the change pulled in) is
-/// worse than one a probe late.
-const ONSET_SLACK: f64 = 1.0;
+/// taken: they form the change point's 95 % likelihood-ratio confidence set (χ²₁ = 3.84, over
+/// two), and an onset pulled early by the agent's noise just before the change is worse than
+/// one a probe late.
+const ONSET_SLACK: f64 = 1.92;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Lane {
@@ -312,6 +313,11 @@ impl Lane {
         self.f_fails > 0 && self.f_geo * 2 >= self.f_fails
     }
 
+    /// The current run is mostly geo refusals or forged answers: a change that names itself.
+    pub(crate) fn signed_run(&self) -> bool {
+        self.f_fails > 0 && (self.f_geo + self.f_forged) * 2 >= self.f_fails
+    }
+
     /// Failure rate of the current run.
     pub(crate) fn run_rate(&self) -> f64 {
         f64::from(self.f_fails) / f64::from((self.f_fails + self.f_oks).max(1))
@@ -329,7 +335,11 @@ impl Lane {
     /// the onset (half-way to the previous result, at most half an interval before the
     /// change), whether it is pinned by a result just before, and the suffix's counts of
     /// failing and succeeding results.
-    pub(crate) fn change_point(&self, recovery: bool, llr: &Llr, since: Millis, max_gap_ms: f64) -> Option<ChangePoint> {
+    ///
+    /// For an onset of a `signed` run (geo refusals, forged answers), plain network failures
+    /// are the agent's usual noise under either hypothesis and weigh nothing: a timeout just
+    /// before a geo block is not its start.
+    pub(crate) fn change_point(&self, recovery: bool, signed: bool, llr: &Llr, since: Millis, max_gap_ms: f64) -> Option<ChangePoint> {
         let mut sum = 0.0;
         let mut best = 0.0;
         let mut best_i = None;
@@ -343,7 +353,13 @@ impl Lane {
                 break;
             }
             newer = Some(e.t);
-            let l = if recovery { llr.recovery(e.class) } else { llr.onset(e.class) };
+            let l = if recovery {
+                llr.recovery(e.class)
+            } else if signed && e.class == Class::Net {
+                0.0
+            } else {
+                llr.onset(e.class)
+            };
             if l == 0.0 {
                 continue;
             }
