@@ -86,7 +86,8 @@ pub fn apply(cfg: &AgentConfig, plan: &Plan) -> Result<ActivePlan, Vec<String>> 
         return Err(problems);
     }
     if plan.withdrawn {
-        return Ok(ActivePlan { version: plan.version, ..initial(cfg) });
+        // Version 0: the local config, as at start.
+        return Ok(initial(cfg));
     }
     let default = plan.interval.as_ref().map_or(cfg.interval, std_duration);
     let pinned: Vec<Target> = cfg
@@ -217,7 +218,7 @@ mod tests {
     fn a_withdrawn_plan_brings_back_the_local_targets() {
         let c = cfg();
         let back = apply(&c, &Plan { version: 7, withdrawn: true, ..Default::default() }).unwrap();
-        assert_eq!(back, ActivePlan { version: 7, ..initial(&c) });
+        assert_eq!(back, initial(&c));
         let odd = Plan { version: 8, withdrawn: true, targets: vec![PlanTarget::default()], ..Default::default() };
         assert!(apply(&c, &odd).unwrap_err()[0].contains("withdrawn"));
     }

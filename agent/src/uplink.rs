@@ -258,7 +258,9 @@ impl Uplink {
                 // `upload_rate`, oldest first, with the newest results riding along in each
                 // batch (a quarter of it).
                 let n = pace.available().min(max_batch);
-                if in_flight.len() < MAX_IN_FLIGHT && n > 0 {
+                let waiting = usize::try_from(self.spool.stats().pending).unwrap_or(usize::MAX);
+                let worth = n >= pace.min_chunk() || n >= waiting.min(max_batch);
+                if in_flight.len() < MAX_IN_FLIGHT && n > 0 && worth {
                     let batch = on_spool(&self.spool, move |s| s.pending(n, n / 4 + 1, &skip)).await?;
                     if !batch.is_empty() {
                         pace.spend(batch.len());
@@ -304,6 +306,12 @@ impl Pace {
     fn spend(&mut self, n: usize) {
         self.tokens -= n as f64;
     }
+
+    /// The smallest batch worth sending while more is waiting: a quarter of the burst, so a
+    /// drained bucket refills into real batches instead of one result per ack.
+    fn min_chunk(&self) -> usize {
+        ((self.cap / 4.0) as usize).max(1)
+    }
 }
 
 /// Exponential backoff with full jitter: uniformly in [min, min·2^n] capped at the maximum.
@@ -331,6 +339,7 @@ mod tests {
         assert_eq!(pace.available(), 40, "never more than the burst");
         let mut small_batches = Pace::new(1000, 50);
         assert_eq!(small_batches.available(), 50);
+        assert_eq!((pace.min_chunk(), small_batches.min_chunk(), Pace::new(1, 500).min_chunk()), (10, 12, 1));
     }
 
     #[test]

@@ -144,8 +144,8 @@ impl CollectorConfig {
         if self.max_batch == 0 || self.max_batch > 10_000 {
             problems.push(format!("max_batch = {}: must be 1..=10000", self.max_batch));
         }
-        if self.heartbeat_interval < Duration::from_secs(1) {
-            problems.push("heartbeat_interval: must be at least 1s".to_string());
+        if self.heartbeat_interval < Duration::from_secs(1) || self.heartbeat_interval > Duration::from_secs(3600) {
+            problems.push("heartbeat_interval: must be 1s..=1h".to_string());
         }
         if let Some(plan) = &self.plan
             && let Err(p) = crate::plan::validate(plan) {

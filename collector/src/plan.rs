@@ -12,6 +12,16 @@ pub fn to_proto(cfg: &PlanConfig, version: u64) -> Plan {
     )
 }
 
+/// A plan version above any this collector handed out before a restart: the clock in seconds.
+pub fn fresh_version() -> u64 {
+    u64::try_from(blockwatch_proto::time::now() / 1000).unwrap_or(1).max(1)
+}
+
+/// Tells an agent holding a central plan that there is none any more.
+pub fn withdrawn() -> Plan {
+    Plan { version: fresh_version(), withdrawn: true, ..Default::default() }
+}
+
 /// Checks a configured plan with the same rules agents apply.
 pub fn validate(cfg: &PlanConfig) -> Result<(), Vec<String>> {
     let problems = blockwatch_proto::plan::problems(&to_proto(cfg, 1));

@@ -85,7 +85,9 @@ impl Collector {
         };
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
         let (results, _) = broadcast::channel(RESULT_BROADCAST);
-        let initial_plan = cfg.plan.as_ref().map(|p| crate::plan::to_proto(p, 1));
+        // Versions start from the clock so that a restarted collector's plan never reuses a
+        // version an agent already holds.
+        let initial_plan = cfg.plan.as_ref().map(|p| crate::plan::to_proto(p, crate::plan::fresh_version()));
         let (plan, plan_rx) = watch::channel(initial_plan);
         let streams = Arc::new(Streams::default());
         let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, Arc::clone(&streams)));

@@ -193,8 +193,13 @@ impl Fleet for FleetService {
                 },
             );
         }
+        // An agent still on a plan from before a restart without `[plan]` goes back to its own.
+        let plan = match self.plan.borrow().clone() {
+            None if req.plan_version != 0 => Some(crate::plan::withdrawn()),
+            plan => plan,
+        };
         Ok(Response::new(RegisterResponse {
-            plan: self.plan.borrow().clone(),
+            plan,
             max_batch: self.max_batch,
             heartbeat_interval: Some(prost_types::Duration {
                 seconds: self.heartbeat.as_secs() as i64,

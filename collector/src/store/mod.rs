@@ -133,6 +133,15 @@ impl Store {
     /// Stops the writer after the queued writes and flushes everything to disk.
     pub fn close(self) {
         let Store { reader: Reader { ks }, tx, writer } = self;
+        // Other handles may still be alive (a stream task past the shutdown deadline): the
+        // writer stops on this request, not when the last handle goes, and their later writes
+        // get `StoreError::Closed`.
+        loop {
+            match tx.try_send(writer::Request::Close) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => break,
+                Err(mpsc::error::TrySendError::Full(_)) => std::thread::sleep(std::time::Duration::from_millis(1)),
+            }
+        }
         drop(tx);
         if let Some(h) = writer.lock().ok().and_then(|mut g| g.take()) {
             let _ = h.join();

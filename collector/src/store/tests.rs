@@ -101,3 +101,23 @@ async fn the_feed_sees_store_order_with_receive_times_that_never_go_back() {
     let times: Vec<i64> = fed.iter().map(|s| blockwatch_proto::time::from_timestamp(s.received_at.as_ref().unwrap())).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
 }
+
+#[tokio::test]
+async fn close_stops_the_writer_while_other_handles_live_and_receive_times_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.write_results(vec![result("a1/1")], 1_000).await.unwrap();
+    let straggler = store.clone();
+    let t = std::time::Instant::now();
+    store.close();
+    assert!(t.elapsed() < std::time::Duration::from_secs(5), "close waited for another handle");
+    assert!(matches!(straggler.write_results(vec![result("a1/2")], 2_000).await, Err(StoreError::Closed)));
+    drop(straggler);
+
+    // A clock behind the last stored receive time does not make times go backwards.
+    let store = Store::open(dir.path()).unwrap();
+    store.write_results(vec![result("a1/3")], 10).await.unwrap();
+    let times: Vec<_> = store.results().map(|r| r.unwrap().received_at.unwrap()).collect();
+    assert_eq!(times, [blockwatch_proto::time::to_timestamp(1_000); 2]);
+    store.close();
+}

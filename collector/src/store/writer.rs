@@ -20,6 +20,8 @@ pub(crate) enum Request {
         received_at: Millis,
         reply: oneshot::Sender<Result<WriteOutcome, StoreError>>,
     },
+    /// Finish what is queued before this and stop, however many handles remain.
+    Close,
 }
 
 /// Where committed results go, in store order. Blocking when full: a detector that falls
@@ -49,56 +51,61 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
     let mut next_result = super::last_key(&ks.results) + 1;
     // Receive times never go backwards in store order, so replaying the store in order gives
     // the detector exactly what it saw live.
-    let mut last_received: Millis = Millis::MIN;
-    while let Some(first) = rx.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(r) => group.push(r),
-                Err(_) => break,
+    let mut last_received: Millis = ks
+        .results
+        .last_key_value()
+        .and_then(|g| g.value().ok())
+        .and_then(|v| StoredResult::decode(&*v).ok())
+        .and_then(|s| s.received_at.as_ref().map(blockwatch_proto::time::from_timestamp))
+        .unwrap_or(Millis::MIN);
+    let mut closing = false;
+    while !closing {
+        let Some(first) = rx.blocking_recv() else { break };
+        let mut group = Vec::with_capacity(MAX_GROUP);
+        let mut next = Some(first);
+        while let Some(r) = next.take() {
+            match r {
+                Request::Close => closing = true,
+                Request::Results { results, received_at, reply } => group.push((results, received_at, reply)),
             }
+            if closing || group.len() >= MAX_GROUP {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if group.is_empty() {
+            continue;
         }
         let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
         let mut seen = HashSet::new();
         let mut outcomes = Vec::with_capacity(group.len());
         let mut failed = None;
         let mut seq = next_result;
-        for req in &group {
-            match req {
-                Request::Results {
-                    results,
-                    received_at,
-                    ..
-                } => {
-                    let received_at = (*received_at).max(last_received);
-                    last_received = received_at;
-                    let mut out = WriteOutcome::default();
-                    for r in results {
-                        let dup = seen.contains(r.probe_id.as_str())
-                            || match ks.ids.contains_key(&r.probe_id) {
-                                Ok(found) => found,
-                                Err(e) => {
-                                    failed = Some(e);
-                                    break;
-                                }
-                            };
-                        if dup {
-                            out.duplicates.push(r.probe_id.clone());
-                            continue;
+        for (results, received_at, _) in &group {
+            let received_at = (*received_at).max(last_received);
+            last_received = received_at;
+            let mut out = WriteOutcome::default();
+            for r in results {
+                let dup = seen.contains(r.probe_id.as_str())
+                    || match ks.ids.contains_key(&r.probe_id) {
+                        Ok(found) => found,
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
                         }
-                        seen.insert(r.probe_id.clone());
-                        let stored = StoredResult {
-                            result: Some(r.clone()),
-                            received_at: Some(to_timestamp(received_at)),
-                        };
-                        batch.insert(&ks.results, seq.to_be_bytes(), stored.encode_to_vec());
-                        batch.insert(&ks.ids, r.probe_id.as_bytes(), seq.to_be_bytes());
-                        seq += 1;
-                        out.stored.push(stored);
-                    }
-                    outcomes.push(out);
+                    };
+                if dup {
+                    out.duplicates.push(r.probe_id.clone());
+                    continue;
                 }
+                seen.insert(r.probe_id.clone());
+                let stored = StoredResult { result: Some(r.clone()), received_at: Some(to_timestamp(received_at)) };
+                batch.insert(&ks.results, seq.to_be_bytes(), stored.encode_to_vec());
+                batch.insert(&ks.ids, r.probe_id.as_bytes(), seq.to_be_bytes());
+                seq += 1;
+                out.stored.push(stored);
             }
+            outcomes.push(out);
         }
         let result = match failed {
             Some(e) => Err(e),
@@ -114,16 +121,14 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
                         feed = None;
                     }
                 }
-                for (req, out) in group.into_iter().zip(outcomes) {
-                    let Request::Results { reply, .. } = req;
+                for ((_, _, reply), out) in group.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(out));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed; nothing in this batch is acknowledged");
                 let msg = e.to_string();
-                for req in group {
-                    let Request::Results { reply, .. } = req;
+                for (_, _, reply) in group {
                     let _ = reply.send(Err(StoreError::Write(fjall::Error::Io(std::io::Error::other(msg.clone())))));
                 }
             }
