@@ -76,7 +76,7 @@ impl Collector {
         let store = tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx)))
             .await
             .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) })??;
-        let detector = {
+        let rebuilt = {
             let store = store.clone();
             let dcfg = cfg.detector.clone();
             tokio::task::spawn_blocking(move || rebuild_detector(&store, dcfg))
@@ -97,7 +97,7 @@ impl Collector {
             let live = Live { log, events, results, streams };
             std::thread::Builder::new()
                 .name("detector".into())
-                .spawn(move || run_detector(detector, det_rx, live))
+                .spawn(move || run_detector(rebuilt, det_rx, live))
                 .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(e) })?
         };
 
@@ -186,21 +186,43 @@ impl Collector {
     }
 }
 
-/// Feeds every stored result through a fresh detector, discarding the events (they are in the
-/// event log already), so live detection continues where it left off.
-fn rebuild_detector(store: &Store, cfg: DetectorConfig) -> Result<Detector, StoreError> {
+/// The detector as the store leaves it.
+struct Rebuilt {
+    detector: Detector,
+    /// Results in the store: what the live detector has handled once it starts.
+    processed: u64,
+    /// Events of results the previous run stored but had not yet turned into logged events
+    /// (it stopped uncleanly): to be published now.
+    recovered: Vec<Event>,
+}
+
+/// Feeds every stored result through a fresh detector so live detection continues where it
+/// left off. Events of results up to the log's `detector_processed` mark are in the log
+/// already and are dropped; those after it were lost with the previous process and are
+/// returned. (A store with events but no mark predates the mark: all its events are logged.)
+fn rebuild_detector(store: &Store, cfg: DetectorConfig) -> Result<Rebuilt, StoreError> {
+    let logged = match store.detector_processed()? {
+        Some(n) => n,
+        None if store.no_events()? => 0,
+        None => u64::MAX,
+    };
     let mut detector = Detector::new(cfg);
     let mut sink = Vec::new();
+    let mut recovered = Vec::new();
     let mut n = 0u64;
     for stored in store.results() {
         observe(&mut detector, &stored?, &mut sink);
-        sink.clear();
         n += 1;
+        if n <= logged {
+            sink.clear();
+        } else {
+            recovered.append(&mut sink);
+        }
     }
     if n > 0 {
-        tracing::info!(results = n, "detector state rebuilt from the store");
+        tracing::info!(results = n, recovered = recovered.len(), "detector state rebuilt from the store");
     }
-    Ok(detector)
+    Ok(Rebuilt { detector, processed: n, recovered })
 }
 
 /// Feeds one stored result to the detector.
@@ -234,32 +256,38 @@ struct Live {
 
 /// The live detector, on its own thread: results in store order in, events out, and probe
 /// requests to the agents of a region where a block is suspected.
-fn run_detector(mut detector: Detector, rx: std::sync::mpsc::Receiver<Vec<StoredResult>>, live: Live) {
+fn run_detector(rebuilt: Rebuilt, rx: std::sync::mpsc::Receiver<Vec<StoredResult>>, live: Live) {
     let Live { log, events, results, streams } = live;
+    let Rebuilt { mut detector, mut processed, recovered: mut out } = rebuilt;
+    if !out.is_empty() {
+        tracing::warn!(events = out.len(), "publishing events the previous run decided but did not log");
+        publish(&log, &events, &mut out, Some(processed));
+    }
     detector.request_confirmations();
-    let mut out = Vec::new();
     while let Ok(batch) = rx.recv() {
         for stored in &batch {
             observe(&mut detector, stored, &mut out);
         }
+        processed += batch.len() as u64;
         for req in detector.take_requests() {
             let asked = streams.probe_now(&req.target, &req.region, &req.reason);
             tracing::info!(target = %req.target, region = %req.region, agents = asked, reason = %req.reason, "asked the region's agents to probe now");
         }
         let _ = results.send(Arc::new(batch));
-        publish(&log, &events, &mut out);
+        publish(&log, &events, &mut out, Some(processed));
     }
 }
 
-/// Appends events to the event log (durably), logs them and hands them to live subscribers.
-fn publish(log: &Mutex<EventLog>, events: &broadcast::Sender<Event>, out: &mut Vec<Event>) {
+/// Appends events to the event log (durably, with the detector's progress when it is the
+/// detector's), logs them and hands them to live subscribers.
+fn publish(log: &Mutex<EventLog>, events: &broadcast::Sender<Event>, out: &mut Vec<Event>, processed: Option<u64>) {
     if out.is_empty() {
         return;
     }
     let lines: Vec<String> = out.iter().map(Event::to_json_line).collect();
     match log.lock() {
         Ok(mut log) => {
-            if let Err(e) = log.append(&lines) {
+            if let Err(e) = log.append(&lines, processed) {
                 tracing::error!(error = %e, "could not persist events");
             }
         }
@@ -316,7 +344,72 @@ async fn watch_silence(ingest: Arc<Ingest>, log: Arc<Mutex<EventLog>>, events: b
         }
         if !out.is_empty() {
             let (log, events) = (Arc::clone(&log), events.clone());
-            let _ = tokio::task::spawn_blocking(move || publish(&log, &events, &mut out)).await;
+            let _ = tokio::task::spawn_blocking(move || publish(&log, &events, &mut out, None)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_results() -> Vec<(blockwatch_proto::v1::ProbeResult, i64)> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/eval/samples/geo_block.jsonl");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                let p = crate::replay::parse_line(l, i as u64 + 1).expect("sample line");
+                let mut r = blockwatch_proto::v1::ProbeResult {
+                    probe_id: p.probe_id.to_string(),
+                    agent_id: p.agent_id.to_string(),
+                    region: p.region.to_string(),
+                    target_id: p.target.to_string(),
+                    started_at: Some(blockwatch_proto::time::to_timestamp(p.started_at)),
+                    ..Default::default()
+                };
+                r.set_outcome(p.outcome);
+                (r, p.received_at)
+            })
+            .collect()
+    }
+
+    fn config(dir: &std::path::Path) -> CollectorConfig {
+        CollectorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            data_dir: dir.to_path_buf(),
+            ..Default::default()
+        }
+    }
+
+    fn block_events(dir: &std::path::Path) -> usize {
+        let store = Store::open(dir).unwrap();
+        let n = store.events().filter(|e| e.as_ref().unwrap().1.contains("\"block_started\"")).count();
+        store.close();
+        n
+    }
+
+    /// Results stored by a collector that died before its detector logged their events: the
+    /// next start publishes those events, once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_lost_in_a_crash_are_published_at_the_next_start_and_only_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // As if the process died right after the commits: results durable, no events.
+            let store = Store::open(dir.path()).unwrap();
+            for chunk in sample_results().chunks(500) {
+                let received = chunk[0].1;
+                store.write_results(chunk.iter().map(|(r, _)| r.clone()).collect(), received).await.unwrap();
+            }
+            tokio::task::spawn_blocking(move || store.close()).await.unwrap();
+        }
+        assert_eq!(tokio::task::spawn_blocking({ let d = dir.path().to_owned(); move || block_events(&d) }).await.unwrap(), 0);
+        for _ in 0..2 {
+            let collector = Collector::start(&config(dir.path())).await.expect("starts");
+            collector.shutdown(std::time::Duration::from_secs(5)).await;
+            let d = dir.path().to_owned();
+            assert_eq!(tokio::task::spawn_blocking(move || block_events(&d)).await.unwrap(), 2, "the sample's two blocks, logged once");
         }
     }
 }

@@ -6,6 +6,9 @@
 //!   results in the order the collector received them.
 //! - `ids`: probe id → ingest sequence. The dedupe index.
 //! - `events`: event sequence (u64 big-endian) → event JSON line.
+//! - `meta`: `detector_processed` → how many results (in store order) the live detector had
+//!   handled when it last appended events; written in the same commit as those events, so a
+//!   restart re-publishes exactly the events a crash kept from the log.
 //!
 //! All result writes go through one writer thread ([`writer`]) that does the dedupe check, so
 //! two concurrent batches carrying the same probe id cannot both store it, and that commits
@@ -57,7 +60,10 @@ pub(crate) struct Keyspaces {
     results: Keyspace,
     ids: Keyspace,
     events: Keyspace,
+    meta: Keyspace,
 }
+
+const DETECTOR_PROCESSED: &[u8] = b"detector_processed";
 
 /// Handle to the store; cheap to clone. Reads go through its [`Reader`].
 #[derive(Clone)]
@@ -88,6 +94,7 @@ impl Store {
             results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
             ids: db.keyspace("ids", KeyspaceCreateOptions::default).map_err(open_err)?,
             events: db.keyspace("events", KeyspaceCreateOptions::default).map_err(open_err)?,
+            meta: db.keyspace("meta", KeyspaceCreateOptions::default).map_err(open_err)?,
             db,
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
@@ -121,7 +128,13 @@ impl Store {
     /// alive.
     pub fn event_log(&self) -> EventLog {
         let ks = &self.reader.ks;
-        EventLog { next: last_key(&ks.events) + 1, db: ks.db.clone(), events: ks.events.clone() }
+        EventLog {
+            next: last_key(&ks.events) + 1,
+            db: ks.db.clone(),
+            events: ks.events.clone(),
+            meta: ks.meta.clone(),
+            processed: self.reader.detector_processed().ok().flatten().unwrap_or(0),
+        }
     }
 
     /// A read-only handle: it does not keep the writer alive, so long reads (an export over
@@ -180,6 +193,18 @@ impl Reader {
         })
     }
 
+    /// How many results the live detector had handled when it last appended events; `None`
+    /// for a store it never wrote events to. Blocking.
+    pub fn detector_processed(&self) -> Result<Option<u64>, StoreError> {
+        let v = self.ks.meta.get(DETECTOR_PROCESSED).map_err(StoreError::Read)?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(u64::from_be_bytes))
+    }
+
+    /// Whether the event log is empty. Blocking.
+    pub fn no_events(&self) -> Result<bool, StoreError> {
+        self.ks.events.is_empty().map_err(StoreError::Read)
+    }
+
     /// Every event line in the order emitted, with its sequence number. Blocking.
     pub fn events(&self) -> impl Iterator<Item = Result<(u64, String), StoreError>> + use<> {
         self.events_after(0)
@@ -205,18 +230,25 @@ impl Reader {
 pub struct EventLog {
     db: Database,
     events: Keyspace,
+    meta: Keyspace,
     next: u64,
+    processed: u64,
 }
 
 impl EventLog {
-    /// Appends event lines; returns once they are durable. Blocking.
-    pub fn append(&mut self, lines: &[String]) -> Result<(), StoreError> {
+    /// Appends event lines; returns once they are durable. Blocking. `processed` is how many
+    /// results the detector has handled with these events, recorded in the same commit (the
+    /// collector's own events pass `None` and keep the last figure).
+    pub fn append(&mut self, lines: &[String], processed: Option<u64>) -> Result<(), StoreError> {
+        let processed = processed.unwrap_or(self.processed).max(self.processed);
         let mut batch = self.db.batch().durability(Some(fjall::PersistMode::SyncAll));
         for (i, line) in lines.iter().enumerate() {
             batch.insert(&self.events, (self.next + i as u64).to_be_bytes(), line.as_bytes());
         }
+        batch.insert(&self.meta, DETECTOR_PROCESSED, processed.to_be_bytes());
         batch.commit().map_err(StoreError::Write)?;
         self.next += lines.len() as u64;
+        self.processed = processed;
         Ok(())
     }
 }

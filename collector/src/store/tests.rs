@@ -34,7 +34,7 @@ async fn stores_once_and_survives_reopen() {
     let out = store.write_results(vec![result("a1/2"), result("a1/3")], 6).await.unwrap();
     assert_eq!(out.stored.len(), 1);
     assert_eq!(out.duplicates, vec!["a1/2".to_string()]);
-    store.event_log().append(&["{\"kind\":\"x\"}".into()]).unwrap();
+    store.event_log().append(&["{\"kind\":\"x\"}".into()], Some(2)).unwrap();
     store.close();
 
     let store = Store::open(dir.path()).unwrap();
@@ -45,7 +45,9 @@ async fn stores_once_and_survives_reopen() {
     let stored: Vec<_> = store.results().map(|r| r.unwrap()).collect();
     assert_eq!(stored[3].received_at.unwrap(), blockwatch_proto::time::to_timestamp(7));
     let mut log = store.event_log();
-    log.append(&["{\"kind\":\"y\"}".into(), "{\"kind\":\"z\"}".into()]).unwrap();
+    assert_eq!(store.detector_processed().unwrap(), Some(2));
+    log.append(&["{\"kind\":\"y\"}".into(), "{\"kind\":\"z\"}".into()], None).unwrap();
+    assert_eq!(store.detector_processed().unwrap(), Some(2), "the collector's own events keep the figure");
     let events: Vec<_> = store.events().map(|e| e.unwrap()).collect();
     assert_eq!(events.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(store.events_after(2).map(|e| e.unwrap().1).collect::<Vec<_>>(), ["{\"kind\":\"z\"}"]);
