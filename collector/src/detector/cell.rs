@@ -128,7 +128,7 @@ impl Detector {
         if ((newest - median(&mut starts)) as f64) < persistence - iv {
             return;
         }
-        let Some((onset, cps)) = self.change_points(c, &split.agree, received, false, None) else {
+        let Some((onset, cps)) = self.change_points(c, &split.agree, received, false, signed, None) else {
             return;
         };
         let persisted = (newest - onset) as f64;
@@ -187,7 +187,7 @@ impl Detector {
         if !split.quorum() || split.stat < if single { 2.0 * threshold } else { threshold } {
             return;
         }
-        let Some((onset, cps)) = self.change_points(c, &split.agree, received, true, Some(block)) else {
+        let Some((onset, cps)) = self.change_points(c, &split.agree, received, true, false, Some(block)) else {
             return;
         };
         let mut iv = 0.0;
@@ -241,13 +241,16 @@ impl Detector {
     /// before it while late results are still arriving (a spool flush in random order: the
     /// run's start may be among what has not arrived yet).
     /// For a start (`block` is `None`) a lane looks back to where its vantage problem, if
-    /// any, ended; for an end, to the block's onset.
+    /// any, ended; for an end, to the block's onset. `signed`: the region's failures are geo
+    /// refusals or forged answers, so plain network failures say nothing about the onset.
+    #[allow(clippy::too_many_arguments)]
     fn change_points(
         &self,
         c: u32,
         lanes: &[u32],
         received: Millis,
         recovery: bool,
+        signed: bool,
         block: Option<Block>,
     ) -> Option<(Millis, Vec<ChangePoint>)> {
         let mut cps = Vec::with_capacity(lanes.len());
@@ -262,7 +265,7 @@ impl Detector {
             let rate = rate.clamp(RATE_RANGE.0, RATE_RANGE.1);
             let llr = self.agents[lane.agent as usize].baseline.llr().with_p1(rate);
             let max_gap = self.cfg.max_gap * lane.interval;
-            let cp = lane.change_point(recovery, !recovery && lane.signed_run(), &llr, since, max_gap)?;
+            let cp = lane.change_point(recovery, signed, &llr, since, max_gap)?;
             if !cp.pinned && lane.late_received != NEVER && ((received - lane.late_received) as f64) <= max_gap {
                 return None;
             }
@@ -286,8 +289,9 @@ impl Detector {
             }
             let recent_outage = other.outage_seen != NEVER && other.outage_seen as f64 >= onset as f64 - window;
             let threshold = self.cfg.lane_threshold;
+            // A region the provider is answering with errors is in the same trouble.
             let split = self.split(oc, received, |lane| {
-                if lane.flagged(threshold) && lane.f_start as f64 >= onset as f64 - window {
+                if (lane.flagged(threshold) && lane.f_start as f64 >= onset as f64 - window) || lane.provider_troubled() {
                     Vote::Agree(lane.sf)
                 } else {
                     Vote::Dissent

@@ -86,6 +86,8 @@ pub(crate) struct Lane {
 
     /// Last eight non-neutral results, newest in bit 0, 1 = failure.
     recent: u8,
+    /// Last eight non-neutral results, newest in bit 0, 1 = provider noise (5xx, 429).
+    recent_busy: u8,
     /// Counted as failing in its agent's vantage check.
     pub vantage_flag: bool,
     /// `received_at` of the latest result that arrived out of order.
@@ -121,6 +123,7 @@ impl Lane {
             r_last: NEVER,
             sr_cap: end_threshold * SR_CAP,
             recent: 0,
+            recent_busy: 0,
             vantage_flag: false,
             late_received: NEVER,
             clean_since: NEVER,
@@ -210,12 +213,13 @@ impl Lane {
         match e.class {
             Class::Neutral => return,
             Class::Busy => {
+                self.recent_busy = (self.recent_busy << 1) | 1;
                 if self.sf > 0.0 {
                     self.f_busy += 1;
                 }
                 return;
             }
-            _ => {}
+            _ => self.recent_busy <<= 1,
         }
         let fail = e.class.is_failure();
         self.recent = (self.recent << 1) | u8::from(fail);
@@ -258,6 +262,7 @@ impl Lane {
     pub(crate) fn recompute(&mut self, llr: &Llr) {
         self.sr = 0.0;
         self.recent = 0;
+        self.recent_busy = 0;
         self.r_start = NEVER;
         self.reset_onset();
         let mut fresh = false;
@@ -293,6 +298,12 @@ impl Lane {
         self.sf > 0.0 && self.recent & 0b11 != 0
     }
 
+    /// The provider is answering this lane with errors (5xx, 429): at least two of its last
+    /// four answers.
+    pub(crate) fn provider_troubled(&self) -> bool {
+        (self.recent_busy & 0b1111).count_ones() >= 2
+    }
+
     /// The newest non-neutral result is a failure.
     pub(crate) fn last_failed(&self) -> bool {
         self.recent & 1 != 0
@@ -311,11 +322,6 @@ impl Lane {
     /// Most of the current run's failures are geo signatures.
     pub(crate) fn geo_run(&self) -> bool {
         self.f_fails > 0 && self.f_geo * 2 >= self.f_fails
-    }
-
-    /// The current run is mostly geo refusals or forged answers: a change that names itself.
-    pub(crate) fn signed_run(&self) -> bool {
-        self.f_fails > 0 && (self.f_geo + self.f_forged) * 2 >= self.f_fails
     }
 
     /// Failure rate of the current run.
