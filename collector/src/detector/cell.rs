@@ -135,6 +135,13 @@ impl Detector {
         if persisted < persistence {
             return;
         }
+        // A block is one mechanism (a firewall resetting, a black hole, a forging resolver),
+        // so its failures share a family; an agent's noise is a mix. A network failure must
+        // have lasted in its dominant family: a timeout after a run of resets does not stretch
+        // a blip of resets.
+        if !signed && !self.persisted_in_family(&split.agree, onset, persistence) {
+            return;
+        }
         // Still failing now, across the region: not the tail of a blip that one agent's
         // stray failure seems to extend.
         if !self.failing_now(c, newest - (RECENT_WINDOW * iv) as Millis, received) {
@@ -372,6 +379,29 @@ impl Detector {
             detected_at: received,
             evidence: Evidence { regions: names, ..Evidence::default() },
         });
+    }
+
+    /// Whether the agreeing lanes' failures of their dominant family (since `onset`) span
+    /// `persistence`, by the upper median of each lane's newest one.
+    fn persisted_in_family(&self, lanes: &[u32], onset: Millis, persistence: f64) -> bool {
+        let mut counts: Vec<(&'static str, u32)> = Vec::new();
+        for &l in lanes {
+            for o in self.lanes[l as usize].failures_since(onset) {
+                let f = super::lane::outcome_family(o);
+                match counts.iter_mut().find(|(name, _)| *name == f) {
+                    Some((_, n)) => *n += 1,
+                    None => counts.push((f, 1)),
+                }
+            }
+        }
+        let Some(&(family, _)) = counts.iter().max_by_key(|&&(_, n)| n) else { return false };
+        let mut lasts: Vec<Millis> =
+            lanes.iter().filter_map(|&l| self.lanes[l as usize].newest_failure_of(onset, family)).collect();
+        if lasts.is_empty() {
+            return false;
+        }
+        lasts.sort_unstable();
+        (lasts[lasts.len() / 2] - onset) as f64 >= persistence
     }
 
     fn cell_evidence(&self, split: &Split, cps: &[ChangePoint], onset: Millis, persisted: f64, iv: f64) -> Evidence {

@@ -412,6 +412,17 @@ impl Lane {
     }
 
     /// Failure outcomes at or after `since`, for the evidence.
+    /// Start of the newest failure at or after `since` whose family (`signature`) is
+    /// `family`.
+    pub(crate) fn newest_failure_of(&self, since: Millis, family: &str) -> Option<Millis> {
+        self.buf
+            .iter()
+            .rev()
+            .take_while(|e| e.t >= since)
+            .find(|e| e.class.is_failure() && outcome_family(e.outcome) == family)
+            .map(|e| e.t)
+    }
+
     pub(crate) fn failures_since(&self, since: Millis) -> impl Iterator<Item = u8> + '_ {
         let from = self.buf.partition_point(|e| e.t < since);
         self.buf.range(from..).filter(|e| e.class.is_failure()).map(|e| e.outcome)
@@ -429,4 +440,9 @@ pub(crate) struct ChangePoint {
     pub oks: u32,
     /// Provider-noise answers in the same stretch.
     pub busy: u32,
+}
+
+/// The signature family of a stored outcome number.
+pub(crate) fn outcome_family(outcome: u8) -> &'static str {
+    blockwatch_proto::Outcome::try_from(i32::from(outcome)).map_or("other", super::stats::signature)
 }
