@@ -29,10 +29,10 @@ async fn stores_once_and_survives_reopen() {
         .write_results(vec![result("a1/1"), result("a1/2"), result("a1/1")], 5)
         .await
         .unwrap();
-    assert_eq!(out.stored.len(), 2);
+    assert_eq!(out.stored, 2);
     assert_eq!(out.duplicates, vec!["a1/1".to_string()]);
     let out = store.write_results(vec![result("a1/2"), result("a1/3")], 6).await.unwrap();
-    assert_eq!(out.stored.len(), 1);
+    assert_eq!(out.stored, 1);
     assert_eq!(out.duplicates, vec!["a1/2".to_string()]);
     store.event_log().append(&["{\"kind\":\"x\"}".into()], Some(2)).unwrap();
     store.close();
@@ -40,7 +40,7 @@ async fn stores_once_and_survives_reopen() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(ids(&store), ["a1/1", "a1/2", "a1/3"]);
     let out = store.write_results(vec![result("a1/3"), result("a1/4")], 7).await.unwrap();
-    assert_eq!((out.stored.len(), out.duplicates.len()), (1, 1));
+    assert_eq!((out.stored, out.duplicates.len()), (1, 1));
     assert_eq!(ids(&store), ["a1/1", "a1/2", "a1/3", "a1/4"]);
     let stored: Vec<_> = store.results().map(|r| r.unwrap()).collect();
     assert_eq!(stored[3].received_at.unwrap(), blockwatch_proto::time::to_timestamp(7));
@@ -63,7 +63,7 @@ async fn concurrent_writers_never_store_an_id_twice() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let batch = (0..50).map(|i| result(&format!("p/{}", (i * 7 + w) % 100))).collect();
-            store.write_results(batch, w).await.unwrap().stored.len()
+            store.write_results(batch, w).await.unwrap().stored
         }));
     }
     let mut total = 0;

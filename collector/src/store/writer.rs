@@ -31,8 +31,8 @@ pub type Feed = std::sync::mpsc::SyncSender<Vec<StoredResult>>;
 /// What a durable write did.
 #[derive(Debug, Default)]
 pub struct WriteOutcome {
-    /// Results stored by this write, with their receive time.
-    pub stored: Vec<StoredResult>,
+    /// How many results this write stored (they go to the feed, in store order).
+    pub stored: usize,
     /// Results that were already stored (re-sends), by probe id.
     pub duplicates: Vec<String>,
 }
@@ -81,6 +81,8 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
         let mut outcomes = Vec::with_capacity(group.len());
         let mut failed = None;
         let mut seq = next_result;
+        // What this commit stores, in store order: the feed's next batch.
+        let mut fed: Vec<StoredResult> = Vec::new();
         for (results, received_at, _) in &group {
             let received_at = (*received_at).max(last_received);
             last_received = received_at;
@@ -103,7 +105,8 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
                 batch.insert(&ks.results, seq.to_be_bytes(), stored.encode_to_vec());
                 batch.insert(&ks.ids, r.probe_id.as_bytes(), seq.to_be_bytes());
                 seq += 1;
-                out.stored.push(stored);
+                out.stored += 1;
+                fed.push(stored);
             }
             outcomes.push(out);
         }
@@ -115,8 +118,7 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
             Ok(()) => {
                 next_result = seq;
                 if let Some(f) = &feed {
-                    let stored: Vec<StoredResult> = outcomes.iter().flat_map(|o| o.stored.iter().cloned()).collect();
-                    if !stored.is_empty() && f.send(stored).is_err() {
+                    if !fed.is_empty() && f.send(fed).is_err() {
                         tracing::warn!("the detector has stopped; results are stored but no longer analysed live");
                         feed = None;
                     }
