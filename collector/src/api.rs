@@ -210,7 +210,6 @@ struct AgentView {
 
 async fn agents(State(api): State<Api>) -> Response {
     let connected = api.ingest.streams().connected();
-    let quiet_ms = (api.ingest.heartbeat() * crate::server::SILENT_AFTER_HEARTBEATS).as_millis() as i64;
     let now = blockwatch_proto::time::now();
     let view: BTreeMap<String, AgentView> = api
         .ingest
@@ -219,7 +218,7 @@ async fn agents(State(api): State<Api>) -> Response {
         .map(|(id, a)| {
             (id.clone(), AgentView {
                 connected: connected.contains(&id),
-                silent: now - a.last_seen > quiet_ms,
+                silent: api.ingest.is_silent(&a, now),
                 region: a.region,
                 version: a.version,
                 last_seen: blockwatch_proto::time::format_rfc3339(a.last_seen),

@@ -300,16 +300,11 @@ fn publish(log: &Mutex<EventLog>, events: &broadcast::Sender<Event>, out: &mut V
     }
 }
 
-/// Agents not heard from (no result, no heartbeat) for this many heartbeat intervals are
-/// silent.
-pub const SILENT_AFTER_HEARTBEATS: u32 = 3;
-
 /// Marks agents silent when the collector has heard nothing from them for
-/// `SILENT_AFTER_HEARTBEATS` heartbeat intervals, and back when they speak again; both are
+/// `SILENT_AFTER_HEARTBEATS` heartbeat intervals (`Ingest::is_silent`), and back when they speak again; both are
 /// events in the log. Ends at shutdown.
 async fn watch_silence(ingest: Arc<Ingest>, log: Arc<Mutex<EventLog>>, events: broadcast::Sender<Event>) {
     let beat = ingest.heartbeat();
-    let limit = (beat * SILENT_AFTER_HEARTBEATS).as_millis() as i64;
     let mut stop = ingest.stopping();
     let mut tick = tokio::time::interval(beat / 2);
     let mut silent: std::collections::HashSet<String> = std::collections::HashSet::new();
@@ -321,7 +316,7 @@ async fn watch_silence(ingest: Arc<Ingest>, log: Arc<Mutex<EventLog>>, events: b
         let now = blockwatch_proto::time::now();
         let mut out = Vec::new();
         for (id, a) in ingest.agents() {
-            let quiet = now - a.last_seen > limit;
+            let quiet = ingest.is_silent(&a, now);
             let (kind, onset) = match (quiet, silent.contains(&id)) {
                 (true, false) => (EventKind::AgentSilent, a.last_seen),
                 (false, true) => (EventKind::AgentBack, a.last_seen),

@@ -22,6 +22,10 @@ use crate::store::Store;
 /// an agent that does not read its acks stops being read.
 pub const OUTBOUND_QUEUE: usize = 64;
 
+/// Agents not heard from (no result, no heartbeat) for this many heartbeat intervals are
+/// silent.
+pub const SILENT_AFTER_HEARTBEATS: u32 = 3;
+
 /// What the collector knows of an agent.
 #[derive(Debug, Clone)]
 pub struct AgentInfo {
@@ -125,6 +129,13 @@ impl Ingest {
     /// How often agents are told to send heartbeats.
     pub fn heartbeat(&self) -> std::time::Duration {
         self.heartbeat
+    }
+
+    /// Whether nothing (no result, no heartbeat) has been heard from `agent` for
+    /// `SILENT_AFTER_HEARTBEATS` heartbeat intervals, at `now`.
+    pub fn is_silent(&self, agent: &AgentInfo, now: time::Millis) -> bool {
+        let limit = (self.heartbeat * SILENT_AFTER_HEARTBEATS).as_millis();
+        now - agent.last_seen > i64::try_from(limit).unwrap_or(i64::MAX)
     }
 
     /// The open Report streams.
