@@ -352,19 +352,9 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/eval/samples/geo_block.jsonl");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         text.lines()
-            .enumerate()
-            .map(|(i, l)| {
-                let p = crate::replay::parse_line(l, i as u64 + 1).expect("sample line");
-                let mut r = blockwatch_proto::v1::ProbeResult {
-                    probe_id: p.probe_id.to_string(),
-                    agent_id: p.agent_id.to_string(),
-                    region: p.region.to_string(),
-                    target_id: p.target.to_string(),
-                    started_at: Some(blockwatch_proto::time::to_timestamp(p.started_at)),
-                    ..Default::default()
-                };
-                r.set_outcome(p.outcome);
-                (r, p.received_at)
+            .map(|l| {
+                let rec: blockwatch_proto::trace::TraceRecord = serde_json::from_str(l).expect("sample line");
+                (rec.to_result().expect("sample record"), rec.received_ms().expect("received_at"))
             })
             .collect()
     }

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use blockwatch_proto::time::to_timestamp;
 use blockwatch_proto::trace::TraceRecord;
 use blockwatch_proto::v1::fleet_client::FleetClient;
 use blockwatch_proto::v1::{AgentMessage, Hello, ProbeResult, RegisterRequest, ResultBatch, agent_message, collector_message};
@@ -17,19 +16,6 @@ fn sample(name: &str) -> Vec<TraceRecord> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/eval/samples").join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines().map(|l| serde_json::from_str(l).expect("trace line")).collect()
-}
-
-fn to_result(r: &TraceRecord) -> ProbeResult {
-    let mut p = ProbeResult {
-        probe_id: r.probe_id.clone(),
-        agent_id: r.agent_id.clone(),
-        region: r.region.clone(),
-        target_id: r.target.clone(),
-        started_at: Some(to_timestamp(r.started_ms().expect("started_at"))),
-        ..Default::default()
-    };
-    p.set_outcome(r.outcome().expect("outcome"));
-    p
 }
 
 /// One agent: Register, then its results in trace order, a batch at a time, each acked.
@@ -80,7 +66,7 @@ fn live_equals_replay(sample_name: &str) {
     for r in &records {
         // The trace repeats some results (re-sends); an agent re-sends too, so keep them.
         seen.insert(r.probe_id.clone());
-        per_agent.entry(r.agent_id.clone()).or_insert_with(|| (r.region.clone(), Vec::new())).1.push(to_result(r));
+        per_agent.entry(r.agent_id.clone()).or_insert_with(|| (r.region.clone(), Vec::new())).1.push(r.to_result().expect("sample record"));
     }
 
     let mut collector = CollectorProc::start(dir.path(), None, "max_batch = 100");
