@@ -91,11 +91,7 @@ pub struct ConfirmConfig {
 
 impl Default for ConfirmConfig {
     fn default() -> Self {
-        ConfirmConfig {
-            count: 2,
-            min_delay: Duration::from_secs(5),
-            max_delay: Duration::from_secs(15),
-        }
+        ConfirmConfig { count: 2, min_delay: Duration::from_secs(5), max_delay: Duration::from_secs(15) }
     }
 }
 
@@ -354,7 +350,10 @@ impl AgentConfig {
             let provider = crate::targets::provider_for(catalogue, &t.provider, &t.url, &t.expect_status);
             let host = crate::targets::host_of(&t.url);
             if !provider.owns_host(host) {
-                p.push(format!("{what}: credential would never be sent: {host} is not a host of provider {:?}", provider.id()));
+                p.push(format!(
+                    "{what}: credential would never be sent: {host} is not a host of provider {:?}",
+                    provider.id()
+                ));
             }
         }
     }
@@ -366,9 +365,7 @@ impl AgentConfig {
 }
 
 fn parse_nameserver(s: &str) -> Option<SocketAddr> {
-    s.parse::<SocketAddr>()
-        .ok()
-        .or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+    s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
 }
 
 #[cfg(test)]
@@ -442,8 +439,10 @@ mod tests {
 
     #[test]
     fn bad_providers_are_named() {
-        let e = AgentConfig::parse(&format!("{GOOD}\n[[provider]]\nid = \"x\"\nendpoint = \"/\"\nreachable = []\nrechable = [1]"))
-            .unwrap_err();
+        let e = AgentConfig::parse(&format!(
+            "{GOOD}\n[[provider]]\nid = \"x\"\nendpoint = \"/\"\nreachable = []\nrechable = [1]"
+        ))
+        .unwrap_err();
         assert!(e.contains("rechable"), "{e}");
         let mut c = AgentConfig::parse(GOOD).unwrap();
         let entry = c.catalogue().unwrap().get("mistral").unwrap().config().clone();
@@ -489,7 +488,10 @@ mod tests {
         c.targets[0].url = "https://127.0.0.1:8443/v1/models".into();
         c.targets[0].provider = "openai".into();
         let p = c.validate().unwrap_err();
-        assert!(p[0].contains("credential would never be sent: 127.0.0.1 is not a host of provider \"openai\""), "{p:?}");
+        assert!(
+            p[0].contains("credential would never be sent: 127.0.0.1 is not a host of provider \"openai\""),
+            "{p:?}"
+        );
         c.targets[0].id = "control".into();
         assert!(c.validate().unwrap_err().iter().any(|m| m.contains("reserved")));
     }
@@ -507,7 +509,13 @@ mod tests {
         c.control = Some("tcp://gateway".into());
         c.egress_echo_url = Some("http://api.ipify.org".into());
         let p = c.validate().unwrap_err();
-        assert_eq!(p, ["control \"tcp://gateway\": tcp:// needs a port", "egress_echo_url \"http://api.ipify.org\": must start with https://"]);
+        assert_eq!(
+            p,
+            [
+                "control \"tcp://gateway\": tcp:// needs a port",
+                "egress_echo_url \"http://api.ipify.org\": must start with https://"
+            ]
+        );
     }
 
     #[test]

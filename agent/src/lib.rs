@@ -39,10 +39,7 @@ pub enum StartError {
     #[error("probe engine: {0}")]
     Engine(#[from] crate::probe::EngineError),
     #[error("cannot read ca_file {path}: {source}")]
-    CaFile {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    CaFile { path: std::path::PathBuf, source: std::io::Error },
     #[error("provider catalogue: {0}")]
     Catalogue(#[from] crate::probe::CatalogueError),
     #[error("credentials: {}", .0.join("; "))]
@@ -66,11 +63,9 @@ impl Agent {
         let credentials = Arc::new(cfg.credentials(|k| std::env::var(k).ok()).map_err(StartError::Credentials)?);
         let spool = {
             let (dir, max) = (cfg.spool_dir.clone(), cfg.spool_max_mb * 1024 * 1024);
-            Arc::new(
-                tokio::task::spawn_blocking(move || Spool::open(&dir, max))
-                    .await
-                    .map_err(|e| SpoolError::Db { path: cfg.spool_dir.clone(), source: redb::Error::Io(std::io::Error::other(e)) })??,
-            )
+            Arc::new(tokio::task::spawn_blocking(move || Spool::open(&dir, max)).await.map_err(|e| {
+                SpoolError::Db { path: cfg.spool_dir.clone(), source: redb::Error::Io(std::io::Error::other(e)) }
+            })??)
         };
         let extra_ca_pem = match &cfg.ca_file {
             Some(p) => Some(std::fs::read(p).map_err(|source| StartError::CaFile { path: p.clone(), source })?),
@@ -99,7 +94,14 @@ impl Agent {
             };
             // It holds nothing to flush, so it simply ends on `stop`; results wait for nothing
             // from it (they carry no egress address until the first look-up succeeds).
-            tokio::spawn(egress::keep_current(engine.clone(), spec, egress::REFRESH, egress::RETRY, egress_tx, probes_rx.clone()));
+            tokio::spawn(egress::keep_current(
+                engine.clone(),
+                spec,
+                egress::REFRESH,
+                egress::RETRY,
+                egress_tx,
+                probes_rx.clone(),
+            ));
         }
         let ctx = ProbeContext {
             cfg: Arc::clone(&cfg),

@@ -90,12 +90,7 @@ pub fn apply(cfg: &AgentConfig, plan: &Plan) -> Result<ActivePlan, Vec<String>> 
         return Ok(initial(cfg));
     }
     let default = plan.interval.as_ref().map_or(cfg.interval, std_duration);
-    let pinned: Vec<Target> = cfg
-        .targets
-        .iter()
-        .filter(|t| t.pin)
-        .map(|t| from_config(t, cfg.interval))
-        .collect();
+    let pinned: Vec<Target> = cfg.targets.iter().filter(|t| t.pin).map(|t| from_config(t, cfg.interval)).collect();
     let mut targets: Vec<Target> = plan
         .targets
         .iter()

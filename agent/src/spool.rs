@@ -28,11 +28,7 @@ pub enum SpoolError {
     #[error("spool {path}: {source}")]
     Db { path: PathBuf, source: redb::Error },
     #[error("spool {path}: record {seq} is corrupt: {source}")]
-    Corrupt {
-        path: PathBuf,
-        seq: u64,
-        source: prost::DecodeError,
-    },
+    Corrupt { path: PathBuf, seq: u64, source: prost::DecodeError },
 }
 
 /// Counters of a spool.
@@ -68,10 +64,7 @@ impl Spool {
         let path = dir.join("spool.redb");
         let err = |e: redb::Error| SpoolError::Db { path: path.clone(), source: e };
         std::fs::create_dir_all(dir).map_err(|e| err(redb::Error::Io(e)))?;
-        let db = Database::builder()
-            .set_cache_size(SPOOL_CACHE_BYTES)
-            .create(&path)
-            .map_err(|e| err(e.into()))?;
+        let db = Database::builder().set_cache_size(SPOOL_CACHE_BYTES).create(&path).map_err(|e| err(e.into()))?;
         let txn = db.begin_write().map_err(|e| err(e.into()))?;
         let (next_seq, epoch, stats) = {
             let mut meta = txn.open_table(META).map_err(|e| err(e.into()))?;
@@ -99,13 +92,7 @@ impl Spool {
             (next_seq, epoch, stats)
         };
         txn.commit().map_err(|e| err(e.into()))?;
-        Ok(Spool {
-            db,
-            path,
-            max_bytes,
-            epoch,
-            state: Mutex::new(State { next_seq, stats }),
-        })
+        Ok(Spool { db, path, max_bytes, epoch, state: Mutex::new(State { next_seq, stats }) })
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> SpoolError {
@@ -154,8 +141,13 @@ impl Spool {
                 dropped = Some(dropped.map_or((k, k), |(f, _)| (f, k)));
             }
             if let Some((first, last)) = dropped {
-                tracing::warn!(first_seq = first, last_seq = last, dropped_total = stats.dropped_total,
-                    max_bytes = self.max_bytes, "spool full: dropped the oldest results");
+                tracing::warn!(
+                    first_seq = first,
+                    last_seq = last,
+                    dropped_total = stats.dropped_total,
+                    max_bytes = self.max_bytes,
+                    "spool full: dropped the oldest results"
+                );
                 stats.last_drop = Some((first, last));
             }
             meta.insert("next_seq", seq + 1).map_err(|e| self.err(e))?;
@@ -238,12 +230,7 @@ mod tests {
     use std::collections::HashSet;
 
     fn result(target: &str) -> ProbeResult {
-        ProbeResult {
-            agent_id: "a1".into(),
-            target_id: target.into(),
-            detail: "x".repeat(100),
-            ..Default::default()
-        }
+        ProbeResult { agent_id: "a1".into(), target_id: target.into(), detail: "x".repeat(100), ..Default::default() }
     }
 
     #[test]

@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use blockwatch_proto::v1::fleet_client::FleetClient;
 use blockwatch_proto::v1::{
-    AgentMessage, Heartbeat, Hello, Plan, RegisterRequest, ResultBatch, SpoolDrops, agent_message,
-    collector_message,
+    AgentMessage, Heartbeat, Hello, Plan, RegisterRequest, ResultBatch, SpoolDrops, agent_message, collector_message,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
@@ -43,15 +42,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("collector endpoint {endpoint:?}: {source}")]
-    Endpoint {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
+    Endpoint { endpoint: String, source: tonic::transport::Error },
     #[error("cannot reach collector at {endpoint}: {source}")]
-    Connect {
-        endpoint: String,
-        source: tonic::transport::Error,
-    },
+    Connect { endpoint: String, source: tonic::transport::Error },
     #[error("collector refused: {0}")]
     Refused(tonic::Status),
     #[error("report stream: {0}")]
@@ -128,10 +121,8 @@ impl Uplink {
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        let channel = ep
-            .connect()
-            .await
-            .map_err(|source| UplinkError::Connect { endpoint: endpoint.clone(), source })?;
+        let channel =
+            ep.connect().await.map_err(|source| UplinkError::Connect { endpoint: endpoint.clone(), source })?;
         Ok(FleetClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
@@ -174,7 +165,8 @@ impl Uplink {
             .map_or(Duration::from_secs(15), |d| Duration::from_secs(d.seconds.clamp(1, 3600) as u64));
 
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        let hello = AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: self.cfg.agent_id.clone() })) };
+        let hello =
+            AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: self.cfg.agent_id.clone() })) };
         tx.send(hello).await.map_err(|_| UplinkError::Closed)?;
         let mut inbound = client
             .report(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -248,7 +240,13 @@ impl Uplink {
             let stats = self.spool.stats();
             if stats.dropped_total > reported_drops {
                 let (first_seq, last_seq) = stats.last_drop.unwrap_or_default();
-                let drops = AgentMessage { kind: Some(agent_message::Kind::Drops(SpoolDrops { dropped_total: stats.dropped_total, first_seq, last_seq })) };
+                let drops = AgentMessage {
+                    kind: Some(agent_message::Kind::Drops(SpoolDrops {
+                        dropped_total: stats.dropped_total,
+                        first_seq,
+                        last_seq,
+                    })),
+                };
                 tx.send(drops).await.map_err(|_| UplinkError::Closed)?;
                 reported_drops = stats.dropped_total;
             }
@@ -267,7 +265,9 @@ impl Uplink {
                         let id = next_batch;
                         next_batch += 1;
                         in_flight.insert(id, batch.iter().map(|r| r.seq).collect());
-                        let msg = AgentMessage { kind: Some(agent_message::Kind::Batch(ResultBatch { batch_id: id, results: batch })) };
+                        let msg = AgentMessage {
+                            kind: Some(agent_message::Kind::Batch(ResultBatch { batch_id: id, results: batch })),
+                        };
                         tx.send(msg).await.map_err(|_| UplinkError::Closed)?;
                     }
                 }
@@ -316,9 +316,7 @@ impl Pace {
 
 /// Exponential backoff with full jitter: uniformly in [min, min·2^n] capped at the maximum.
 fn backoff(failures: u32) -> Duration {
-    let cap = BACKOFF_MIN
-        .saturating_mul(1u32 << failures.min(16))
-        .min(BACKOFF_MAX);
+    let cap = BACKOFF_MIN.saturating_mul(1u32 << failures.min(16)).min(BACKOFF_MAX);
     let span = cap.saturating_sub(BACKOFF_MIN).as_millis() as u64;
     BACKOFF_MIN + Duration::from_millis(fastrand::u64(0..=span))
 }

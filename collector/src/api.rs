@@ -54,9 +54,7 @@ pub async fn serve(
 
 /// Binds the API's listener, naming the address on failure.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::server::StartError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| crate::server::StartError::Listen { addr, source })
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| crate::server::StartError::Listen { addr, source })
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -96,7 +94,10 @@ fn bad_request(msg: String) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
 
-async fn events(State(api): State<Api>, query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn events(
+    State(api): State<Api>,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
@@ -156,7 +157,9 @@ impl ChunkWriter {
             return Ok(());
         }
         let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx.blocking_send(Ok(chunk)).map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
     }
 }
 
@@ -174,7 +177,10 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
-async fn results(State(api): State<Api>, query: Result<Query<ResultQuery>, axum::extract::rejection::QueryRejection>) -> Response {
+async fn results(
+    State(api): State<Api>,
+    query: Result<Query<ResultQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let Query(q) = match query {
         Ok(q) => q,
         Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
@@ -216,15 +222,18 @@ async fn agents(State(api): State<Api>) -> Response {
         .agents()
         .into_iter()
         .map(|(id, a)| {
-            (id.clone(), AgentView {
-                connected: connected.contains(&id),
-                silent: api.ingest.is_silent(&a, now),
-                region: a.region,
-                version: a.version,
-                last_seen: blockwatch_proto::time::format_rfc3339(a.last_seen),
-                spooled: a.spooled,
-                dropped_total: a.dropped_total,
-            })
+            (
+                id.clone(),
+                AgentView {
+                    connected: connected.contains(&id),
+                    silent: api.ingest.is_silent(&a, now),
+                    region: a.region,
+                    version: a.version,
+                    last_seen: blockwatch_proto::time::format_rfc3339(a.last_seen),
+                    spooled: a.spooled,
+                    dropped_total: a.dropped_total,
+                },
+            )
         })
         .collect();
     let body = serde_json::to_string_pretty(&view).unwrap_or_default();

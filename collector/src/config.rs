@@ -105,10 +105,7 @@ impl CollectorConfig {
         let mut cfg: CollectorConfig = blockwatch_proto::config_file::read_toml(path)?;
         cfg.apply_env(|k| std::env::var(k).ok())
             .and_then(|()| cfg.validate())
-            .map_err(|problems| ConfigError::Invalid {
-                path: path.to_owned(),
-                problems,
-            })?;
+            .map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })?;
         Ok(cfg)
     }
 
@@ -148,9 +145,10 @@ impl CollectorConfig {
             problems.push("heartbeat_interval: must be 1s..=1h".to_string());
         }
         if let Some(plan) = &self.plan
-            && let Err(p) = crate::plan::validate(plan) {
-                problems.extend(p);
-            }
+            && let Err(p) = crate::plan::validate(plan)
+        {
+            problems.extend(p);
+        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 }
@@ -198,12 +196,9 @@ mod tests {
     #[test]
     fn env_overrides() {
         let mut c = CollectorConfig::default();
-        c.apply_env(|k| (k == "BLOCKWATCH_LISTEN").then(|| "127.0.0.9:1".to_string()))
-            .unwrap();
+        c.apply_env(|k| (k == "BLOCKWATCH_LISTEN").then(|| "127.0.0.9:1".to_string())).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.9:1");
-        let e = c
-            .apply_env(|k| (k == "BLOCKWATCH_LISTEN").then(|| "nope".to_string()))
-            .unwrap_err();
+        let e = c.apply_env(|k| (k == "BLOCKWATCH_LISTEN").then(|| "nope".to_string())).unwrap_err();
         assert!(e[0].contains("BLOCKWATCH_LISTEN"));
     }
 }

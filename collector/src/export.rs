@@ -29,7 +29,13 @@ pub fn export(store: &Reader, format: Format, out: impl Write) -> Result<u64, Ex
 
 /// Writes up to `limit` stored results, in the order received, skipping the first `after`
 /// (results are numbered 1, 2, 3, … as stored). Returns how many.
-pub fn export_range(store: &Reader, format: Format, after: u64, limit: u64, mut out: impl Write) -> Result<u64, ExportError> {
+pub fn export_range(
+    store: &Reader,
+    format: Format,
+    after: u64,
+    limit: u64,
+    mut out: impl Write,
+) -> Result<u64, ExportError> {
     let mut n = 0;
     match format {
         Format::Jsonl => {

@@ -186,7 +186,8 @@ mod flat {
         let mut c = Cursor { b: s.as_bytes(), s, i: 0 };
         c.eat(b'{')?;
         let (mut probe_id, mut agent_id, mut region, mut target, mut started_at) = (None, None, None, None, None);
-        let (mut received_at, mut outcome, mut outcome_detail, mut control, mut confirmation) = (None, None, None, None, None);
+        let (mut received_at, mut outcome, mut outcome_detail, mut control, mut confirmation) =
+            (None, None, None, None, None);
         loop {
             let key = c.string()?;
             c.eat(b':')?;
@@ -277,8 +278,7 @@ pub fn parse_line(text: &str, line: u64) -> Result<Parsed<'_>, ReplayError> {
         None => started_at,
     };
     let name = l.outcome_detail.as_deref().filter(|d| !d.is_empty()).unwrap_or(&l.outcome);
-    let outcome =
-        outcome_of(name).ok_or_else(|| ReplayError::UnknownOutcome { line, outcome: name.to_string() })?;
+    let outcome = outcome_of(name).ok_or_else(|| ReplayError::UnknownOutcome { line, outcome: name.to_string() })?;
     Ok(Parsed {
         probe_id: l.probe_id,
         agent_id: l.agent_id,
@@ -305,7 +305,11 @@ fn outcome_of(name: &str) -> Option<Outcome> {
 /// Replays a trace: one result per line, blank lines skipped, events written one per line.
 /// Lines are parsed where they lie in the reader's buffer; only a line split across two
 /// buffer fills is copied.
-pub fn replay(mut input: impl BufRead, mut output: impl Write, config: DetectorConfig) -> Result<ReplayStats, ReplayError> {
+pub fn replay(
+    mut input: impl BufRead,
+    mut output: impl Write,
+    config: DetectorConfig,
+) -> Result<ReplayStats, ReplayError> {
     let mut detector = Detector::new(config);
     let mut stats = ReplayStats::default();
     let mut carry: Vec<u8> = Vec::new();
@@ -375,7 +379,10 @@ mod tests {
             with(r#","received_at":"2024-07-24T00:41:10.842Z""#, ""),
             with(r#""received_at":"2024-07-24T00:41:10.842Z""#, r#""received_at":null"#),
             with(r#""duration_ms":287"#, r#""duration_ms":-2.5e+3,"control":true,"confirmation":false"#),
-            with(r#""provider_code":"""#, r#""provider_code":"unsupported_country","outcome_detail":"tls_alert","extra":null"#),
+            with(
+                r#""provider_code":"""#,
+                r#""provider_code":"unsupported_country","outcome_detail":"tls_alert","extra":null"#,
+            ),
             with("eu-1/openai/1", "eu-1/ø/1"),
         ];
         for case in &plain {
@@ -408,13 +415,22 @@ mod tests {
 
     #[test]
     fn lines_split_across_buffer_fills_and_a_last_line_without_newline() {
-        let input = format!("{LINE}\n{}\n\n{}", LINE.replace("eu-1/openai/1", "eu-1/openai/2"), LINE.replace("eu-1/openai/1", "eu-1/openai/3"));
+        let input = format!(
+            "{LINE}\n{}\n\n{}",
+            LINE.replace("eu-1/openai/1", "eu-1/openai/2"),
+            LINE.replace("eu-1/openai/1", "eu-1/openai/3")
+        );
         for cap in [1, 7, 64, 1 << 16] {
             let reader = std::io::BufReader::with_capacity(cap, input.as_bytes());
             let stats = replay(reader, Vec::new(), DetectorConfig::default()).expect("replays");
             assert_eq!((stats.lines, stats.accepted), (3, 3), "buffer of {cap}");
         }
-        let err = replay(std::io::BufReader::with_capacity(5, format!("{LINE}\n\n{{oops").as_bytes()), Vec::new(), DetectorConfig::default()).unwrap_err();
+        let err = replay(
+            std::io::BufReader::with_capacity(5, format!("{LINE}\n\n{{oops").as_bytes()),
+            Vec::new(),
+            DetectorConfig::default(),
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("line 3: not a trace record"), "{err}");
     }
 
@@ -444,7 +460,8 @@ mod tests {
 
     #[test]
     fn received_at_defaults_to_started_at_and_rich_outcomes_win() {
-        let line = LINE.replace(r#","received_at":"2024-07-24T00:41:10.842Z""#, "")
+        let line = LINE
+            .replace(r#","received_at":"2024-07-24T00:41:10.842Z""#, "")
             .replace(r#""outcome":"ok""#, r#""outcome":"tls_reset","outcome_detail":"tls_alert""#);
         let p = parse_line(&line, 1).expect("parses");
         assert_eq!(p.received_at, p.started_at);

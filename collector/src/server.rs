@@ -39,10 +39,7 @@ pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Listen { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A collector that is running.
@@ -73,15 +70,16 @@ impl Collector {
     pub async fn start(cfg: &CollectorConfig) -> Result<Collector, StartError> {
         let dir = cfg.data_dir.clone();
         let (det_tx, det_rx) = std::sync::mpsc::sync_channel(DETECTOR_QUEUE);
-        let store = tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx)))
-            .await
-            .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) })??;
+        let store =
+            tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx))).await.map_err(|e| {
+                StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) }
+            })??;
         let rebuilt = {
             let store = store.clone();
             let dcfg = cfg.detector.clone();
-            tokio::task::spawn_blocking(move || rebuild_detector(&store, dcfg))
-                .await
-                .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) })??
+            tokio::task::spawn_blocking(move || rebuild_detector(&store, dcfg)).await.map_err(|e| {
+                StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) }
+            })??
         };
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
         let (results, _) = broadcast::channel(RESULT_BROADCAST);
@@ -119,14 +117,29 @@ impl Collector {
                 }),
         );
         let api_listener = crate::api::bind(cfg.api_listen).await?;
-        let api_addr = api_listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
+        let api_addr =
+            api_listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(crate::api::serve(api_listener, store.reader(), Arc::clone(&ingest), async {
             let _ = api_stopped.await;
         }));
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");
         let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone()));
-        Ok(Collector { addr, api_addr, events, results, ingest, plan, store, stop, server, api_stop, api, detector, silence })
+        Ok(Collector {
+            addr,
+            api_addr,
+            events,
+            results,
+            ingest,
+            plan,
+            store,
+            stop,
+            server,
+            api_stop,
+            api,
+            detector,
+            silence,
+        })
     }
 
     /// Replaces the central plan when it differs from the running one; returns the new plan
@@ -389,12 +402,24 @@ mod tests {
             }
             tokio::task::spawn_blocking(move || store.close()).await.unwrap();
         }
-        assert_eq!(tokio::task::spawn_blocking({ let d = dir.path().to_owned(); move || block_events(&d) }).await.unwrap(), 0);
+        assert_eq!(
+            tokio::task::spawn_blocking({
+                let d = dir.path().to_owned();
+                move || block_events(&d)
+            })
+            .await
+            .unwrap(),
+            0
+        );
         for _ in 0..2 {
             let collector = Collector::start(&config(dir.path())).await.expect("starts");
             collector.shutdown(std::time::Duration::from_secs(5)).await;
             let d = dir.path().to_owned();
-            assert_eq!(tokio::task::spawn_blocking(move || block_events(&d)).await.unwrap(), 2, "the sample's two blocks, logged once");
+            assert_eq!(
+                tokio::task::spawn_blocking(move || block_events(&d)).await.unwrap(),
+                2,
+                "the sample's two blocks, logged once"
+            );
         }
     }
 }

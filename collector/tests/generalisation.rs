@@ -117,7 +117,8 @@ fn noisier_agents_and_more_resends() {
 /// still rejected. (Delays grow with noise; they are held to the goals on the pools above.)
 #[test]
 fn noise_from_a_third_to_three_times() {
-    let grids: [(u64, [i64; 4], [usize; 4]); 2] = [(5000, [30, 90, 240, 600], [1, 2, 5, 20]), (9000, [45, 120, 300, 480], [1, 3, 8, 30])];
+    let grids: [(u64, [i64; 4], [usize; 4]); 2] =
+        [(5000, [30, 90, 240, 600], [1, 2, 5, 20]), (9000, [45, 120, 300, 480], [1, 3, 8, 30])];
     for ((noise, duplicates), (seed, intervals, fleets)) in
         [(0.3, 0.0), (1.0, 0.005), (2.0, 0.01), (3.0, 0.05)].into_iter().flat_map(|n| grids.map(|g| (n, g)))
     {

@@ -33,10 +33,7 @@ const NAMES: &[(Outcome, &str)] = &[
 impl Outcome {
     /// The lowercase name used in logs, JSON and the CLI (`tls_reset`).
     pub fn name(self) -> &'static str {
-        NAMES
-            .iter()
-            .find(|(o, _)| *o == self)
-            .map_or("unspecified", |(_, n)| n)
+        NAMES.iter().find(|(o, _)| *o == self).map_or("unspecified", |(_, n)| n)
     }
 
     /// Parses a lowercase name; the inverse of [`Outcome::name`].
@@ -91,10 +88,7 @@ impl Outcome {
     pub fn is_provider_noise(self) -> bool {
         matches!(
             self,
-            Outcome::HttpRateLimited
-                | Outcome::HttpServerError
-                | Outcome::HttpUnexpected
-                | Outcome::HttpAuthFailed
+            Outcome::HttpRateLimited | Outcome::HttpServerError | Outcome::HttpUnexpected | Outcome::HttpAuthFailed
         )
     }
 
@@ -135,9 +129,19 @@ mod tests {
     #[test]
     fn trace_names_are_in_the_trace_format() {
         const TRACE: &[&str] = &[
-            "ok", "dns_nxdomain", "dns_timeout", "dns_bogon", "tcp_refused", "tcp_reset",
-            "tcp_timeout", "tls_reset", "tls_timeout", "tls_cert_invalid", "http_geo_blocked",
-            "http_rate_limited", "http_server_error",
+            "ok",
+            "dns_nxdomain",
+            "dns_timeout",
+            "dns_bogon",
+            "tcp_refused",
+            "tcp_reset",
+            "tcp_timeout",
+            "tls_reset",
+            "tls_timeout",
+            "tls_cert_invalid",
+            "http_geo_blocked",
+            "http_rate_limited",
+            "http_server_error",
         ];
         for o in Outcome::all() {
             assert!(TRACE.contains(&o.trace_name()), "{} maps to {}", o.name(), o.trace_name());

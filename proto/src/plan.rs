@@ -46,8 +46,7 @@ pub fn build<'a>(
 }
 
 fn duration(d: &prost_types::Duration) -> Option<Duration> {
-    (d.seconds >= 0 && d.nanos >= 0)
-        .then(|| Duration::new(d.seconds as u64, d.nanos as u32))
+    (d.seconds >= 0 && d.nanos >= 0).then(|| Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
 /// The problems of a plan, each naming the target and field; empty when the plan is usable.
@@ -61,10 +60,7 @@ pub fn problems(plan: &Plan) -> Vec<String> {
     }
     let check_interval = |what: &str, d: &prost_types::Duration, out: &mut Vec<String>| match duration(d) {
         Some(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => {}
-        _ => out.push(format!(
-            "{what}: interval {}s{}ns is outside 1s..=24h",
-            d.seconds, d.nanos
-        )),
+        _ => out.push(format!("{what}: interval {}s{}ns is outside 1s..=24h", d.seconds, d.nanos)),
     };
     match &plan.interval {
         Some(d) => check_interval("plan", d, &mut out),
@@ -118,20 +114,11 @@ mod tests {
     use crate::v1::PlanTarget;
 
     fn plan(targets: Vec<PlanTarget>) -> Plan {
-        Plan {
-            withdrawn: false,
-            version: 1,
-            targets,
-            interval: Some(prost_types::Duration { seconds: 60, nanos: 0 }),
-        }
+        Plan { withdrawn: false, version: 1, targets, interval: Some(prost_types::Duration { seconds: 60, nanos: 0 }) }
     }
 
     fn target(id: &str, url: &str) -> PlanTarget {
-        PlanTarget {
-            id: id.into(),
-            url: url.into(),
-            ..Default::default()
-        }
+        PlanTarget { id: id.into(), url: url.into(), ..Default::default() }
     }
 
     #[test]
@@ -141,11 +128,7 @@ mod tests {
 
     #[test]
     fn every_problem_is_named() {
-        let mut p = plan(vec![
-            target("a", "http://x/"),
-            target("a", "https:///"),
-            target("bad id", "https://h/"),
-        ]);
+        let mut p = plan(vec![target("a", "http://x/"), target("a", "https:///"), target("bad id", "https://h/")]);
         p.interval = Some(prost_types::Duration { seconds: 0, nanos: 5 });
         let got = problems(&p);
         assert_eq!(got.len(), 5, "{got:?}");

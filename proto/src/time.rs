@@ -7,24 +7,17 @@ pub type Millis = i64;
 
 /// Formats as RFC 3339 UTC with milliseconds (`2024-07-24T00:41:10.309Z`).
 pub fn format_rfc3339(ms: Millis) -> String {
-    DateTime::<Utc>::from_timestamp_millis(ms)
-        .unwrap_or_default()
-        .to_rfc3339_opts(SecondsFormat::Millis, true)
+    DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Parses RFC 3339 text to milliseconds. The common fixed form
 /// `YYYY-MM-DDTHH:MM:SS[.fff]Z` takes a fast path; anything else goes through chrono.
 pub fn parse_rfc3339(s: &str) -> Option<Millis> {
-    fast_parse(s.as_bytes()).or_else(|| {
-        DateTime::parse_from_rfc3339(s)
-            .ok()
-            .map(|d| d.timestamp_millis())
-    })
+    fast_parse(s.as_bytes()).or_else(|| DateTime::parse_from_rfc3339(s).ok().map(|d| d.timestamp_millis()))
 }
 
 fn fast_parse(b: &[u8]) -> Option<Millis> {
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':'
-    {
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
@@ -81,10 +74,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// Converts to a protobuf timestamp.
 pub fn to_timestamp(ms: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 /// Converts from a protobuf timestamp (sub-millisecond precision is dropped).
@@ -117,10 +107,7 @@ mod tests {
 
     #[test]
     fn offsets_and_garbage() {
-        assert_eq!(
-            parse_rfc3339("2024-07-24T02:41:10.309+02:00"),
-            parse_rfc3339("2024-07-24T00:41:10.309Z")
-        );
+        assert_eq!(parse_rfc3339("2024-07-24T02:41:10.309+02:00"), parse_rfc3339("2024-07-24T00:41:10.309Z"));
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(parse_rfc3339("2024-13-24T00:41:10Z"), None);
     }

@@ -71,11 +71,7 @@ pub enum TraceError {
     #[error("probe {probe_id}: unknown outcome {outcome:?}")]
     UnknownOutcome { probe_id: String, outcome: String },
     #[error("probe {probe_id}: bad {field} timestamp {value:?} (want RFC 3339)")]
-    BadTime {
-        probe_id: String,
-        field: &'static str,
-        value: String,
-    },
+    BadTime { probe_id: String, field: &'static str, value: String },
 }
 
 impl TraceRecord {
@@ -122,15 +118,9 @@ impl TraceRecord {
 
     /// The richest outcome the record names (`outcome_detail` when present).
     pub fn outcome(&self) -> Result<Outcome, TraceError> {
-        let name = if self.outcome_detail.is_empty() {
-            &self.outcome
-        } else {
-            &self.outcome_detail
-        };
-        Outcome::from_name(name).ok_or_else(|| TraceError::UnknownOutcome {
-            probe_id: self.probe_id.clone(),
-            outcome: name.clone(),
-        })
+        let name = if self.outcome_detail.is_empty() { &self.outcome } else { &self.outcome_detail };
+        Outcome::from_name(name)
+            .ok_or_else(|| TraceError::UnknownOutcome { probe_id: self.probe_id.clone(), outcome: name.clone() })
     }
 
     fn time(&self, field: &'static str, value: &str) -> Result<Millis, TraceError> {
@@ -203,10 +193,7 @@ mod tests {
 
     #[test]
     fn rich_outcomes_keep_their_name() {
-        let mut r = ProbeResult {
-            probe_id: "a/1".into(),
-            ..Default::default()
-        };
+        let mut r = ProbeResult { probe_id: "a/1".into(), ..Default::default() };
         r.set_outcome(Outcome::TlsAlert);
         let rec = TraceRecord::from_result(&r, None);
         assert_eq!(rec.outcome, "tls_reset");
@@ -222,16 +209,9 @@ mod tests {
             started_at: "2024-07-24T00:41:10Z".into(),
             ..Default::default()
         };
-        assert_eq!(
-            rec.to_result().unwrap_err().to_string(),
-            "probe p: unknown outcome \"melted\""
-        );
-        let rec = TraceRecord {
-            probe_id: "p".into(),
-            outcome: "ok".into(),
-            started_at: "noon".into(),
-            ..Default::default()
-        };
+        assert_eq!(rec.to_result().unwrap_err().to_string(), "probe p: unknown outcome \"melted\"");
+        let rec =
+            TraceRecord { probe_id: "p".into(), outcome: "ok".into(), started_at: "noon".into(), ..Default::default() };
         assert!(rec.to_result().unwrap_err().to_string().contains("bad started_at"));
     }
 }

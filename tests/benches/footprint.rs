@@ -18,10 +18,7 @@ use blockwatch_tests::*;
 
 fn arg(name: &str, default: u64) -> u64 {
     let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1)?.parse().ok())
-        .unwrap_or(default)
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
 }
 
 fn agent_cfg(id: &str, collector: SocketAddr, provider: &Provider, dir: &Path, source: &str, interval: &str) -> String {
@@ -32,7 +29,10 @@ fn agent_cfg(id: &str, collector: SocketAddr, provider: &Provider, dir: &Path, s
         provider.ca_file.display()
     );
     for i in 0..20 {
-        s.push_str(&format!("[[target]]\nid = \"t{i}\"\nurl = \"{}\"\nprovider = \"openai\"\nlocal = true\n", provider.url_at(&format!("/t{i}/v1/models"))));
+        s.push_str(&format!(
+            "[[target]]\nid = \"t{i}\"\nurl = \"{}\"\nprovider = \"openai\"\nlocal = true\n",
+            provider.url_at(&format!("/t{i}/v1/models"))
+        ));
     }
     s
 }
@@ -45,14 +45,18 @@ fn main() {
     println!("footprint of {}", agent_bin.display());
     for name in ["blockwatch-agent", "blockwatch-collector"] {
         let size = std::fs::metadata(bin(name)).map(|m| m.len()).unwrap_or(0);
-        println!("  binary {name:<22} {:>6.2} MB (stripped release build; goal for the agent ≤ 10 MB)", size as f64 / 1e6);
+        println!(
+            "  binary {name:<22} {:>6.2} MB (stripped release build; goal for the agent ≤ 10 MB)",
+            size as f64 / 1e6
+        );
     }
 
     let provider = Provider::start(dir.path());
     let mut collector = CollectorProc::start(dir.path(), None, "");
 
     // Memory: 20 HTTPS targets every 60 s.
-    let mut agent = start_agent(dir.path(), "rss", &agent_cfg("rss", collector.addr, &provider, dir.path(), "127.0.0.2", "60s"));
+    let mut agent =
+        start_agent(dir.path(), "rss", &agent_cfg("rss", collector.addr, &provider, dir.path(), "127.0.0.2", "60s"));
     let pid = agent.child.id();
     let start = Instant::now();
     let mut peak = 0;
@@ -63,11 +67,16 @@ fn main() {
     let last = rss_kib(pid);
     let probes = provider.requests_from("127.0.0.2".parse().unwrap());
     agent.terminate();
-    println!("  RSS, 20 HTTPS targets every 60 s, {rss_seconds} s, {probes} probes: peak {:.1} MB, last {:.1} MB (goal ≤ 15 MB)", peak as f64 / 1024.0, last as f64 / 1024.0);
+    println!(
+        "  RSS, 20 HTTPS targets every 60 s, {rss_seconds} s, {probes} probes: peak {:.1} MB, last {:.1} MB (goal ≤ 15 MB)",
+        peak as f64 / 1024.0,
+        last as f64 / 1024.0
+    );
 
     // CPU per probe: 20 targets every second; count from 5 s in to skip start-up.
     let src: IpAddr = "127.0.0.3".parse().unwrap();
-    let mut agent = start_agent(dir.path(), "cpu", &agent_cfg("cpu", collector.addr, &provider, dir.path(), "127.0.0.3", "1s"));
+    let mut agent =
+        start_agent(dir.path(), "cpu", &agent_cfg("cpu", collector.addr, &provider, dir.path(), "127.0.0.3", "1s"));
     let pid = agent.child.id();
     std::thread::sleep(Duration::from_secs(5));
     let (cpu0, n0) = (cpu_seconds(pid), provider.requests_from(src));
@@ -75,11 +84,18 @@ fn main() {
     let (cpu1, n1) = (cpu_seconds(pid), provider.requests_from(src));
     agent.terminate();
     let ours = (cpu1 - cpu0) / (n1 - n0).max(1) as f64;
-    println!("  CPU per HTTPS probe, blockwatch-agent:  {:.1} µs over {} probes (whole agent: probe, spool fsync, uplink)", ours * 1e6, n1 - n0);
+    println!(
+        "  CPU per HTTPS probe, blockwatch-agent:  {:.1} µs over {} probes (whole agent: probe, spool fsync, uplink)",
+        ours * 1e6,
+        n1 - n0
+    );
 
     match blackbox_cpu_per_probe(dir.path(), &provider, n1 - n0) {
         Ok((theirs, n)) => {
-            println!("  CPU per HTTPS probe, blackbox_exporter: {:.1} µs over {n} probes (same TLS server, same run)", theirs * 1e6);
+            println!(
+                "  CPU per HTTPS probe, blackbox_exporter: {:.1} µs over {n} probes (same TLS server, same run)",
+                theirs * 1e6
+            );
             println!("  ratio blockwatch-agent / blackbox_exporter: {:.2}", ours / theirs);
         }
         Err(why) => println!("  blackbox_exporter reference skipped: {why}"),
@@ -104,7 +120,11 @@ fn blackbox_cpu_per_probe(dir: &Path, provider: &Provider, probes: u64) -> Resul
     .map_err(|e| e.to_string())?;
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut proc = Proc::start(Path::new(exe), &[&format!("--config.file={}", cfg.display()), &format!("--web.listen-address={listen}")], dir.join("blackbox.log"));
+    let mut proc = Proc::start(
+        Path::new(exe),
+        &[&format!("--config.file={}", cfg.display()), &format!("--web.listen-address={listen}")],
+        dir.join("blackbox.log"),
+    );
     let addr: SocketAddr = listen.parse().unwrap();
     wait_for("blackbox_exporter to listen", Duration::from_secs(20), || listening(addr).then_some(()));
     let target = provider.url_at("/bb/v1/models");
@@ -139,7 +159,8 @@ fn blackbox_cpu_per_probe(dir: &Path, provider: &Provider, probes: u64) -> Resul
 /// One blackbox_exporter probe through its `/probe` endpoint; true when it succeeded.
 fn bb_probe(addr: SocketAddr, target: &str) -> Result<bool, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    write!(s, "GET /probe?module=https_local&target={target} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(s, "GET /probe?module=https_local&target={target} HTTP/1.0\r\nHost: {addr}\r\n\r\n")
+        .map_err(|e| e.to_string())?;
     let mut body = String::new();
     s.read_to_string(&mut body).map_err(|e| e.to_string())?;
     Ok(body.contains("probe_success 1"))

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use blockwatch_proto::v1::fleet_server::{Fleet, FleetServer};
 use blockwatch_proto::v1::{
-    Ack, AgentMessage, CollectorMessage, Plan, RegisterRequest, RegisterResponse, agent_message,
-    collector_message,
+    Ack, AgentMessage, CollectorMessage, Plan, RegisterRequest, RegisterResponse, agent_message, collector_message,
 };
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -79,8 +78,14 @@ impl Fleet for Svc {
                             tokio::spawn(async move {
                                 tokio::time::sleep(d).await;
                                 seen.lock().unwrap().unacked -= 1;
-                                let ack = Ack { batch_id: b.batch_id, probe_ids: b.results.into_iter().map(|r| r.probe_id).collect(), duplicates: 0 };
-                                let _ = tx.send(Ok(CollectorMessage { kind: Some(collector_message::Kind::Ack(ack)) })).await;
+                                let ack = Ack {
+                                    batch_id: b.batch_id,
+                                    probe_ids: b.results.into_iter().map(|r| r.probe_id).collect(),
+                                    duplicates: 0,
+                                };
+                                let _ = tx
+                                    .send(Ok(CollectorMessage { kind: Some(collector_message::Kind::Ack(ack)) }))
+                                    .await;
                             });
                         }
                     }
@@ -143,6 +148,8 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 pub fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }

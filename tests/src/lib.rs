@@ -118,8 +118,11 @@ impl CollectorProc {
         let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let data_dir = dir.join("collector-data");
         let config = dir.join("collector.toml");
-        std::fs::write(&config, format!("listen = \"{addr}\"\napi_listen = \"{api}\"\ndata_dir = \"{}\"\n{extra}\n", data_dir.display()))
-            .expect("write config");
+        std::fs::write(
+            &config,
+            format!("listen = \"{addr}\"\napi_listen = \"{api}\"\ndata_dir = \"{}\"\n{extra}\n", data_dir.display()),
+        )
+        .expect("write config");
         let log = dir.join(format!("collector-{}.log", addr.port()));
         let proc = Proc::start(&bin("blockwatch-collector"), &["serve", "--config", config.to_str().unwrap()], log);
         let c = CollectorProc { proc, addr, api, data_dir, config };

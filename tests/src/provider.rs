@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use blockwatch_collector::demo::{Canned, LocalPki, serve_https};
 
 /// OpenAI's keyless answer and its location refusal (see the collector's demo providers).
-const REACHABLE: &str = r#"{"error":{"message":"You didn't provide an API key.","type":"invalid_request_error","param":null,"code":null}}"#;
+const REACHABLE: &str =
+    r#"{"error":{"message":"You didn't provide an API key.","type":"invalid_request_error","param":null,"code":null}}"#;
 const GEO: &str = r#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
 
 /// A running simulated provider.

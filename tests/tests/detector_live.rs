@@ -7,7 +7,9 @@ use std::path::PathBuf;
 
 use blockwatch_proto::trace::TraceRecord;
 use blockwatch_proto::v1::fleet_client::FleetClient;
-use blockwatch_proto::v1::{AgentMessage, Hello, ProbeResult, RegisterRequest, ResultBatch, agent_message, collector_message};
+use blockwatch_proto::v1::{
+    AgentMessage, Hello, ProbeResult, RegisterRequest, ResultBatch, agent_message, collector_message,
+};
 use blockwatch_tests::*;
 
 const BATCH: usize = 64;
@@ -27,7 +29,8 @@ async fn stream_agent(addr: std::net::SocketAddr, agent: String, region: String,
         .expect("register");
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: agent.clone() })) }).await.unwrap();
-    let mut replies = client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("report").into_inner();
+    let mut replies =
+        client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("report").into_inner();
     for (i, chunk) in results.chunks(BATCH).enumerate() {
         let batch_id = i as u64 + 1;
         let batch = ResultBatch { batch_id, results: chunk.to_vec() };
@@ -66,7 +69,11 @@ fn live_equals_replay(sample_name: &str) {
     for r in &records {
         // The trace repeats some results (re-sends); an agent re-sends too, so keep them.
         seen.insert(r.probe_id.clone());
-        per_agent.entry(r.agent_id.clone()).or_insert_with(|| (r.region.clone(), Vec::new())).1.push(r.to_result().expect("sample record"));
+        per_agent
+            .entry(r.agent_id.clone())
+            .or_insert_with(|| (r.region.clone(), Vec::new()))
+            .1
+            .push(r.to_result().expect("sample record"));
     }
 
     let mut collector = CollectorProc::start(dir.path(), None, "max_batch = 100");
@@ -84,13 +91,19 @@ fn live_equals_replay(sample_name: &str) {
     assert_eq!(collector.proc.terminate(), Some(0), "{}", collector.proc.log());
 
     let stored = dir.path().join("stored.jsonl");
-    let out = run(&bin("blockwatch-collector"), &["export", "--data-dir", collector.data_dir.to_str().unwrap(), "--output", stored.to_str().unwrap()]);
+    let out = run(
+        &bin("blockwatch-collector"),
+        &["export", "--data-dir", collector.data_dir.to_str().unwrap(), "--output", stored.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let exported = std::fs::read_to_string(&stored).unwrap();
     assert_eq!(exported.lines().count(), seen.len(), "every distinct result stored once");
 
     let replayed = dir.path().join("replayed.events.jsonl");
-    let out = run(&bin("blockwatch-collector"), &["replay", "--input", stored.to_str().unwrap(), "--output", replayed.to_str().unwrap()]);
+    let out = run(
+        &bin("blockwatch-collector"),
+        &["replay", "--input", stored.to_str().unwrap(), "--output", replayed.to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let replayed: Vec<String> = std::fs::read_to_string(&replayed).unwrap().lines().map(normalise).collect();
 

@@ -9,7 +9,15 @@ use blockwatch_tests::fake_collector::{AckMode, FakeCollector, rss_kib};
 use blockwatch_tests::provider::Provider;
 use blockwatch_tests::*;
 
-fn agent_toml(id: &str, region: &str, collector: SocketAddr, provider: &Provider, dir: &Path, source: &str, targets: usize) -> String {
+fn agent_toml(
+    id: &str,
+    region: &str,
+    collector: SocketAddr,
+    provider: &Provider,
+    dir: &Path,
+    source: &str,
+    targets: usize,
+) -> String {
     let mut s = format!(
         "agent_id = \"{id}\"\nregion = \"{region}\"\ncollector = \"http://{collector}\"\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
          source_address = \"{source}\"\nspool_dir = \"{}\"\nca_file = \"{}\"\n[confirm]\ncount = 0\n",
@@ -75,7 +83,8 @@ fn silent_or_slow_collector_keeps_the_agent_bounded() {
         let dir = tempfile::tempdir().unwrap();
         let provider = Provider::start(dir.path());
         let fake = FakeCollector::start(mode, None);
-        let mut agent = start_agent(dir.path(), "m-1", &agent_toml("m-1", "eu", fake.addr, &provider, dir.path(), "127.0.0.2", 30));
+        let mut agent =
+            start_agent(dir.path(), "m-1", &agent_toml("m-1", "eu", fake.addr, &provider, dir.path(), "127.0.0.2", 30));
         let pid = agent.child.id();
         std::thread::sleep(Duration::from_secs(5));
         let early = rss_kib(pid);
@@ -102,7 +111,10 @@ fn central_plan_reaches_three_regions_and_changes_without_restart() {
     let plan = |targets: &[&str]| {
         let mut s = String::from("[plan]\ninterval = \"1s\"\n");
         for t in targets {
-            s.push_str(&format!("[[plan.target]]\nid = \"{t}\"\nurl = \"{}\"\nprovider = \"openai\"\n", provider.url_at(&format!("/{t}/v1/models"))));
+            s.push_str(&format!(
+                "[[plan.target]]\nid = \"{t}\"\nurl = \"{}\"\nprovider = \"openai\"\n",
+                provider.url_at(&format!("/{t}/v1/models"))
+            ));
         }
         s
     };
@@ -117,18 +129,32 @@ fn central_plan_reaches_three_regions_and_changes_without_restart() {
         cfg.push_str(&format!("[[target]]\nid = \"plan-a\"\nurl = \"{}\"\nlocal = true\n", provider.url_at("/unused")));
         agents.push(start_agent(dir.path(), &id, &cfg));
     }
-    let saw = |path: &str, ip: &str| provider.seen.lock().unwrap().iter().any(|(a, p)| p == path && a.to_string() == ip);
+    let saw =
+        |path: &str, ip: &str| provider.seen.lock().unwrap().iter().any(|(a, p)| p == path && a.to_string() == ip);
     wait_for("every region to probe plan-a", Duration::from_secs(30), || {
         ["127.0.0.2", "127.0.0.3", "127.0.0.4"].iter().all(|ip| saw("/plan-a/v1/models", ip)).then_some(())
     });
-    std::fs::write(&collector.config, format!("listen = \"{}\"\ndata_dir = \"{}\"\n{}", collector.addr, collector.data_dir.display(), plan(&["plan-a", "plan-b"]))).unwrap();
+    std::fs::write(
+        &collector.config,
+        format!(
+            "listen = \"{}\"\ndata_dir = \"{}\"\n{}",
+            collector.addr,
+            collector.data_dir.display(),
+            plan(&["plan-a", "plan-b"])
+        ),
+    )
+    .unwrap();
     let _ = std::process::Command::new("kill").args(["-HUP", &collector.proc.child.id().to_string()]).status();
     wait_for("every region to probe plan-b", Duration::from_secs(30), || {
         ["127.0.0.2", "127.0.0.3", "127.0.0.4"].iter().all(|ip| saw("/plan-b/v1/models", ip)).then_some(())
     });
     // Without a [plan] the agents go back to their own targets.
     provider.seen.lock().unwrap().clear();
-    std::fs::write(&collector.config, format!("listen = \"{}\"\ndata_dir = \"{}\"\n", collector.addr, collector.data_dir.display())).unwrap();
+    std::fs::write(
+        &collector.config,
+        format!("listen = \"{}\"\ndata_dir = \"{}\"\n", collector.addr, collector.data_dir.display()),
+    )
+    .unwrap();
     let _ = std::process::Command::new("kill").args(["-HUP", &collector.proc.child.id().to_string()]).status();
     wait_for("every region to probe its local target again", Duration::from_secs(30), || {
         ["127.0.0.2", "127.0.0.3", "127.0.0.4"].iter().all(|ip| saw("/t0/v1/models", ip)).then_some(())
@@ -162,8 +188,11 @@ fn agent_refuses_a_bad_plan_and_keeps_its_own() {
         targets: vec![PlanTarget { id: "evil".into(), url: "http://plain.example/".into(), ..Default::default() }],
     };
     let fake = FakeCollector::start(AckMode::After(Duration::from_millis(10)), Some(bad));
-    let mut agent = start_agent(dir.path(), "p-1", &agent_toml("p-1", "eu", fake.addr, &provider, dir.path(), "127.0.0.2", 1));
-    wait_for("the plan to be refused", Duration::from_secs(20), || agent.log().contains("refused plan from collector").then_some(()));
+    let mut agent =
+        start_agent(dir.path(), "p-1", &agent_toml("p-1", "eu", fake.addr, &provider, dir.path(), "127.0.0.2", 1));
+    wait_for("the plan to be refused", Duration::from_secs(20), || {
+        agent.log().contains("refused plan from collector").then_some(())
+    });
     let log = agent.log();
     assert!(log.contains("interval 0s0ns is outside 1s..=24h"), "{log}");
     assert!(log.contains("must start with https://"), "{log}");
@@ -178,13 +207,19 @@ fn a_suspected_block_makes_the_collector_ask_the_region_to_probe_now() {
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
     // The provider refuses hk's addresses from the start.
-    provider.blocked.lock().unwrap().extend(["127.0.0.2", "127.0.0.3"].map(|ip| ip.parse::<std::net::IpAddr>().unwrap()));
+    provider
+        .blocked
+        .lock()
+        .unwrap()
+        .extend(["127.0.0.2", "127.0.0.3"].map(|ip| ip.parse::<std::net::IpAddr>().unwrap()));
     let mut collector = CollectorProc::start(dir.path(), None, "");
     // hk-1 probes every second; hk-2 only every 10 minutes, so within this test it probes
     // only when asked. eu-1 is in another region and must not be asked.
     let fast = agent_toml("hk-1", "hk", collector.addr, &provider, dir.path(), "127.0.0.2", 1);
-    let slow = agent_toml("hk-2", "hk", collector.addr, &provider, dir.path(), "127.0.0.3", 1).replace("interval = \"1s\"", "interval = \"10m\"");
-    let other = agent_toml("eu-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.4", 1).replace("interval = \"1s\"", "interval = \"10m\"");
+    let slow = agent_toml("hk-2", "hk", collector.addr, &provider, dir.path(), "127.0.0.3", 1)
+        .replace("interval = \"1s\"", "interval = \"10m\"");
+    let other = agent_toml("eu-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.4", 1)
+        .replace("interval = \"1s\"", "interval = \"10m\"");
     let mut agents = vec![start_agent(dir.path(), "hk-2", &slow), start_agent(dir.path(), "eu-1", &other)];
     // Both slow agents connected before the fast one starts failing.
     wait_for("the slow agents to connect", Duration::from_secs(20), || {
@@ -193,7 +228,9 @@ fn a_suspected_block_makes_the_collector_ask_the_region_to_probe_now() {
         (v["hk-2"]["connected"] == true && v["eu-1"]["connected"] == true).then_some(())
     });
     agents.push(start_agent(dir.path(), "hk-1", &fast));
-    wait_for("hk-2 to probe on request", Duration::from_secs(30), || agents[0].log().contains("probe requested by the collector").then_some(()));
+    wait_for("hk-2 to probe on request", Duration::from_secs(30), || {
+        agents[0].log().contains("probe requested by the collector").then_some(())
+    });
     wait_for("the block to be detected", Duration::from_secs(30), || {
         let (_, body) = http_get(collector.api, "/v1/events?kind=block_started");
         body.contains("\"region\":\"hk\"").then_some(())
@@ -229,7 +266,9 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
     std::thread::sleep(Duration::from_secs(8));
     let up = blockwatch_proto::time::now();
     let mut collector = CollectorProc::start(dir.path(), Some(port), "");
-    wait_for("the agent to reconnect", Duration::from_secs(40), || agent.log().contains("connected to collector").then_some(()));
+    wait_for("the agent to reconnect", Duration::from_secs(40), || {
+        agent.log().contains("connected to collector").then_some(())
+    });
     // The backlog (10 a second since the start) drains at RATE less the 10 a second still made.
     let backlog = 10.0 * started.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs_f64(backlog / (RATE as f64 - 10.0) + 3.0));
@@ -270,7 +309,10 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
     assert!(!fresh_early.is_empty(), "no fresh result stored while the backlog drained ({drain_s:.1}s)");
     let worst = fresh_early.iter().map(|r| r.received_ms().unwrap() - r.started_ms().unwrap()).max().unwrap();
     assert!(worst < 3_000, "a fresh result waited {worst} ms during catch-up");
-    println!("backlog {} drained in {drain_s:.1}s at upload_rate {RATE}; busiest second {busiest}; fresh results waited at most {worst} ms", backlog.len());
+    println!(
+        "backlog {} drained in {drain_s:.1}s at upload_rate {RATE}; busiest second {busiest}; fresh results waited at most {worst} ms",
+        backlog.len()
+    );
 }
 
 #[test]
@@ -278,7 +320,8 @@ fn an_agent_that_stops_talking_is_marked_silent_and_back() {
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
     let collector = CollectorProc::start(dir.path(), None, "heartbeat_interval = \"1s\"");
-    let cfg = agent_toml("s-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.2", 1).replace("interval = \"1s\"", "interval = \"10m\"");
+    let cfg = agent_toml("s-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.2", 1)
+        .replace("interval = \"1s\"", "interval = \"10m\"");
     let agents = |f: &dyn Fn(&serde_json::Value) -> bool| {
         let (_, body) = http_get(collector.api, "/v1/agents");
         serde_json::from_str::<serde_json::Value>(&body).ok().filter(|v| f(&v["s-1"])).map(|_| ())

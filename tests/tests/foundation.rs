@@ -45,19 +45,27 @@ fn results_are_stored_once_survive_restart_and_export() {
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
     let mut collector = CollectorProc::start(dir.path(), None, "");
-    let mut agent = start_agent(dir.path(), "eu-1", &agent_toml("eu-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.2"));
+    let mut agent =
+        start_agent(dir.path(), "eu-1", &agent_toml("eu-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.2"));
 
-    wait_for("agent to register", Duration::from_secs(20), || collector.proc.log().contains("agent registered").then_some(()));
+    wait_for("agent to register", Duration::from_secs(20), || {
+        collector.proc.log().contains("agent registered").then_some(())
+    });
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(collector.proc.terminate(), Some(0), "collector log:\n{}", collector.proc.log());
     let first = export(&collector.data_dir);
     assert!(first.len() >= 2, "only {} results after 3s", first.len());
-    assert!(first.iter().filter(|r| !r.control).all(|r| r.outcome == "ok" && r.http_status == 401 && r.region == "eu"), "{first:?}");
+    assert!(
+        first.iter().filter(|r| !r.control).all(|r| r.outcome == "ok" && r.http_status == 401 && r.region == "eu"),
+        "{first:?}"
+    );
 
     // While the collector is down the agent keeps probing into its spool.
     std::thread::sleep(Duration::from_secs(2));
     let mut collector = CollectorProc::start(dir.path(), Some(collector.addr.port()), "");
-    wait_for("agent to re-register", Duration::from_secs(40), || collector.proc.log().contains("agent registered").then_some(()));
+    wait_for("agent to re-register", Duration::from_secs(40), || {
+        collector.proc.log().contains("agent registered").then_some(())
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
     assert_eq!(collector.proc.terminate(), Some(0));
@@ -85,7 +93,8 @@ fn agent_spools_while_the_collector_is_down() {
     let provider = Provider::start(dir.path());
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut agent = start_agent(dir.path(), "hk-1", &agent_toml("hk-1", "hk", addr, &provider, dir.path(), "127.0.0.3"));
+    let mut agent =
+        start_agent(dir.path(), "hk-1", &agent_toml("hk-1", "hk", addr, &provider, dir.path(), "127.0.0.3"));
     wait_for("agent to report the collector down", Duration::from_secs(20), || {
         agent.log().contains("cannot reach collector").then_some(())
     });
@@ -94,7 +103,9 @@ fn agent_spools_while_the_collector_is_down() {
     assert!(!agent.log().contains("panicked"));
 
     let mut collector = CollectorProc::start(dir.path(), Some(port), "");
-    wait_for("agent to register", Duration::from_secs(40), || collector.proc.log().contains("agent registered").then_some(()));
+    wait_for("agent to register", Duration::from_secs(40), || {
+        collector.proc.log().contains("agent registered").then_some(())
+    });
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(agent.terminate(), Some(0));
     assert_eq!(collector.proc.terminate(), Some(0));
@@ -124,14 +135,26 @@ fn bad_configs_fail_with_clear_errors() {
     case("blockwatch-collector", &["serve", "--config"], Some("lisen = \"127.0.0.1:1\""), "lisen");
     case("blockwatch-collector", &["serve", "--config"], Some("max_batch = 0"), "max_batch");
     case("blockwatch-collector", &["serve", "--config"], None, "cannot read config");
-    case("blockwatch-agent", &["run", "--config"], Some("region = \"x\"\ncollector = \"http://127.0.0.1:1\""), "agent_id");
     case(
         "blockwatch-agent",
         &["run", "--config"],
-        Some("agent_id = \"a\"\nregion = \"r\"\ncollector = \"grpc://x\"\n[[target]]\nid = \"t\"\nurl = \"http://plain\""),
+        Some("region = \"x\"\ncollector = \"http://127.0.0.1:1\""),
+        "agent_id",
+    );
+    case(
+        "blockwatch-agent",
+        &["run", "--config"],
+        Some(
+            "agent_id = \"a\"\nregion = \"r\"\ncollector = \"grpc://x\"\n[[target]]\nid = \"t\"\nurl = \"http://plain\"",
+        ),
         "collector \"grpc://x\": must be an http:// or https:// URL; target[0] \"t\": url \"http://plain\": must start with https://",
     );
-    case("blockwatch-agent", &["check-config", "--config"], Some("agent_id = \"a\"\nregion = \"r\"\ncollector = \"http://x\"\ninterval = \"soon\""), "interval");
+    case(
+        "blockwatch-agent",
+        &["check-config", "--config"],
+        Some("agent_id = \"a\"\nregion = \"r\"\ncollector = \"http://x\"\ninterval = \"soon\""),
+        "interval",
+    );
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! The catalogue and the pure classifier, tested as data (no network).
 
-use blockwatch_proto::Outcome;
-use blockwatch_tests::faultkit::{Canned, canned};
 use blockwatch_agent::probe::classify::classify;
 use blockwatch_agent::probe::{Catalogue, LocationVisibility, Provider, ProviderConfig};
+use blockwatch_proto::Outcome;
+use blockwatch_tests::faultkit::{Canned, canned};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 fn verdict(id: &str, keyed: bool, c: Canned) -> (Outcome, String) {
@@ -20,8 +20,19 @@ fn verdict(id: &str, keyed: bool, c: Canned) -> (Outcome, String) {
 fn builtin_entries_pass_their_own_checks() {
     let cat = Catalogue::builtin();
     let ids: Vec<&str> = cat.iter().map(|p| p.id()).collect();
-    for want in ["openai", "anthropic", "gemini", "azure-openai", "mistral", "deepseek", "moonshot", "zhipu",
-                 "dashscope", "bedrock", "generic"] {
+    for want in [
+        "openai",
+        "anthropic",
+        "gemini",
+        "azure-openai",
+        "mistral",
+        "deepseek",
+        "moonshot",
+        "zhipu",
+        "dashscope",
+        "bedrock",
+        "generic",
+    ] {
         assert!(ids.contains(&want), "{want} missing from {ids:?}");
     }
     for p in cat.iter() {
@@ -89,7 +100,10 @@ fn answers_classify_per_provider() {
     assert_eq!(verdict("bedrock", false, canned::bedrock_geo_blocked()).0, Outcome::HttpGeoBlocked);
     assert_eq!(verdict("openai", true, canned::openai_reachable()).0, Outcome::HttpAuthFailed);
     // Edge pages: Cloudflare's refusal is the edge's, its 502 only a server error.
-    assert_eq!(verdict("anthropic", false, canned::cloudflare_1020()), (Outcome::HttpEdgeBlocked, "cloudflare_1020".into()));
+    assert_eq!(
+        verdict("anthropic", false, canned::cloudflare_1020()),
+        (Outcome::HttpEdgeBlocked, "cloudflare_1020".into())
+    );
     assert_eq!(verdict("generic", false, canned::cloudflare_1020()).0, Outcome::HttpEdgeBlocked);
     assert_eq!(verdict("generic", false, canned::cloudflare_502()).0, Outcome::HttpServerError);
     // The generic provider: any origin answer but 429/5xx is reachable.

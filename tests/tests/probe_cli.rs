@@ -20,8 +20,9 @@ struct Run {
 
 impl Run {
     fn json(&self) -> serde_json::Map<String, Value> {
-        let v: Value = serde_json::from_str(self.stdout.trim())
-            .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {}\nstderr: {}", self.stdout, self.stderr));
+        let v: Value = serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| {
+            panic!("stdout is not one JSON object ({e}): {}\nstderr: {}", self.stdout, self.stderr)
+        });
         v.as_object().cloned().expect("a JSON object")
     }
 }
@@ -64,8 +65,18 @@ fn args(list: &[&str]) -> Vec<String> {
 }
 
 /// The trace format's fields, plus `failure` which the command always prints.
-const FORMAT_FIELDS: &[&str] =
-    &["probe_id", "agent_id", "region", "target", "started_at", "outcome", "http_status", "provider_code", "duration_ms", "failure"];
+const FORMAT_FIELDS: &[&str] = &[
+    "probe_id",
+    "agent_id",
+    "region",
+    "target",
+    "started_at",
+    "outcome",
+    "http_status",
+    "provider_code",
+    "duration_ms",
+    "failure",
+];
 
 fn has_ms(j: &serde_json::Map<String, Value>, field: &str) -> bool {
     j.get(field).and_then(Value::as_f64).is_some_and(|ms| ms > 0.0)
@@ -77,7 +88,11 @@ async fn reachable_openai_is_exit_0_with_the_format_fields() {
     let dir = tempfile::tempdir().unwrap();
     let srv = serve(pki.server_config(NAMES).unwrap(), canned::openai_reachable()).await;
     let url = srv.url("127.0.0.1", "/v1/models");
-    let run = probe(args(&[&url, "--provider", "openai", "--ca", &ca_file(dir.path(), &pki), "--json"]), &[("BLOCKWATCH_REGION", "eu-test")]).await;
+    let run = probe(
+        args(&[&url, "--provider", "openai", "--ca", &ca_file(dir.path(), &pki), "--json"]),
+        &[("BLOCKWATCH_REGION", "eu-test")],
+    )
+    .await;
     assert_eq!(run.code, Some(0), "stdout: {}\nstderr: {}", run.stdout, run.stderr);
     let j = run.json();
     for field in FORMAT_FIELDS {
@@ -106,7 +121,18 @@ async fn geo_blocked_is_exit_1_with_the_provider_code() {
     let srv = serve(pki.server_config(NAMES).unwrap(), canned::openai_geo_blocked()).await;
     let url = srv.url("127.0.0.1", "/v1/models");
     let run = probe(
-        args(&[&url, "--provider", "openai", "--ca", &ca_file(dir.path(), &pki), "--json", "--agent-id", "hk-1", "--region", "hk"]),
+        args(&[
+            &url,
+            "--provider",
+            "openai",
+            "--ca",
+            &ca_file(dir.path(), &pki),
+            "--json",
+            "--agent-id",
+            "hk-1",
+            "--region",
+            "hk",
+        ]),
         &[],
     )
     .await;
@@ -158,7 +184,8 @@ async fn text_output_shows_every_phase() {
     let run = probe(args(&[&url, "--provider", "openai", "--ca", &ca_file(dir.path(), &pki)]), &[]).await;
     assert_eq!(run.code, Some(0), "stderr: {}", run.stderr);
     let out = &run.stdout;
-    let line = |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} line:\n{out}"));
+    let line =
+        |name: &str| out.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("no {name} line:\n{out}"));
     assert_eq!(line("dns "), "dns         -", "DNS did not run for an IP literal");
     assert!(line("connect ").contains(&format!("-> {}", srv.addr())), "{out}");
     assert!(line("tls ").ends_with(" ms"), "{out}");
@@ -198,19 +225,26 @@ async fn catalogue_file_and_credential_env() {
     .unwrap();
     let catalogue = dir.path().join("catalogue.toml");
     std::fs::write(&catalogue, ACME).unwrap();
-    let (url, ca, cat) = (srv.url("127.0.0.1", "/v1/models"), ca_file(dir.path(), &pki), catalogue.display().to_string());
+    let (url, ca, cat) =
+        (srv.url("127.0.0.1", "/v1/models"), ca_file(dir.path(), &pki), catalogue.display().to_string());
     let base = [url.as_str(), "--provider", "acme", "--ca", &ca, "--catalogue", &cat, "--json"];
 
     let run = probe(args(&base), &[]).await;
     let j = run.json();
-    assert_eq!((&j["outcome"], &j["provider_code"]), (&Value::from("http_geo_blocked"), &Value::from("region_blocked")));
+    assert_eq!(
+        (&j["outcome"], &j["provider_code"]),
+        (&Value::from("http_geo_blocked"), &Value::from("region_blocked"))
+    );
     assert_eq!(j["keyed"], false);
 
     let keyed: Vec<&str> = base.iter().copied().chain(["--credential-env", "ACME_TEST_KEY"]).collect();
     let run = probe(args(&keyed), &[("ACME_TEST_KEY", "sk-acme-secret")]).await;
     assert_eq!(run.code, Some(0), "stdout: {}\nstderr: {}", run.stdout, run.stderr);
     let j = run.json();
-    assert_eq!((&j["outcome"], &j["http_status"], &j["keyed"]), (&Value::from("ok"), &Value::from(200), &Value::from(true)));
+    assert_eq!(
+        (&j["outcome"], &j["http_status"], &j["keyed"]),
+        (&Value::from("ok"), &Value::from(200), &Value::from(true))
+    );
     assert!(!run.stdout.contains("sk-acme") && !run.stderr.contains("sk-acme"), "the key is never printed");
 
     let run = probe(args(&keyed), &[("ACME_TEST_KEY", "sk-revoked")]).await;
@@ -219,7 +253,11 @@ async fn catalogue_file_and_credential_env() {
 
     let run = probe(args(&keyed), &[]).await;
     assert_eq!(run.code, Some(2));
-    assert!(run.stderr.contains("--credential-env ACME_TEST_KEY: environment variable ACME_TEST_KEY is not set"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("--credential-env ACME_TEST_KEY: environment variable ACME_TEST_KEY is not set"),
+        "{}",
+        run.stderr
+    );
 
     std::fs::write(&catalogue, ACME.replace("reachable =", "rechable =")).unwrap();
     let run = probe(args(&base), &[]).await;

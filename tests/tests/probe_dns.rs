@@ -6,9 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use blockwatch_agent::probe::{Engine, EngineConfig, ProbeReport};
 use blockwatch_proto::Outcome;
 use blockwatch_tests::faultkit::{self, DnsAnswer, FaultServer, TestPki, canned};
-use blockwatch_agent::probe::{Engine, EngineConfig, ProbeReport};
 use common::*;
 use tokio::net::TcpListener;
 

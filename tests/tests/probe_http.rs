@@ -6,10 +6,10 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
+use blockwatch_agent::probe::{Catalogue, Credential, ProbeReport, Provider};
 use blockwatch_proto::Outcome;
 use blockwatch_proto::v1::ProbeResult;
 use blockwatch_tests::faultkit::{self, Canned, FaultServer, TestPki, canned};
-use blockwatch_agent::probe::{Catalogue, Credential, ProbeReport, Provider};
 use common::*;
 use tokio::net::TcpListener;
 
@@ -83,7 +83,8 @@ async fn edge_headers_and_fill() {
 #[tokio::test]
 async fn body_is_capped() {
     let pki = TestPki::new().unwrap();
-    let big = format!(r#"{{"error":{{"code":"unsupported_country_region_territory","pad":"{}"}}}}"#, "x".repeat(200_000));
+    let big =
+        format!(r#"{{"error":{{"code":"unsupported_country_region_territory","pad":"{}"}}}}"#, "x".repeat(200_000));
     let srv = serve(&pki, Canned::json(403, &big)).await;
     let eng = blockwatch_agent::probe::Engine::new(blockwatch_agent::probe::EngineConfig {
         extra_ca_pem: Some(pki.ca_pem().to_vec()),
@@ -159,7 +160,9 @@ async fn blocking_by_source_address() {
     .unwrap();
     let eng = engine(&pki, vec![]);
     let url = srv.url("127.0.0.1", "/v1/models");
-    for (src, outcome) in [(Ipv4Addr::new(127, 0, 0, 2), Outcome::Ok), (Ipv4Addr::new(127, 0, 0, 3), Outcome::HttpGeoBlocked)] {
+    for (src, outcome) in
+        [(Ipv4Addr::new(127, 0, 0, 2), Outcome::Ok), (Ipv4Addr::new(127, 0, 0, 3), Outcome::HttpGeoBlocked)]
+    {
         let mut s = spec(url.clone(), provider("openai"), QUICK);
         s.source_address = Some(IpAddr::V4(src));
         assert_eq!(eng.probe(&s).await.outcome, outcome, "from {src}");

@@ -101,7 +101,8 @@ async fn unusable_source_address_is_agent_error() {
 async fn source_address_is_used() {
     let pki = TestPki::new().unwrap();
     let listener = TcpListener::bind((LO, 0)).await.unwrap();
-    let srv = faultkit::serve_https(listener, pki.server_config(NAMES).unwrap(), |_, _| canned::openai_reachable()).unwrap();
+    let srv =
+        faultkit::serve_https(listener, pki.server_config(NAMES).unwrap(), |_, _| canned::openai_reachable()).unwrap();
     let mut s = spec(srv.url("127.0.0.1", "/v1/models"), provider("openai"), QUICK);
     s.source_address = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7)));
     let rep = engine(&pki, vec![]).probe(&s).await;

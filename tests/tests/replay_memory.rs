@@ -33,7 +33,8 @@ fn replay_memory_does_not_grow_with_trace_length() {
     let mut input = child.stdin.take().expect("stdin");
     // Day k of August: the same fleet and targets, later in time, with fresh probe ids.
     let copy = |k: u32| {
-        text.replace("2024-07-24T", &format!("2024-08-{k:02}T")).replace("\"probe_id\":\"", &format!("\"probe_id\":\"d{k}-"))
+        text.replace("2024-07-24T", &format!("2024-08-{k:02}T"))
+            .replace("\"probe_id\":\"", &format!("\"probe_id\":\"d{k}-"))
     };
     input.write_all(copy(1).as_bytes()).expect("feed");
     input.flush().unwrap();
@@ -48,6 +49,9 @@ fn replay_memory_does_not_grow_with_trace_length() {
     drop(input);
     let out = child.wait_with_output().expect("replay ends");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    println!("peak RSS after 1 copy {after_one} KiB, after 8 copies {after_eight} KiB ({} lines each)", text.lines().count());
+    println!(
+        "peak RSS after 1 copy {after_one} KiB, after 8 copies {after_eight} KiB ({} lines each)",
+        text.lines().count()
+    );
     assert!(after_eight <= after_one + 1024, "replay grew from {after_one} KiB to {after_eight} KiB over 8x the trace");
 }

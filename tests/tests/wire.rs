@@ -56,7 +56,11 @@ fn collector_answers_bad_peers_precisely() {
             AgentMessage {
                 kind: Some(agent_message::Kind::Batch(ResultBatch {
                     batch_id: 1,
-                    results: vec![result("known/1/1", "known", ok), result("known/1/2", "known", 999), result("known/1/3", "other", ok)],
+                    results: vec![
+                        result("known/1/1", "known", ok),
+                        result("known/1/2", "known", 999),
+                        result("known/1/3", "other", ok),
+                    ],
                 })),
             },
             AgentMessage {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::catalogue::{AuthStyle, GeoSignature, LocationVisibility, ProviderConfig, GENERIC};
+use super::catalogue::{AuthStyle, GENERIC, GeoSignature, LocationVisibility, ProviderConfig};
 
 fn entry(id: &str, hosts: &[&str], endpoint: &str, reachable: &[u16], auth: AuthStyle) -> ProviderConfig {
     ProviderConfig {
@@ -38,16 +38,14 @@ fn geo(status: u16, code: Option<&str>, body_contains: &[&str], provider_code: &
 pub(crate) fn generic() -> ProviderConfig {
     let mut reachable: Vec<u16> = (200..400).collect();
     reachable.extend([401, 403, 404, 405]);
-    ProviderConfig {
-        reachable_keyed: reachable.clone(),
-        ..entry(GENERIC, &[], "/", &reachable, AuthStyle::Bearer)
-    }
+    ProviderConfig { reachable_keyed: reachable.clone(), ..entry(GENERIC, &[], "/", &reachable, AuthStyle::Bearer) }
 }
 
 /// Every built-in entry, `generic` included.
 pub(crate) fn providers() -> Vec<ProviderConfig> {
     let mut openai = entry("openai", &["api.openai.com"], "/v1/models", &[401], AuthStyle::Bearer);
-    openai.geo = vec![geo(403, Some("unsupported_country_region_territory"), &[], "unsupported_country_region_territory")];
+    openai.geo =
+        vec![geo(403, Some("unsupported_country_region_territory"), &[], "unsupported_country_region_territory")];
 
     let mut anthropic = entry("anthropic", &["api.anthropic.com"], "/v1/models", &[401], AuthStyle::XApiKey);
     anthropic.geo = vec![geo(403, Some("forbidden"), &["Request not allowed"], "forbidden")];
@@ -55,14 +53,10 @@ pub(crate) fn providers() -> Vec<ProviderConfig> {
 
     // Without a key Gemini answers 403 PERMISSION_DENIED everywhere; the location check only
     // happens for a keyed request, which then gets 400 FAILED_PRECONDITION.
-    let mut gemini = entry(
-        "gemini",
-        &["generativelanguage.googleapis.com"],
-        "/v1beta/models",
-        &[403],
-        AuthStyle::XGoogApiKey,
-    );
-    gemini.geo = vec![geo(400, Some("FAILED_PRECONDITION"), &["User location is not supported"], "FAILED_PRECONDITION")];
+    let mut gemini =
+        entry("gemini", &["generativelanguage.googleapis.com"], "/v1beta/models", &[403], AuthStyle::XGoogApiKey);
+    gemini.geo =
+        vec![geo(400, Some("FAILED_PRECONDITION"), &["User location is not supported"], "FAILED_PRECONDITION")];
     gemini.location_visibility = LocationVisibility::Keyed;
 
     let azure = entry(

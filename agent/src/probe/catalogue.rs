@@ -120,7 +120,8 @@ impl Provider {
         if !config.endpoint.starts_with('/') {
             return Err(bad(format!("endpoint {:?} must start with /", config.endpoint)));
         }
-        let statuses = config.reachable.iter().chain(&config.reachable_keyed).chain(config.geo.iter().map(|g| &g.status));
+        let statuses =
+            config.reachable.iter().chain(&config.reachable_keyed).chain(config.geo.iter().map(|g| &g.status));
         if let Some(s) = statuses.into_iter().find(|s| !(100..=599).contains(*s)) {
             return Err(bad(format!("status {s} is not an HTTP status")));
         }

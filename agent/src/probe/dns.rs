@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use blockwatch_proto::Outcome;
 use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
@@ -142,8 +140,21 @@ mod tests {
 
     #[test]
     fn bogons() {
-        for b in ["10.1.2.3", "127.0.0.1", "169.254.1.1", "192.168.0.1", "100.64.0.1", "0.0.0.0",
-                  "198.18.0.1", "240.0.0.1", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "2001:db8::1"] {
+        for b in [
+            "10.1.2.3",
+            "127.0.0.1",
+            "169.254.1.1",
+            "192.168.0.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "2001:db8::1",
+        ] {
             assert!(is_bogon(b.parse().unwrap()), "{b}");
         }
         for g in ["8.8.8.8", "104.18.1.1", "2606:4700::1111", "2a00:1450::1"] {

@@ -59,10 +59,9 @@ pub async fn lookup(engine: &Engine, spec: &ProbeSpec) -> Result<IpAddr, EgressE
         return Err(EgressError::Status { url: url(), status });
     }
     let text = String::from_utf8_lossy(&body);
-    text.trim().parse().map_err(|_| EgressError::NotAnAddress {
-        url: url(),
-        answer: text.chars().take(SHOWN).collect(),
-    })
+    text.trim()
+        .parse()
+        .map_err(|_| EgressError::NotAnAddress { url: url(), answer: text.chars().take(SHOWN).collect() })
 }
 
 /// Keeps `tx` holding the egress address until `stop`: looked up now, again every `every`,

@@ -66,11 +66,7 @@ pub struct Failure {
 impl Failure {
     /// A failure with the given outcome, OONI string and detail.
     pub fn new(outcome: Outcome, failure: &str, detail: impl Into<String>) -> Failure {
-        Failure {
-            outcome,
-            failure: failure.to_string(),
-            detail: detail.into(),
-        }
+        Failure { outcome, failure: failure.to_string(), detail: detail.into() }
     }
 
     /// A phase timer expired.
@@ -121,10 +117,8 @@ pub fn find_cause<'a, T: StdError + 'static>(e: &'a (dyn StdError + 'static)) ->
             return Some(t);
         }
         // An io::Error wrapping a custom error exposes it through get_ref(), not source().
-        let inner = err
-            .downcast_ref::<io::Error>()
-            .and_then(|io| io.get_ref())
-            .map(|inner| inner as &(dyn StdError + 'static));
+        let inner =
+            err.downcast_ref::<io::Error>().and_then(|io| io.get_ref()).map(|inner| inner as &(dyn StdError + 'static));
         cur = inner.or_else(|| err.source());
     }
     None

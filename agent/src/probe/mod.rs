@@ -30,9 +30,7 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::time::Instant;
 
-pub use catalogue::{
-    AuthStyle, Catalogue, CatalogueError, GeoSignature, LocationVisibility, Provider, ProviderConfig,
-};
+pub use catalogue::{AuthStyle, Catalogue, CatalogueError, GeoSignature, LocationVisibility, Provider, ProviderConfig};
 pub use credential::{Credential, CredentialError};
 pub use dns::is_bogon;
 pub use failure::{Failure, ooni};
@@ -214,7 +212,11 @@ impl Engine {
     pub async fn fetch(&self, spec: &ProbeSpec) -> Result<(u16, Bytes), Failure> {
         let target = parse_url(&spec.url)?;
         if target.scheme != Scheme::Https {
-            return Err(Failure::new(Outcome::AgentError, f::UNKNOWN, format!("fetch {:?}: not an https:// URL", spec.url)));
+            return Err(Failure::new(
+                Outcome::AgentError,
+                f::UNKNOWN,
+                format!("fetch {:?}: not an https:// URL", spec.url),
+            ));
         }
         let mut rep = ProbeReport::new(spec.provider.id());
         let answer = self.phases(spec, &target, None, Instant::now() + spec.timeout, &mut rep).await?;
@@ -265,7 +267,9 @@ impl Engine {
             Ok(ip) => vec![ip],
             Err(_) => {
                 let t = Instant::now();
-                let res = dns::resolve(&self.inner.resolver, &target.host, deadline, spec.allow_private, &self.inner.poison).await;
+                let res =
+                    dns::resolve(&self.inner.resolver, &target.host, deadline, spec.allow_private, &self.inner.poison)
+                        .await;
                 rep.durations.dns_us = micros(t.elapsed());
                 match res {
                     Ok(addrs) => {
@@ -281,9 +285,12 @@ impl Engine {
         };
         // Connect to the first address of the source address's family (IPv4 when unbound).
         let want_v6 = spec.source_address.is_some_and(|s| s.is_ipv6());
-        let ip = addrs.iter().find(|a| a.is_ipv6() == want_v6).or(addrs.first()).copied().ok_or_else(|| {
-            Failure::new(Outcome::DnsNoAnswer, f::DNS_NO_ANSWER, "no address to connect to")
-        })?;
+        let ip = addrs
+            .iter()
+            .find(|a| a.is_ipv6() == want_v6)
+            .or(addrs.first())
+            .copied()
+            .ok_or_else(|| Failure::new(Outcome::DnsNoAnswer, f::DNS_NO_ANSWER, "no address to connect to"))?;
         let peer = SocketAddr::new(ip, target.port);
 
         let t = Instant::now();
@@ -296,8 +303,9 @@ impl Engine {
             return Ok(None);
         }
 
-        let name = ServerName::try_from(target.host.clone())
-            .map_err(|e| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("server name {:?}: {e}", target.host)))?;
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| {
+            Failure::new(Outcome::AgentError, f::UNKNOWN, format!("server name {:?}: {e}", target.host))
+        })?;
         let t = Instant::now();
         let res = tls::handshake(self.inner.tls.clone(), name, tcp, deadline).await;
         rep.durations.tls_us = micros(t.elapsed());
@@ -340,6 +348,5 @@ fn build_request(
         let (name, value) = c.header(provider.config().auth);
         b = b.header(name, value);
     }
-    b.body(Empty::new())
-        .map_err(|e| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("building request: {e}")))
+    b.body(Empty::new()).map_err(|e| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("building request: {e}")))
 }

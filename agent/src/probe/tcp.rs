@@ -12,11 +12,7 @@ use super::failure::{Failure, IoKind, classify_io, ooni};
 ///
 /// A failure to set up the local socket (wrong family, an address this host does not have) is
 /// the agent's fault, not the network's, so it becomes `agent_error`.
-pub(crate) async fn connect(
-    peer: SocketAddr,
-    source: Option<IpAddr>,
-    deadline: Instant,
-) -> Result<TcpStream, Failure> {
+pub(crate) async fn connect(peer: SocketAddr, source: Option<IpAddr>, deadline: Instant) -> Result<TcpStream, Failure> {
     let agent = |what: &str, e: std::io::Error| {
         let (_, failure) = classify_io(&e);
         Failure::new(Outcome::AgentError, failure, format!("{what}: {e}"))
@@ -34,9 +30,7 @@ pub(crate) async fn connect(
                 format!("source address {src} and peer {peer} are of different families"),
             ));
         }
-        socket
-            .bind(SocketAddr::new(src, 0))
-            .map_err(|e| agent(&format!("binding source address {src}"), e))?;
+        socket.bind(SocketAddr::new(src, 0)).map_err(|e| agent(&format!("binding source address {src}"), e))?;
     }
     match timeout_at(deadline, socket.connect(peer)).await {
         Err(_) => Err(Failure::timeout(Outcome::TcpTimeout, "connect")),

@@ -152,17 +152,11 @@ fn classify_rustls(e: &rustls::Error) -> Failure {
             };
             Failure::new(Outcome::TlsCertInvalid, failure, format!("{why}: {e}"))
         }
-        rustls::Error::AlertReceived(alert) => Failure::new(
-            Outcome::TlsAlert,
-            ooni::SSL_FAILED_HANDSHAKE,
-            format!("alert received: {alert:?}"),
-        ),
+        rustls::Error::AlertReceived(alert) => {
+            Failure::new(Outcome::TlsAlert, ooni::SSL_FAILED_HANDSHAKE, format!("alert received: {alert:?}"))
+        }
         // Anything else (garbage instead of a ServerHello, a protocol violation) is the peer
         // refusing a proper handshake; it is grouped with alerts.
-        other => Failure::new(
-            Outcome::TlsAlert,
-            ooni::SSL_FAILED_HANDSHAKE,
-            format!("handshake failed: {other}"),
-        ),
+        other => Failure::new(Outcome::TlsAlert, ooni::SSL_FAILED_HANDSHAKE, format!("handshake failed: {other}")),
     }
 }

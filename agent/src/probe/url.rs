@@ -78,7 +78,10 @@ mod tests {
     #[test]
     fn https_and_tcp_urls() {
         let u = parse("https://api.openai.com/v1/models").unwrap();
-        assert_eq!((u.scheme, u.host.as_str(), u.port, u.path.as_str()), (Scheme::Https, "api.openai.com", 443, "/v1/models"));
+        assert_eq!(
+            (u.scheme, u.host.as_str(), u.port, u.path.as_str()),
+            (Scheme::Https, "api.openai.com", 443, "/v1/models")
+        );
         let u = parse("tcp://[::1]:7400").unwrap();
         assert_eq!((u.scheme, u.host.as_str(), u.port), (Scheme::Tcp, "::1", 7400));
         assert!(parse("tcp://collector:7400/").is_ok());

@@ -22,9 +22,7 @@ pub fn run(input: &str, output: &str, config: Option<&Path>) -> anyhow::Result<(
     let writer: Box<dyn io::Write> = if output == "-" {
         Box::new(BufWriter::new(io::stdout().lock()))
     } else {
-        Box::new(BufWriter::new(
-            File::create(output).with_context(|| format!("cannot create {output}"))?,
-        ))
+        Box::new(BufWriter::new(File::create(output).with_context(|| format!("cannot create {output}"))?))
     };
     crate::replay::replay(reader, writer, detector).with_context(|| format!("replaying {input}"))?;
     Ok(())

@@ -41,7 +41,11 @@ pub struct DemoReport {
 }
 
 /// Runs the demo for `duration`, probing every `interval`, printing as it goes.
-pub async fn run(duration: Duration, interval: Duration, out: &mut (dyn std::io::Write + Send)) -> anyhow::Result<DemoReport> {
+pub async fn run(
+    duration: Duration,
+    interval: Duration,
+    out: &mut (dyn std::io::Write + Send),
+) -> anyhow::Result<DemoReport> {
     let work = tempfile_dir()?;
     let pki = LocalPki::generate(&["localhost", "127.0.0.1"])?;
     let ca_file = work.join("demo-ca.pem");
@@ -72,7 +76,11 @@ pub async fn run(duration: Duration, interval: Duration, out: &mut (dyn std::io:
     let mut results = collector.results.subscribe();
 
     writeln!(out, "blockwatch demo: everything below runs on this machine, on loopback.\n")?;
-    writeln!(out, "  collector        grpc://{}   events: curl http://{}/v1/events", collector.addr, collector.api_addr)?;
+    writeln!(
+        out,
+        "  collector        grpc://{}   events: curl http://{}/v1/events",
+        collector.addr, collector.api_addr
+    )?;
     writeln!(out, "  simulated OpenAI     https://{openai_addr}/v1/models  (keyless answer: 401 = reachable)")?;
     writeln!(out, "  simulated Anthropic  https://{anthropic_addr}/v1/models  (keyless answer: 401 = reachable)")?;
     let mut agents = Vec::new();
@@ -81,13 +89,32 @@ pub async fn run(duration: Duration, interval: Duration, out: &mut (dyn std::io:
             let id = format!("{region}-{}", i + 1);
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, *host));
             writeln!(out, "  agent {id:<12} region {region:<8} probes from {source}")?;
-            agents.push(Agent::start(agent_config(&id, region, source, &collector, &work, &ca_file, interval, [openai_addr, anthropic_addr])).await?);
+            agents.push(
+                Agent::start(agent_config(
+                    &id,
+                    region,
+                    source,
+                    &collector,
+                    &work,
+                    &ca_file,
+                    interval,
+                    [openai_addr, anthropic_addr],
+                ))
+                .await?,
+            );
         }
     }
     let block_at = duration / 3;
-    writeln!(out, "\nEvery agent probes both providers every {}. After {} the simulated OpenAI starts",
-        humantime::format_duration(interval), humantime::format_duration(block_at))?;
-    writeln!(out, "refusing region {BLOCKED_REGION:?} with its real 403 unsupported_country_region_territory answer.\n")?;
+    writeln!(
+        out,
+        "\nEvery agent probes both providers every {}. After {} the simulated OpenAI starts",
+        humantime::format_duration(interval),
+        humantime::format_duration(block_at)
+    )?;
+    writeln!(
+        out,
+        "refusing region {BLOCKED_REGION:?} with its real 403 unsupported_country_region_territory answer.\n"
+    )?;
 
     let mut report = DemoReport::default();
     let start = tokio::time::Instant::now();
@@ -220,19 +247,26 @@ fn print_event(out: &mut (dyn std::io::Write + Send), ev: &Event, began: Option<
     writeln!(out, "    onset (estimated change point)  {}", clock(ev.onset))?;
     writeln!(out, "    detected at                     {}", clock(ev.detected_at))?;
     if let Some(b) = began {
-        writeln!(out, "    block really began              {}  (onset error {:+.1}s, detected {:.1}s after)",
-            clock(b), (ev.onset - b) as f64 / 1000.0, (ev.detected_at - b) as f64 / 1000.0)?;
+        writeln!(
+            out,
+            "    block really began              {}  (onset error {:+.1}s, detected {:.1}s after)",
+            clock(b),
+            (ev.onset - b) as f64 / 1000.0,
+            (ev.detected_at - b) as f64 / 1000.0
+        )?;
     }
     writeln!(out, "    evidence                        {}\n", serde_json::to_string(&ev.evidence).unwrap_or_default())
 }
 
 fn summarize(out: &mut (dyn std::io::Write + Send), report: &DemoReport, interval: Duration) -> std::io::Result<()> {
     match (&report.detected, report.block_began) {
-        (Some(ev), Some(began)) => writeln!(out,
+        (Some(ev), Some(began)) => writeln!(
+            out,
             "Result: the block of openai in {BLOCKED_REGION} was detected {:.1}s ({:.1} probe intervals) after it began; {} false alarm(s).",
             (ev.detected_at - began) as f64 / 1000.0,
             (ev.detected_at - began) as f64 / interval.as_millis() as f64,
-            report.false_alarms.len()),
+            report.false_alarms.len()
+        ),
         _ => writeln!(out, "Result: the block was NOT detected in this run (try a longer --duration)."),
     }
 }

@@ -11,7 +11,8 @@ pub const OPENAI_401: &str = r#"{"error":{"message":"You didn't provide an API k
 /// OpenAI's refusal of the caller's location.
 pub const OPENAI_GEO_403: &str = r#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
 /// Anthropic's keyless answer.
-pub const ANTHROPIC_401: &str = r#"{"type":"error","error":{"type":"authentication_error","message":"x-api-key header is required"}}"#;
+pub const ANTHROPIC_401: &str =
+    r#"{"type":"error","error":{"type":"authentication_error","message":"x-api-key header is required"}}"#;
 
 /// OpenAI, refusing `blocked` source addresses once `blocking` is set.
 pub fn openai(blocking: Arc<AtomicBool>, blocked: Vec<IpAddr>) -> Handler {

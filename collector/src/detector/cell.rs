@@ -298,7 +298,8 @@ impl Detector {
             let threshold = self.cfg.lane_threshold;
             // A region the provider is answering with errors is in the same trouble.
             let split = self.split(oc, received, |lane| {
-                if (lane.flagged(threshold) && lane.f_start as f64 >= onset as f64 - window) || lane.provider_troubled() {
+                if (lane.flagged(threshold) && lane.f_start as f64 >= onset as f64 - window) || lane.provider_troubled()
+                {
                     Vote::Agree(lane.sf)
                 } else {
                     Vote::Dissent
@@ -417,11 +418,8 @@ impl Detector {
             .filter(|(_, n)| **n > 0)
             .max_by_key(|&(i, n)| (*n, std::cmp::Reverse(i)))
             .and_then(|(i, _)| Outcome::try_from(i as i32).ok());
-        let mut agents: Vec<String> = split
-            .agree
-            .iter()
-            .map(|&l| self.agent_names.name(self.lanes[l as usize].agent).to_string())
-            .collect();
+        let mut agents: Vec<String> =
+            split.agree.iter().map(|&l| self.agent_names.name(self.lanes[l as usize].agent).to_string()).collect();
         agents.sort();
         Evidence {
             agents,

@@ -345,7 +345,14 @@ impl Lane {
     /// For an onset of a `signed` run (geo refusals, forged answers), plain network failures
     /// are the agent's usual noise under either hypothesis and weigh nothing: a timeout just
     /// before a geo block is not its start.
-    pub(crate) fn change_point(&self, recovery: bool, signed: bool, llr: &Llr, since: Millis, max_gap_ms: f64) -> Option<ChangePoint> {
+    pub(crate) fn change_point(
+        &self,
+        recovery: bool,
+        signed: bool,
+        llr: &Llr,
+        since: Millis,
+        max_gap_ms: f64,
+    ) -> Option<ChangePoint> {
         let mut sum = 0.0;
         let mut best = 0.0;
         let mut best_i = None;

@@ -61,9 +61,7 @@ pub(crate) fn signature(o: Outcome) -> &'static str {
         | Outcome::TlsAlert
         | Outcome::TlsEof
         | Outcome::HttpReset => "rst",
-        Outcome::TcpTimeout | Outcome::TcpUnreachable | Outcome::TlsTimeout | Outcome::HttpTimeout => {
-            "blackhole"
-        }
+        Outcome::TcpTimeout | Outcome::TcpUnreachable | Outcome::TlsTimeout | Outcome::HttpTimeout => "blackhole",
         Outcome::DnsTimeout | Outcome::DnsServfail => "dns_timeout",
         _ => "other",
     }

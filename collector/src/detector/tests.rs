@@ -23,7 +23,12 @@ struct Rec {
 /// A fleet probing every target once per interval for `n` intervals, each (agent, target)
 /// at its own fixed offset; `f(region, agent number, target, k)` gives the outcome of the
 /// k-th probe. Results come back 400 ms after they start, in receive order.
-fn fleet(regions: &[(&str, usize)], targets: &[&str], n: i64, f: impl Fn(&str, usize, &str, i64) -> Outcome) -> Vec<Rec> {
+fn fleet(
+    regions: &[(&str, usize)],
+    targets: &[&str],
+    n: i64,
+    f: impl Fn(&str, usize, &str, i64) -> Outcome,
+) -> Vec<Rec> {
     let mut out = Vec::new();
     for (ri, (region, agents)) in regions.iter().enumerate() {
         for a in 0..*agents {
@@ -167,7 +172,11 @@ fn server_errors_and_rate_limits_are_not_blocks() {
         ("cn", "deepseek") if (40..80).contains(&k) => Outcome::HttpRateLimited,
         // A regional 5xx burst with a few timeouts among the errors.
         ("us", "openai") if (100..130).contains(&k) => {
-            if (k + a as i64) % 4 == 0 { Outcome::TcpTimeout } else { Outcome::HttpServerError }
+            if (k + a as i64) % 4 == 0 {
+                Outcome::TcpTimeout
+            } else {
+                Outcome::HttpServerError
+            }
         }
         _ => Outcome::Ok,
     });
@@ -215,7 +224,8 @@ fn flaky_agents_do_not_alarm() {
         };
         let x = noise(&[r.len() as u64, a as u64, t.len() as u64, k as u64, r.as_bytes()[0] as u64]);
         if x < rate {
-            [Outcome::TcpTimeout, Outcome::DnsTimeout, Outcome::TlsTimeout, Outcome::TcpReset][(x * 1000.0) as usize % 4]
+            [Outcome::TcpTimeout, Outcome::DnsTimeout, Outcome::TlsTimeout, Outcome::TcpReset]
+                [(x * 1000.0) as usize % 4]
         } else {
             Outcome::Ok
         }
@@ -308,9 +318,13 @@ fn re_sent_results_count_once_and_ancient_ones_are_stale() {
 #[test]
 fn replays_are_deterministic() {
     let recs = fleet(REGIONS, TARGETS, 200, |r, a, t, k| {
-        if r == "cn" && t == "openai" && k >= 90 { Outcome::TcpTimeout }
-        else if noise(&[a as u64, k as u64, t.len() as u64]) < 0.03 { Outcome::TcpReset }
-        else { Outcome::Ok }
+        if r == "cn" && t == "openai" && k >= 90 {
+            Outcome::TcpTimeout
+        } else if noise(&[a as u64, k as u64, t.len() as u64]) < 0.03 {
+            Outcome::TcpReset
+        } else {
+            Outcome::Ok
+        }
     });
     assert_eq!(run(&recs), run(&recs));
 }
@@ -367,9 +381,14 @@ fn suspected_blocks_ask_the_region_to_confirm_once_per_interval() {
     }
 
     // A lone network failure is noise: nobody is asked. Replay (no taker) collects nothing.
-    let recs = fleet(&[("hk", 3)], &["openai"], 30, |_, a, _, k| {
-        if a == 1 && k == 12 { Outcome::TcpTimeout } else { Outcome::Ok }
-    });
+    let recs = fleet(
+        &[("hk", 3)],
+        &["openai"],
+        30,
+        |_, a, _, k| {
+            if a == 1 && k == 12 { Outcome::TcpTimeout } else { Outcome::Ok }
+        },
+    );
     let mut d = Detector::new(DetectorConfig::default());
     d.request_confirmations();
     for r in &recs {

@@ -37,8 +37,8 @@ impl Detector {
                 control_down |= lane.control;
             }
         }
-        let down = control_down
-            || (flagged >= 2 && f64::from(flagged) >= self.cfg.vantage_fraction * f64::from(active));
+        let down =
+            control_down || (flagged >= 2 && f64::from(flagged) >= self.cfg.vantage_fraction * f64::from(active));
         let interval = interval / f64::from(active.max(1));
 
         let agent = &mut self.agents[a as usize];

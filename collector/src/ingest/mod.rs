@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use blockwatch_proto::time;
 use blockwatch_proto::v1::fleet_server::Fleet;
 use blockwatch_proto::v1::{
-    Ack, AgentMessage, CollectorMessage, Plan, ProbeNow, RegisterRequest, RegisterResponse, Reject,
-    agent_message, collector_message,
+    Ack, AgentMessage, CollectorMessage, Plan, ProbeNow, RegisterRequest, RegisterResponse, Reject, agent_message,
+    collector_message,
 };
 use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
@@ -53,7 +53,10 @@ impl Streams {
             if r != region {
                 continue;
             }
-            let m = msg(collector_message::Kind::ProbeNow(ProbeNow { target_id: target.to_string(), reason: reason.to_string() }));
+            let m = msg(collector_message::Kind::ProbeNow(ProbeNow {
+                target_id: target.to_string(),
+                reason: reason.to_string(),
+            }));
             match tx.try_send(m) {
                 Ok(()) => asked += 1,
                 Err(_) => tracing::debug!(agent, target, "probe request skipped: the agent's queue is full"),
@@ -150,10 +153,11 @@ impl Ingest {
 
     fn touch(&self, agent_id: &str, f: impl FnOnce(&mut AgentInfo)) {
         if let Ok(mut agents) = self.agents.lock()
-            && let Some(a) = agents.get_mut(agent_id) {
-                a.last_seen = time::now();
-                f(a);
-            }
+            && let Some(a) = agents.get_mut(agent_id)
+        {
+            a.last_seen = time::now();
+            f(a);
+        }
     }
 }
 
@@ -176,10 +180,7 @@ impl std::ops::Deref for FleetService {
 
 #[tonic::async_trait]
 impl Fleet for FleetService {
-    async fn register(
-        &self,
-        request: Request<RegisterRequest>,
-    ) -> Result<Response<RegisterResponse>, Status> {
+    async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         let req = request.into_inner();
         if req.agent_id.is_empty() || req.agent_id.len() > 128 {
             return Err(Status::invalid_argument("agent_id must be 1-128 bytes"));
@@ -212,24 +213,16 @@ impl Fleet for FleetService {
         Ok(Response::new(RegisterResponse {
             plan,
             max_batch: self.max_batch,
-            heartbeat_interval: Some(prost_types::Duration {
-                seconds: self.heartbeat.as_secs() as i64,
-                nanos: 0,
-            }),
+            heartbeat_interval: Some(prost_types::Duration { seconds: self.heartbeat.as_secs() as i64, nanos: 0 }),
         }))
     }
 
     type ReportStream = ReportStream;
 
-    async fn report(
-        &self,
-        request: Request<Streaming<AgentMessage>>,
-    ) -> Result<Response<ReportStream>, Status> {
+    async fn report(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<ReportStream>, Status> {
         let mut inbound = request.into_inner();
         let agent_id = match inbound.message().await? {
-            Some(AgentMessage {
-                kind: Some(agent_message::Kind::Hello(h)),
-            }) => h.agent_id,
+            Some(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }) => h.agent_id,
             _ => return Err(Status::invalid_argument("the first message of a Report stream must be hello")),
         };
         let region = self.agents.lock().ok().and_then(|a| a.get(&agent_id).map(|i| i.region.clone()));
@@ -292,8 +285,13 @@ impl Ingest {
                 }
                 Some(agent_message::Kind::Heartbeat(h)) => self.touch(agent_id, |a| a.spooled = h.spooled),
                 Some(agent_message::Kind::Drops(d)) => {
-                    tracing::warn!(agent_id, dropped_total = d.dropped_total, first_seq = d.first_seq, last_seq = d.last_seq,
-                        "agent spool was full and dropped results");
+                    tracing::warn!(
+                        agent_id,
+                        dropped_total = d.dropped_total,
+                        first_seq = d.first_seq,
+                        last_seq = d.last_seq,
+                        "agent spool was full and dropped results"
+                    );
                     self.touch(agent_id, |a| a.dropped_total = d.dropped_total);
                 }
                 Some(agent_message::Kind::Hello(_)) | None => {
@@ -318,11 +316,8 @@ impl Ingest {
                 })),
             }]);
         }
-        let (good, bad): (Vec<_>, Vec<_>) = batch
-            .results
-            .into_iter()
-            .map(|r| (validate::problem(&r, agent_id), r))
-            .partition(|(p, _)| p.is_none());
+        let (good, bad): (Vec<_>, Vec<_>) =
+            batch.results.into_iter().map(|r| (validate::problem(&r, agent_id), r)).partition(|(p, _)| p.is_none());
         if !bad.is_empty() {
             let reason = bad.iter().filter_map(|(p, _)| p.clone()).take(3).collect::<Vec<_>>().join("; ");
             tracing::warn!(agent_id, refused = bad.len(), %reason, "refused malformed results");

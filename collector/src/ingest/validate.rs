@@ -13,10 +13,7 @@ pub fn problem(r: &ProbeResult, agent_id: &str) -> Option<String> {
         return Some(format!("probe_id {id:?}: must be 1-{MAX_ID_BYTES} bytes"));
     }
     if r.agent_id != agent_id {
-        return Some(format!(
-            "probe {id}: agent_id {:?} differs from the stream's agent {agent_id:?}",
-            r.agent_id
-        ));
+        return Some(format!("probe {id}: agent_id {:?} differs from the stream's agent {agent_id:?}", r.agent_id));
     }
     if r.target_id.is_empty() {
         return Some(format!("probe {id}: target_id is empty"));
@@ -25,9 +22,7 @@ pub fn problem(r: &ProbeResult, agent_id: &str) -> Option<String> {
         return Some(format!("probe {id}: started_at is missing"));
     }
     match Outcome::try_from(r.outcome) {
-        Ok(Outcome::Unspecified) | Err(_) => {
-            Some(format!("probe {id}: outcome {} is not a known outcome", r.outcome))
-        }
+        Ok(Outcome::Unspecified) | Err(_) => Some(format!("probe {id}: outcome {} is not a known outcome", r.outcome)),
         Ok(_) => None,
     }
 }

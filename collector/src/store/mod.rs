@@ -46,10 +46,7 @@ pub enum StoreError {
     #[error("store read failed: {0}")]
     Read(fjall::Error),
     #[error("store record {key} is corrupt: {source}")]
-    Corrupt {
-        key: String,
-        source: prost::DecodeError,
-    },
+    Corrupt { key: String, source: prost::DecodeError },
     #[error("the store writer has stopped")]
     Closed,
 }
@@ -82,14 +79,8 @@ impl Store {
     /// Like [`Store::open`], and every committed batch of new results is sent to `feed`, in
     /// store order.
     pub fn open_feeding(dir: &Path, feed: Option<Feed>) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open {
-            path: dir.to_owned(),
-            source,
-        };
-        let db = Database::builder(dir)
-            .max_journaling_size(MAX_JOURNAL_BYTES)
-            .open()
-            .map_err(open_err)?;
+        let open_err = |source| StoreError::Open { path: dir.to_owned(), source };
+        let db = Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).open().map_err(open_err)?;
         let ks = Keyspaces {
             results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
             ids: db.keyspace("ids", KeyspaceCreateOptions::default).map_err(open_err)?,
@@ -99,11 +90,7 @@ impl Store {
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let handle = writer::spawn(ks.clone(), rx, feed).map_err(|e| open_err(fjall::Error::Io(e)))?;
-        Ok(Store {
-            reader: Reader { ks },
-            tx,
-            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
-        })
+        Ok(Store { reader: Reader { ks }, tx, writer: Arc::new(std::sync::Mutex::new(Some(handle))) })
     }
 
     /// Stores the results not stored yet; returns once they are durable.
@@ -113,14 +100,7 @@ impl Store {
         received_at: blockwatch_proto::time::Millis,
     ) -> Result<WriteOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(writer::Request::Results {
-                results,
-                received_at,
-                reply,
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        self.tx.send(writer::Request::Results { results, received_at, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -186,10 +166,8 @@ impl Reader {
     pub fn results_after(&self, after: u64) -> impl Iterator<Item = Result<StoredResult, StoreError>> + use<> {
         self.ks.results.range(after.saturating_add(1).to_be_bytes()..).map(|guard| {
             let (k, v) = guard.into_inner().map_err(StoreError::Read)?;
-            StoredResult::decode(&*v).map_err(|source| StoreError::Corrupt {
-                key: format!("results/{}", key_seq(&k)),
-                source,
-            })
+            StoredResult::decode(&*v)
+                .map_err(|source| StoreError::Corrupt { key: format!("results/{}", key_seq(&k)), source })
         })
     }
 
@@ -223,7 +201,6 @@ impl Reader {
     pub fn result_count(&self) -> Result<usize, StoreError> {
         self.ks.results.len().map_err(StoreError::Read)
     }
-
 }
 
 /// Appends detector events; one writer, so it numbers them itself.

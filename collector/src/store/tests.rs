@@ -15,20 +15,14 @@ fn result(id: &str) -> ProbeResult {
 }
 
 fn ids(store: &Store) -> Vec<String> {
-    store
-        .results()
-        .map(|r| r.unwrap().result.unwrap().probe_id)
-        .collect()
+    store.results().map(|r| r.unwrap().result.unwrap().probe_id).collect()
 }
 
 #[tokio::test]
 async fn stores_once_and_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let out = store
-        .write_results(vec![result("a1/1"), result("a1/2"), result("a1/1")], 5)
-        .await
-        .unwrap();
+    let out = store.write_results(vec![result("a1/1"), result("a1/2"), result("a1/1")], 5).await.unwrap();
     assert_eq!(out.stored, 2);
     assert_eq!(out.duplicates, vec!["a1/1".to_string()]);
     let out = store.write_results(vec![result("a1/2"), result("a1/3")], 6).await.unwrap();
@@ -100,7 +94,8 @@ async fn the_feed_sees_store_order_with_receive_times_that_never_go_back() {
     store.close();
     let fed: Vec<StoredResult> = rx.iter().flatten().collect();
     assert_eq!(fed, stored);
-    let times: Vec<i64> = fed.iter().map(|s| blockwatch_proto::time::from_timestamp(s.received_at.as_ref().unwrap())).collect();
+    let times: Vec<i64> =
+        fed.iter().map(|s| blockwatch_proto::time::from_timestamp(s.received_at.as_ref().unwrap())).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
 }
 

@@ -42,9 +42,7 @@ pub(super) fn spawn(
     rx: mpsc::Receiver<Request>,
     feed: Option<Feed>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("store-writer".into())
-        .spawn(move || run(ks, rx, feed))
+    std::thread::Builder::new().name("store-writer".into()).spawn(move || run(ks, rx, feed))
 }
 
 fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {

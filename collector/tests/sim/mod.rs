@@ -140,7 +140,8 @@ pub struct Trace {
     pub blocks: Vec<TruthBlock>,
 }
 
-const REGIONS: &[&str] = &["eu-west", "hk", "cn-north", "us-east", "ir-tehran", "ru-central", "ap-southeast", "cn-south"];
+const REGIONS: &[&str] =
+    &["eu-west", "hk", "cn-north", "us-east", "ir-tehran", "ru-central", "ap-southeast", "cn-south"];
 const TARGETS: &[&str] = &["openai", "anthropic", "deepseek", "gemini", "mistral", "dashscope"];
 const NOISE: &[&str] = &["tcp_timeout", "tcp_timeout", "dns_timeout", "tls_timeout", "tcp_reset", "http_server_error"];
 const T0: i64 = 1_721_781_668_000;
@@ -196,7 +197,14 @@ pub fn generate(p: &Params) -> Trace {
     let at = |frac: f64| start + (duration as f64 * frac) as i64;
     let block_rate = |rng: &mut Rng| if rng.chance(0.6) { 1.0 } else { rng.range(0.75, 0.95) };
 
-    let add_block = |rng: &mut Rng, overlays: &mut Vec<Overlay>, blocks: &mut Vec<TruthBlock>, r: usize, t: usize, s: i64, e: Option<i64>, sig: &str| {
+    let add_block = |rng: &mut Rng,
+                     overlays: &mut Vec<Overlay>,
+                     blocks: &mut Vec<TruthBlock>,
+                     r: usize,
+                     t: usize,
+                     s: i64,
+                     e: Option<i64>,
+                     sig: &str| {
         let rate = block_rate(rng);
         overlays.push(Overlay {
             regions: Some(vec![r]),
@@ -237,21 +245,55 @@ pub fn generate(p: &Params) -> Trace {
                 let t = (k + rng.below(n_targets)) % n_targets;
                 let s = at(rng.range(0.2 + 0.4 * k as f64, 0.5 + 0.4 * k as f64));
                 let len = (rng.range(15.0, 20.0) * iv as f64) as i64;
-                let outcomes = if rng.chance(0.5) { vec!["tcp_timeout", "tcp_timeout", "tls_timeout"] } else { vec!["http_server_error", "http_server_error", "http_server_error", "http_server_error", "tcp_timeout"] };
+                let outcomes = if rng.chance(0.5) {
+                    vec!["tcp_timeout", "tcp_timeout", "tls_timeout"]
+                } else {
+                    vec![
+                        "http_server_error",
+                        "http_server_error",
+                        "http_server_error",
+                        "http_server_error",
+                        "tcp_timeout",
+                    ]
+                };
                 for r in 0..n_regions {
                     let skew = (rng.range(0.0, 1.0) * iv as f64) as i64;
-                    overlays.push(Overlay { regions: Some(vec![r]), agents: None, targets: Some(vec![t]), start: s + skew, end: s + skew + len, rate: 0.97, outcomes: outcomes.clone() });
+                    overlays.push(Overlay {
+                        regions: Some(vec![r]),
+                        agents: None,
+                        targets: Some(vec![t]),
+                        start: s + skew,
+                        end: s + skew + len,
+                        rate: 0.97,
+                        outcomes: outcomes.clone(),
+                    });
                 }
             }
         }
         Family::VantageDown | Family::SingleAgentIsp => {
             let a = rng.below(n_agents);
             let s = at(rng.range(0.3, 0.6));
-            overlays.push(Overlay { regions: None, agents: Some(vec![a]), targets: None, start: s, end: s + (120.0 * iv as f64) as i64, rate: 1.0, outcomes: vec!["tcp_timeout", "tcp_timeout", "dns_timeout"] });
+            overlays.push(Overlay {
+                regions: None,
+                agents: Some(vec![a]),
+                targets: None,
+                start: s,
+                end: s + (120.0 * iv as f64) as i64,
+                rate: 1.0,
+                outcomes: vec!["tcp_timeout", "tcp_timeout", "dns_timeout"],
+            });
             if p.family == Family::VantageDown {
                 let r = (region_of(a) + 1) % n_regions;
                 let s = at(rng.range(0.15, 0.25));
-                overlays.push(Overlay { regions: Some(vec![r]), agents: None, targets: None, start: s, end: s + (20.0 * iv as f64) as i64, rate: 1.0, outcomes: vec!["tcp_timeout", "tcp_timeout", "dns_timeout"] });
+                overlays.push(Overlay {
+                    regions: Some(vec![r]),
+                    agents: None,
+                    targets: None,
+                    start: s,
+                    end: s + (20.0 * iv as f64) as i64,
+                    rate: 1.0,
+                    outcomes: vec!["tcp_timeout", "tcp_timeout", "dns_timeout"],
+                });
             }
         }
         Family::Flaky => {
@@ -267,24 +309,56 @@ pub fn generate(p: &Params) -> Trace {
                     continue;
                 }
                 let s = at(rng.range(0.0, 0.95));
-                overlays.push(Overlay { regions: None, agents: Some(vec![a]), targets: Some(vec![rng.below(n_targets)]), start: s, end: s + (rng.range(2.0, 6.0) * iv as f64) as i64, rate: 0.8, outcomes: NOISE.to_vec() });
+                overlays.push(Overlay {
+                    regions: None,
+                    agents: Some(vec![a]),
+                    targets: Some(vec![rng.below(n_targets)]),
+                    start: s,
+                    end: s + (rng.range(2.0, 6.0) * iv as f64) as i64,
+                    rate: 0.8,
+                    outcomes: NOISE.to_vec(),
+                });
             }
         }
         Family::RatelimitBlips => {
             let t = rng.below(n_targets);
             let r = rng.below(n_regions);
             let s = at(rng.range(0.4, 0.6));
-            overlays.push(Overlay { regions: Some(vec![r]), agents: None, targets: Some(vec![t]), start: s, end: s + 30 * iv, rate: 0.9, outcomes: vec!["http_rate_limited"] });
+            overlays.push(Overlay {
+                regions: Some(vec![r]),
+                agents: None,
+                targets: Some(vec![t]),
+                start: s,
+                end: s + 30 * iv,
+                rate: 0.9,
+                outcomes: vec!["http_rate_limited"],
+            });
             let t2 = (t + 1) % n_targets;
             for _ in 0..8 {
                 let s = at(rng.range(0.2, 0.5));
-                overlays.push(Overlay { regions: None, agents: Some(vec![rng.below(n_agents)]), targets: Some(vec![t2]), start: s, end: s + (rng.range(2.0, 6.0) * iv as f64) as i64, rate: 0.9, outcomes: vec!["http_rate_limited"] });
+                overlays.push(Overlay {
+                    regions: None,
+                    agents: Some(vec![rng.below(n_agents)]),
+                    targets: Some(vec![t2]),
+                    start: s,
+                    end: s + (rng.range(2.0, 6.0) * iv as f64) as i64,
+                    rate: 0.9,
+                    outcomes: vec!["http_rate_limited"],
+                });
             }
             for k in 0..3 {
                 let s = at(0.1 + 0.25 * k as f64 + rng.range(0.0, 0.1));
                 let len = (rng.range(p.blip_intervals.0, p.blip_intervals.1) * iv as f64) as i64;
                 let sig = rng.pick(&["rst", "blackhole", "rst"]);
-                overlays.push(Overlay { regions: Some(vec![rng.below(n_regions)]), agents: None, targets: Some(vec![rng.below(n_targets)]), start: s, end: s + len, rate: 1.0, outcomes: signature_outcomes(sig) });
+                overlays.push(Overlay {
+                    regions: Some(vec![rng.below(n_regions)]),
+                    agents: None,
+                    targets: Some(vec![rng.below(n_targets)]),
+                    start: s,
+                    end: s + len,
+                    rate: 1.0,
+                    outcomes: signature_outcomes(sig),
+                });
             }
         }
         Family::LateArrival => {
@@ -331,9 +405,12 @@ pub fn generate(p: &Params) -> Trace {
                     None if rng.chance(noise[a]) => rng.pick(NOISE),
                     None => "ok",
                 };
-                let took = if outcome.ends_with("timeout") { rng.range(5000.0, 10000.0) } else { rng.range(150.0, 600.0) };
+                let took =
+                    if outcome.ends_with("timeout") { rng.range(5000.0, 10000.0) } else { rng.range(150.0, 600.0) };
                 let mut received = ts + took as i64 + rng.range(10.0, 300.0) as i64;
-                if let Some(&(_, _, back)) = offline.iter().find(|(oa, from, back)| *oa == a && ts >= *from && ts < *back) {
+                if let Some(&(_, _, back)) =
+                    offline.iter().find(|(oa, from, back)| *oa == a && ts >= *from && ts < *back)
+                {
                     received = back + rng.range(0.0, 20_000.0) as i64;
                 }
                 let rec = Record {

@@ -101,7 +101,13 @@ pub fn score(trace: &Trace, events: &[Event]) -> Score {
             .collect();
         let Some(&i) = cands.iter().min_by_key(|&&i| started[i].detected_at) else {
             s.fn_ += 1;
-            s.notes.push(format!("{}: missed {}@{} from +{:.1}iv", trace.name, b.target, b.region, (st - trace.start as f64) / iv));
+            s.notes.push(format!(
+                "{}: missed {}@{} from +{:.1}iv",
+                trace.name,
+                b.target,
+                b.region,
+                (st - trace.start as f64) / iv
+            ));
             continue;
         };
         used.insert(i);
@@ -139,20 +145,34 @@ pub fn score(trace: &Trace, events: &[Event]) -> Score {
         s.end_expected += 1;
         let cand = (0..ended.len())
             .filter(|i| !used_end.contains(i))
-            .filter(|&i| ended[i].target == b.target && ended[i].region == b.region && ((ended[i].onset - e) as f64).abs() <= tol)
+            .filter(|&i| {
+                ended[i].target == b.target && ended[i].region == b.region && ((ended[i].onset - e) as f64).abs() <= tol
+            })
             .min_by_key(|&i| ended[i].detected_at);
         match cand {
             Some(i) => {
                 used_end.insert(i);
                 s.end_tp += 1;
             }
-            None => s.notes.push(format!("{}: missed end {}@{} at +{:.1}iv", trace.name, b.target, b.region, (e - trace.start) as f64 / iv)),
+            None => s.notes.push(format!(
+                "{}: missed end {}@{} at +{:.1}iv",
+                trace.name,
+                b.target,
+                b.region,
+                (e - trace.start) as f64 / iv
+            )),
         }
     }
     s.end_fp = ended.len() - used_end.len();
     for (i, ev) in ended.iter().enumerate() {
         if !used_end.contains(&i) {
-            s.notes.push(format!("{}: false end {}@{} onset +{:.1}iv", trace.name, ev.target, ev.region, (ev.onset - trace.start) as f64 / iv));
+            s.notes.push(format!(
+                "{}: false end {}@{} onset +{:.1}iv",
+                trace.name,
+                ev.target,
+                ev.region,
+                (ev.onset - trace.start) as f64 / iv
+            ));
         }
     }
     s

@@ -42,7 +42,10 @@ pub fn openai_server_error() -> Canned {
 
 /// Anthropic, keyless `/v1/models`: 401 (reachable).
 pub fn anthropic_reachable() -> Canned {
-    Canned::json(401, r#"{"type":"error","error":{"type":"authentication_error","message":"x-api-key header is required"}}"#)
+    Canned::json(
+        401,
+        r#"{"type":"error","error":{"type":"authentication_error","message":"x-api-key header is required"}}"#,
+    )
 }
 
 /// Anthropic refusing the caller's location.
@@ -52,7 +55,10 @@ pub fn anthropic_geo_blocked() -> Canned {
 
 /// Anthropic rate limit.
 pub fn anthropic_rate_limited() -> Canned {
-    Canned::json(429, r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#)
+    Canned::json(
+        429,
+        r#"{"type":"error","error":{"type":"rate_limit_error","message":"Number of requests has exceeded your rate limit"}}"#,
+    )
 }
 
 /// Anthropic overloaded (529).

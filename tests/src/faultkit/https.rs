@@ -85,9 +85,7 @@ where
                 async move { Ok::<_, std::convert::Infallible>(canned.into_response()) }
             });
             // A client that goes away mid-answer is normal for probes; nothing to report.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
         }
     })
 }

@@ -6,9 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use blockwatch_agent::probe::{Catalogue, Engine, EngineConfig, ProbeReport, ProbeSpec, Provider};
 use blockwatch_proto::Outcome;
 use blockwatch_tests::faultkit::TestPki;
-use blockwatch_agent::probe::{Catalogue, Engine, EngineConfig, ProbeReport, ProbeSpec, Provider};
 
 /// 127.0.0.1.
 pub const LO: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
@@ -23,12 +23,8 @@ pub const SHORT: Duration = Duration::from_millis(800);
 
 /// An engine trusting `pki`, resolving through `nameservers` (system resolver if empty).
 pub fn engine(pki: &TestPki, nameservers: Vec<SocketAddr>) -> Engine {
-    Engine::new(EngineConfig {
-        nameservers,
-        extra_ca_pem: Some(pki.ca_pem().to_vec()),
-        ..EngineConfig::default()
-    })
-    .expect("engine")
+    Engine::new(EngineConfig { nameservers, extra_ca_pem: Some(pki.ca_pem().to_vec()), ..EngineConfig::default() })
+        .expect("engine")
 }
 
 /// A built-in provider.
