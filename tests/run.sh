@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what the tests need (as root, from Debian's packages),
-# builds the binaries the end-to-end tests start, runs every test.
+# builds the binaries the end-to-end tests start, runs every test, then scores the detector on
+# the labelled traces in ../shared/eval when that folder exists.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,3 +23,8 @@ fi
 
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads=2
+
+# The labelled traces beside the project, when they are there (a separate step: no test run
+# by `cargo test` reads outside the repository).
+target_dir=$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+bash tests/shared-eval.sh "$target_dir/debug/blockwatch-collector"

@@ -128,6 +128,13 @@ impl Uplink {
             .max_encoding_message_size(MAX_MESSAGE_BYTES))
     }
 
+    /// Hands the collector's probe request to the scheduler; dropped when it is busy.
+    fn request_probe(&self, target: String) {
+        if let Err(e) = self.probe_now.try_send(target) {
+            tracing::debug!(target = %e.into_inner(), "probe request dropped: scheduler busy");
+        }
+    }
+
     fn apply_plan(&self, p: &Plan) {
         if p.version == self.plan.borrow().version {
             return;
@@ -208,11 +215,7 @@ impl Uplink {
                             on_spool(&self.spool, move |s| s.remove(&seqs)).await?;
                         }
                         Some(collector_message::Kind::Plan(p)) => self.apply_plan(&p),
-                        Some(collector_message::Kind::ProbeNow(p)) => {
-                            if self.probe_now.try_send(p.target_id.clone()).is_err() {
-                                tracing::debug!(target = %p.target_id, "probe request dropped: scheduler busy");
-                            }
-                        }
+                        Some(collector_message::Kind::ProbeNow(p)) => self.request_probe(p.target_id),
                         None => {}
                     }
                 }

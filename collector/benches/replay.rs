@@ -3,14 +3,13 @@
 //! Each figure is the best of `BW_BENCH_ROUNDS` (default 3) rounds: on a shared machine the
 //! best round is the one least disturbed by others.
 
-#[path = "../tests/sim/mod.rs"]
-mod sim;
+use blockwatch_sim as sim;
 
 use std::hint::black_box;
 use std::time::Instant;
 
-use blockwatch_collector::detector::{Detector, DetectorConfig};
 use blockwatch_collector::replay::{parse_line, replay};
+use blockwatch_detector::{Detector, DetectorConfig};
 use blockwatch_proto::Outcome;
 
 /// Results per second of the best of `rounds` runs of `f` over `n` results.

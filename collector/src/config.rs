@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::detector::DetectorConfig;
+use blockwatch_detector::DetectorConfig;
 
 /// Most results the collector accepts in one batch (larger batches are rejected whole).
 pub const DEFAULT_MAX_BATCH: u32 = 500;

@@ -4,8 +4,6 @@
 pub mod api;
 pub mod cmd;
 pub mod config;
-pub mod demo;
-pub mod detector;
 pub mod export;
 pub mod ingest;
 pub mod plan;

@@ -8,7 +8,7 @@ use blockwatch_proto::Outcome;
 use blockwatch_proto::time::{Millis, parse_rfc3339};
 use serde::Deserialize;
 
-use crate::detector::{Detector, DetectorConfig, Event, Ingest, Observation};
+use blockwatch_detector::{Detector, DetectorConfig, Event, Ingest, Observation};
 
 /// Counts from one replay.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -20,9 +20,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::CollectorConfig;
-use crate::detector::{Detector, DetectorConfig, Event, EventKind, Evidence, Observation};
 use crate::ingest::{Ingest, Streams};
 use crate::store::{EventLog, Store, StoreError};
+use blockwatch_detector::{Detector, DetectorConfig, Event, EventKind, Evidence, Observation};
 
 /// Batches of new results waiting for the detector. When full, the store writer waits.
 pub const DETECTOR_QUEUE: usize = 1024;
@@ -353,73 +353,6 @@ async fn watch_silence(ingest: Arc<Ingest>, log: Arc<Mutex<EventLog>>, events: b
         if !out.is_empty() {
             let (log, events) = (Arc::clone(&log), events.clone());
             let _ = tokio::task::spawn_blocking(move || publish(&log, &events, &mut out, None)).await;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample_results() -> Vec<(blockwatch_proto::v1::ProbeResult, i64)> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/eval/samples/geo_block.jsonl");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        text.lines()
-            .map(|l| {
-                let rec: blockwatch_proto::trace::TraceRecord = serde_json::from_str(l).expect("sample line");
-                (rec.to_result().expect("sample record"), rec.received_ms().expect("received_at"))
-            })
-            .collect()
-    }
-
-    fn config(dir: &std::path::Path) -> CollectorConfig {
-        CollectorConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir: dir.to_path_buf(),
-            ..Default::default()
-        }
-    }
-
-    fn block_events(dir: &std::path::Path) -> usize {
-        let store = Store::open(dir).unwrap();
-        let n = store.events().filter(|e| e.as_ref().unwrap().1.contains("\"block_started\"")).count();
-        store.close();
-        n
-    }
-
-    /// Results stored by a collector that died before its detector logged their events: the
-    /// next start publishes those events, once.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn events_lost_in_a_crash_are_published_at_the_next_start_and_only_once() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            // As if the process died right after the commits: results durable, no events.
-            let store = Store::open(dir.path()).unwrap();
-            for chunk in sample_results().chunks(500) {
-                let received = chunk[0].1;
-                store.write_results(chunk.iter().map(|(r, _)| r.clone()).collect(), received).await.unwrap();
-            }
-            tokio::task::spawn_blocking(move || store.close()).await.unwrap();
-        }
-        assert_eq!(
-            tokio::task::spawn_blocking({
-                let d = dir.path().to_owned();
-                move || block_events(&d)
-            })
-            .await
-            .unwrap(),
-            0
-        );
-        for _ in 0..2 {
-            let collector = Collector::start(&config(dir.path())).await.expect("starts");
-            collector.shutdown(std::time::Duration::from_secs(5)).await;
-            let d = dir.path().to_owned();
-            assert_eq!(
-                tokio::task::spawn_blocking(move || block_events(&d)).await.unwrap(),
-                2,
-                "the sample's two blocks, logged once"
-            );
         }
     }
 }

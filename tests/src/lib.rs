@@ -4,8 +4,8 @@
 //! The binaries must be built first (`cargo build --bins`); the README's test command does.
 
 pub mod fake_collector;
-pub mod faultkit;
-pub mod provider;
+
+pub use blockwatch_demo::{faultkit, provider};
 
 use std::collections::BTreeMap;
 use std::io::Read;

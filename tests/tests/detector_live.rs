@@ -3,21 +3,19 @@
 //! queried over the collector's HTTP API.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use blockwatch_proto::trace::TraceRecord;
 use blockwatch_proto::v1::fleet_client::FleetClient;
 use blockwatch_proto::v1::{
     AgentMessage, Hello, ProbeResult, RegisterRequest, ResultBatch, agent_message, collector_message,
 };
+use blockwatch_sim::{Family, Params, generate};
 use blockwatch_tests::*;
 
 const BATCH: usize = 64;
 
-fn sample(name: &str) -> Vec<TraceRecord> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/eval/samples").join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines().map(|l| serde_json::from_str(l).expect("trace line")).collect()
+fn sample(family: Family, seed: u64) -> Vec<TraceRecord> {
+    generate(&Params::new(family, 60, 3, seed)).trace_records()
 }
 
 /// One agent: Register, then its results in trace order, a batch at a time, each acked.
@@ -61,9 +59,10 @@ fn normalise(line: &str) -> String {
     serde_json::to_string(&v).unwrap()
 }
 
-fn live_equals_replay(sample_name: &str) {
+fn live_equals_replay(family: Family, seed: u64) {
     let dir = tempfile::tempdir().unwrap();
-    let records = sample(sample_name);
+    let records = sample(family, seed);
+    let sample_name = format!("{family:?}");
     let mut per_agent: BTreeMap<String, (String, Vec<ProbeResult>)> = BTreeMap::new();
     let mut seen = std::collections::HashSet::new();
     for r in &records {
@@ -143,10 +142,10 @@ fn live_equals_replay(sample_name: &str) {
 
 #[test]
 fn live_events_equal_replay_geo_and_network_blocks_with_ends() {
-    live_equals_replay("lift_and_rollout.jsonl");
+    live_equals_replay(Family::LiftAndRollout, 3);
 }
 
 #[test]
 fn live_events_equal_replay_with_late_spool_flushes() {
-    live_equals_replay("late_arrival.jsonl");
+    live_equals_replay(Family::LateArrival, 5);
 }

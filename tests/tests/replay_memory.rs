@@ -2,10 +2,10 @@
 //! the trace: feeding the same fleet eight times longer leaves its peak RSS where it was.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use blockwatch_sim::{Family, Params, generate};
 use blockwatch_tests::*;
 
 fn peak_rss_kib(pid: u32) -> u64 {
@@ -19,9 +19,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 fn replay_memory_does_not_grow_with_trace_length() {
-    let sample = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/eval/samples/geo_block.jsonl");
-    let text = std::fs::read_to_string(&sample).expect("sample trace");
-    assert!(text.contains("2024-07-24T"), "the sample's date changed");
+    let trace = generate(&Params::new(Family::GeoBlock, 60, 3, 7));
+    let span = trace.end - trace.start;
     let mut child = Command::new(bin("blockwatch-collector"))
         .args(["replay", "--input", "-", "--output", "-"])
         .stdin(Stdio::piped())
@@ -31,11 +30,8 @@ fn replay_memory_does_not_grow_with_trace_length() {
         .expect("spawn replay");
     let pid = child.id();
     let mut input = child.stdin.take().expect("stdin");
-    // Day k of August: the same fleet and targets, later in time, with fresh probe ids.
-    let copy = |k: u32| {
-        text.replace("2024-07-24T", &format!("2024-08-{k:02}T"))
-            .replace("\"probe_id\":\"", &format!("\"probe_id\":\"d{k}-"))
-    };
+    // Copy k: the same fleet and targets, k trace lengths later, with fresh probe ids.
+    let copy = |k: i64| trace.shifted(k * span, &format!("d{k}-")).to_jsonl();
     input.write_all(copy(1).as_bytes()).expect("feed");
     input.flush().unwrap();
     std::thread::sleep(Duration::from_millis(500));
@@ -51,7 +47,7 @@ fn replay_memory_does_not_grow_with_trace_length() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     println!(
         "peak RSS after 1 copy {after_one} KiB, after 8 copies {after_eight} KiB ({} lines each)",
-        text.lines().count()
+        trace.records.len()
     );
     assert!(after_eight <= after_one + 1024, "replay grew from {after_one} KiB to {after_eight} KiB over 8x the trace");
 }

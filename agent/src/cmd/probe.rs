@@ -99,7 +99,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let provider = crate::targets::provider_for(&catalogue, &args.provider, &args.url, &[]);
     let agent_id = label(args.agent_id, "BLOCKWATCH_AGENT_ID", "probe");
     let region = label(args.region, "BLOCKWATCH_REGION", "local");
-    let result = super::runtime()?.block_on(async {
+    let result = blockwatch_proto::process::runtime(Some(2))?.block_on(async {
         let engine =
             Engine::new(EngineConfig { nameservers, extra_ca_pem, poison: Vec::new(), body_cap: crate::BODY_CAP })?;
         let spec = ProbeSpec {

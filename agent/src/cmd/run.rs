@@ -6,9 +6,9 @@ use crate::Agent;
 use crate::config::AgentConfig;
 
 pub fn run(config: &Path) -> anyhow::Result<()> {
-    super::init_logging("info");
+    blockwatch_proto::process::init_logging("info");
     let cfg = AgentConfig::load(config)?;
-    super::runtime()?.block_on(async {
+    blockwatch_proto::process::runtime(Some(2))?.block_on(async {
         let agent = Agent::start(cfg).await.context("agent failed to start")?;
         shutdown_signal().await;
         tracing::info!("shutting down: finishing probes and flushing the spool");

@@ -1,6 +1,5 @@
 //! Command-line interface: one file per command.
 
-mod demo;
 mod export;
 mod replay;
 mod serve;
@@ -52,16 +51,6 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
-    /// A self-contained demo on loopback: a collector, simulated providers and agents in a
-    /// few regions; one region gets blocked part-way through.
-    Demo {
-        /// How long to run.
-        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        /// Seconds between probes.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        interval: std::time::Duration,
-    },
 }
 
 /// Runs a parsed command line.
@@ -72,16 +61,5 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Export { config, data_dir, format, output } => {
             export::run(config.as_deref(), data_dir, format, output.as_deref())
         }
-        Command::Demo { duration, interval } => demo::run(duration, interval),
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

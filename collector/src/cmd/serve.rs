@@ -11,9 +11,9 @@ use crate::server::Collector;
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 pub fn run(config: &Path) -> anyhow::Result<()> {
-    super::init_logging("info");
+    blockwatch_proto::process::init_logging("info");
     let cfg = CollectorConfig::load(config)?;
-    super::runtime()?.block_on(async {
+    blockwatch_proto::process::runtime(None)?.block_on(async {
         let collector = Collector::start(&cfg).await.context("collector failed to start")?;
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;

@@ -115,11 +115,12 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
         match result {
             Ok(()) => {
                 next_result = seq;
-                if let Some(f) = &feed {
-                    if !fed.is_empty() && f.send(fed).is_err() {
-                        tracing::warn!("the detector has stopped; results are stored but no longer analysed live");
-                        feed = None;
-                    }
+                if let Some(f) = &feed
+                    && !fed.is_empty()
+                    && f.send(fed).is_err()
+                {
+                    tracing::warn!("the detector has stopped; results are stored but no longer analysed live");
+                    feed = None;
                 }
                 for ((_, _, reply), out) in group.into_iter().zip(outcomes) {
                     let _ = reply.send(Ok(out));

@@ -1,8 +1,12 @@
-//! Synthetic labelled traces of the scenario families in `shared/eval/samples`, with the
-//! parameters varied (interval, agents per region, noise, jitter, timing), and a scorer that
-//! mirrors `shared/eval/score.py`. Deterministic: everything comes from a seeded splitmix64.
+//! Synthetic labelled traces of every scenario family the detector must tell apart (regional
+//! blocks of each kind, outages, dead vantages, flaky agents, rate limits, late arrivals,
+//! lifted blocks), with the parameters varied (interval, agents per region, noise, jitter,
+//! timing), and a scorer of the detector's events against the labels. Deterministic:
+//! everything comes from a seeded splitmix64. The traces are in the project's trace format
+//! (`docs/trace-format.md`).
 
-#![allow(dead_code, clippy::needless_range_loop)]
+#![forbid(unsafe_code)]
+#![allow(clippy::needless_range_loop)]
 
 pub mod score;
 
@@ -439,8 +443,8 @@ pub fn generate(p: &Params) -> Trace {
 
 impl Record {
     /// The detector's view of the record, with its outcome already looked up.
-    pub fn observation(&self, outcome: blockwatch_proto::Outcome) -> blockwatch_collector::detector::Observation<'_> {
-        blockwatch_collector::detector::Observation {
+    pub fn observation(&self, outcome: blockwatch_proto::Outcome) -> blockwatch_detector::Observation<'_> {
+        blockwatch_detector::Observation {
             probe_id: &self.probe_id,
             agent_id: &self.agent_id,
             region: &self.region,
@@ -455,7 +459,52 @@ impl Record {
 }
 
 impl Trace {
-    /// The trace as JSONL in the samples' format.
+    /// The same trace `by_ms` later, with `prefix` before every probe id: the same fleet
+    /// and targets, with fresh results.
+    pub fn shifted(&self, by_ms: i64, prefix: &str) -> Trace {
+        let records = self
+            .records
+            .iter()
+            .map(|r| Record {
+                probe_id: format!("{prefix}{}", r.probe_id),
+                started_at: r.started_at + by_ms,
+                received_at: r.received_at + by_ms,
+                ..r.clone()
+            })
+            .collect();
+        let blocks = self
+            .blocks
+            .iter()
+            .map(|b| TruthBlock { start: b.start + by_ms, end: b.end.map(|e| e + by_ms), ..b.clone() })
+            .collect();
+        Trace {
+            name: format!("{}+{by_ms}", self.name),
+            start: self.start + by_ms,
+            end: self.end + by_ms,
+            records,
+            blocks,
+            ..*self
+        }
+    }
+
+    /// The records as trace-format records, with their receive times.
+    pub fn trace_records(&self) -> Vec<blockwatch_proto::trace::TraceRecord> {
+        self.records
+            .iter()
+            .map(|r| blockwatch_proto::trace::TraceRecord {
+                probe_id: r.probe_id.clone(),
+                agent_id: r.agent_id.clone(),
+                region: r.region.clone(),
+                target: r.target.clone(),
+                started_at: format_rfc3339(r.started_at),
+                received_at: Some(format_rfc3339(r.received_at)),
+                outcome: r.outcome.to_string(),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    /// The trace as JSONL in the trace format.
     pub fn to_jsonl(&self) -> String {
         let mut s = String::new();
         for r in &self.records {

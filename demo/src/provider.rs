@@ -5,12 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use blockwatch_collector::demo::{Canned, LocalPki, serve_https};
-
-/// OpenAI's keyless answer and its location refusal (see the collector's demo providers).
-const REACHABLE: &str =
-    r#"{"error":{"message":"You didn't provide an API key.","type":"invalid_request_error","param":null,"code":null}}"#;
-const GEO: &str = r#"{"error":{"code":"unsupported_country_region_territory","message":"Country, region, or territory not supported","param":null,"type":"request_forbidden"}}"#;
+use crate::faultkit::{FaultServer, TestPki, canned, serve_https};
 
 /// A running simulated provider.
 pub struct Provider {
@@ -22,6 +17,8 @@ pub struct Provider {
     pub seen: Arc<Mutex<std::collections::BTreeSet<(IpAddr, String)>>>,
     /// Requests per source address.
     pub requests: Arc<Mutex<std::collections::BTreeMap<IpAddr, u64>>>,
+    // Dropped before the runtime it runs on.
+    _server: FaultServer,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -29,38 +26,34 @@ impl Provider {
     /// Starts on a free port of 127.0.0.1 and writes its CA to `dir/ca.pem`.
     pub fn start(dir: &Path) -> Provider {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-        let pki = LocalPki::generate(&["localhost", "127.0.0.1"]).expect("pki");
+        let pki = TestPki::new().expect("pki");
+        let tls = pki.server_config(&["localhost", "127.0.0.1"]).expect("server certificate");
         let ca_file = dir.join("ca.pem");
-        std::fs::write(&ca_file, &pki.ca_pem).expect("write ca");
+        std::fs::write(&ca_file, pki.ca_pem()).expect("write ca");
         let blocked: Arc<Mutex<Vec<IpAddr>>> = Arc::default();
         let refused = Arc::clone(&blocked);
         let seen: Arc<Mutex<std::collections::BTreeSet<(IpAddr, String)>>> = Arc::default();
         let record = Arc::clone(&seen);
         let requests: Arc<Mutex<std::collections::BTreeMap<IpAddr, u64>>> = Arc::default();
         let count = Arc::clone(&requests);
-        let addr = rt.block_on(async move {
+        let server = rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            serve_https(
-                listener,
-                pki.server_config.clone(),
-                Arc::new(move |peer, req| {
-                    if let Ok(mut s) = record.lock() {
-                        s.insert((peer.ip(), req.uri.path().to_string()));
-                    }
-                    if let Ok(mut c) = count.lock() {
-                        *c.entry(peer.ip()).or_default() += 1;
-                    }
-                    if refused.lock().map(|b| b.contains(&peer.ip())).unwrap_or(false) {
-                        Canned::json(403, GEO)
-                    } else {
-                        Canned::json(401, REACHABLE)
-                    }
-                }),
-            );
-            addr
+            serve_https(listener, tls, move |peer, req| {
+                if let Ok(mut s) = record.lock() {
+                    s.insert((peer.ip(), req.uri().path().to_string()));
+                }
+                if let Ok(mut c) = count.lock() {
+                    *c.entry(peer.ip()).or_default() += 1;
+                }
+                if refused.lock().map(|b| b.contains(&peer.ip())).unwrap_or(false) {
+                    canned::openai_geo_blocked()
+                } else {
+                    canned::openai_reachable()
+                }
+            })
+            .expect("serve")
         });
-        Provider { addr, ca_file, blocked, seen, requests, _rt: rt }
+        Provider { addr: server.addr(), ca_file, blocked, seen, requests, _server: server, _rt: rt }
     }
 
     /// Requests seen from `ip` so far.

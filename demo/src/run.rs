@@ -1,15 +1,8 @@
-//! `blockwatch-collector demo`: the whole system on loopback. A collector, two simulated
+//! The demo: the whole system on loopback. A collector, two simulated
 //! providers (real HTTPS with a locally made certificate, answering like the real APIs), and
 //! agents in three regions, each agent connecting from its own 127.0.0.x address. Part-way
 //! through, the simulated OpenAI starts refusing one region's addresses with its real
 //! `unsupported_country_region_territory` answer, and the detector has to notice.
-
-mod https;
-mod pki;
-mod providers;
-
-pub use https::{Canned, Handler, serve_https};
-pub use pki::{LocalPki, PkiError};
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -23,9 +16,11 @@ use blockwatch_proto::Outcome;
 use blockwatch_proto::time::{Millis, format_rfc3339};
 use tokio::net::TcpListener;
 
-use crate::config::CollectorConfig;
-use crate::detector::{Event, EventKind};
-use crate::server::Collector;
+use blockwatch_collector::config::CollectorConfig;
+use blockwatch_collector::server::Collector;
+use blockwatch_detector::{Event, EventKind};
+
+use crate::faultkit::{Canned, FaultServer, TestPki, canned, serve_https};
 
 /// The demo's regions and the loopback addresses their agents connect from.
 pub const REGIONS: &[(&str, [u8; 2])] = &[("eu-west", [2, 3]), ("us-east", [4, 5]), ("hk", [6, 7])];
@@ -47,9 +42,10 @@ pub async fn run(
     out: &mut (dyn std::io::Write + Send),
 ) -> anyhow::Result<DemoReport> {
     let work = tempfile_dir()?;
-    let pki = LocalPki::generate(&["localhost", "127.0.0.1"])?;
+    let pki = TestPki::new()?;
+    let tls = pki.server_config(&["localhost", "127.0.0.1"])?;
     let ca_file = work.join("demo-ca.pem");
-    std::fs::write(&ca_file, &pki.ca_pem)?;
+    std::fs::write(&ca_file, pki.ca_pem())?;
 
     let blocking = Arc::new(AtomicBool::new(false));
     let blocked_ips: Vec<IpAddr> = REGIONS
@@ -60,9 +56,9 @@ pub async fn run(
     let openai = TcpListener::bind("127.0.0.1:0").await?;
     let anthropic = TcpListener::bind("127.0.0.1:0").await?;
     let (openai_addr, anthropic_addr) = (openai.local_addr()?, anthropic.local_addr()?);
-    let servers = [
-        serve_https(openai, pki.server_config.clone(), providers::openai(Arc::clone(&blocking), blocked_ips)),
-        serve_https(anthropic, pki.server_config.clone(), providers::anthropic()),
+    let servers: [FaultServer; 2] = [
+        serve_https(openai, Arc::clone(&tls), openai_refusing(Arc::clone(&blocking), blocked_ips))?,
+        serve_https(anthropic, tls, |_, _| canned::anthropic_reachable())?,
     ];
 
     let collector = Collector::start(&CollectorConfig {
@@ -160,9 +156,7 @@ pub async fn run(
         a.shutdown().await;
     }
     collector.shutdown(Duration::from_secs(5)).await;
-    for s in servers {
-        s.abort();
-    }
+    drop(servers);
     summarize(out, &report, interval)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(report)
@@ -268,5 +262,20 @@ fn summarize(out: &mut (dyn std::io::Write + Send), report: &DemoReport, interva
             report.false_alarms.len()
         ),
         _ => writeln!(out, "Result: the block was NOT detected in this run (try a longer --duration)."),
+    }
+}
+
+/// The simulated OpenAI: its real keyless answer, and its real location refusal to `blocked`
+/// source addresses once `blocking` is set.
+fn openai_refusing(
+    blocking: Arc<AtomicBool>,
+    blocked: Vec<IpAddr>,
+) -> impl Fn(SocketAddr, &http::Request<()>) -> Canned + Send + Sync + 'static {
+    move |peer, _req| {
+        if blocking.load(Ordering::SeqCst) && blocked.contains(&peer.ip()) {
+            canned::openai_geo_blocked()
+        } else {
+            canned::openai_reachable()
+        }
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! `BW_SIM_DUMP=DIR` also writes each trace and its truth to DIR, for `score.py`.
 
-mod sim;
+use blockwatch_sim as sim;
 
-use blockwatch_collector::detector::{Detector, DetectorConfig, Event};
+use blockwatch_detector::{Detector, DetectorConfig, Event};
 use blockwatch_proto::Outcome;
 
 use sim::score::{Score, score};

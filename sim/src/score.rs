@@ -1,8 +1,9 @@
-//! The scoring of `shared/eval/score.py`, in Rust, over generated traces.
+//! Scores a detector run against a generated trace's labels: blocks found and missed, false alarms,
+//! detection delay and onset error in probe intervals, block ends found and false ones.
 
 use std::collections::HashSet;
 
-use blockwatch_collector::detector::{Event, EventKind};
+use blockwatch_detector::{Event, EventKind};
 
 use super::Trace;
 
