@@ -94,14 +94,10 @@ impl Agent {
             };
             // It holds nothing to flush, so it simply ends on `stop`; results wait for nothing
             // from it (they carry no egress address until the first look-up succeeds).
-            tokio::spawn(egress::keep_current(
-                engine.clone(),
-                spec,
-                egress::REFRESH,
-                egress::RETRY,
-                egress_tx,
-                probes_rx.clone(),
-            ));
+            tokio::spawn(egress::keep_current(engine.clone(), spec, egress::REFRESH, egress::RETRY, egress_tx, {
+                let mut stop = probes_rx.clone();
+                async move { stopped(&mut stop).await }
+            }));
         }
         let ctx = ProbeContext {
             cfg: Arc::clone(&cfg),

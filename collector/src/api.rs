@@ -14,7 +14,6 @@
 //! Reads run on the blocking pool and never hold the store's writer.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{Query, State};
@@ -50,11 +49,6 @@ pub async fn serve(
         .route("/v1/results", get(results))
         .with_state(Api { store, ingest });
     axum::serve(listener, app).with_graceful_shutdown(stop).await
-}
-
-/// Binds the API's listener, naming the address on failure.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::server::StartError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| crate::server::StartError::Listen { addr, source })
 }
 
 #[derive(Debug, Default, Deserialize)]

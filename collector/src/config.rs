@@ -8,6 +8,8 @@ use serde::Deserialize;
 
 use blockwatch_detector::DetectorConfig;
 
+pub use crate::plan::{PlanConfig, PlanTargetConfig};
+
 /// Most results the collector accepts in one batch (larger batches are rejected whole).
 pub const DEFAULT_MAX_BATCH: u32 = 500;
 
@@ -40,30 +42,6 @@ pub struct CollectorConfig {
     /// Detector settings.
     #[serde(default)]
     pub detector: DetectorConfig,
-}
-
-/// The targets the collector hands to agents.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PlanConfig {
-    /// Default probe interval.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
-    /// Targets to probe.
-    #[serde(rename = "target")]
-    pub targets: Vec<PlanTargetConfig>,
-}
-
-/// One target of a central plan.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct PlanTargetConfig {
-    pub id: String,
-    pub url: String,
-    #[serde(default)]
-    pub provider: String,
-    #[serde(default, with = "humantime_serde")]
-    pub interval: Option<Duration>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -145,7 +123,7 @@ impl CollectorConfig {
             problems.push("heartbeat_interval: must be 1s..=1h".to_string());
         }
         if let Some(plan) = &self.plan
-            && let Err(p) = crate::plan::validate(plan)
+            && let Err(p) = plan.validate()
         {
             problems.extend(p);
         }

@@ -1,12 +1,17 @@
 //! blockwatch collector: receives probe results from agents over gRPC, stores each once,
 //! detects when a block starts and ends, and exports the history.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod cmd;
 pub mod config;
+mod detect;
 pub mod export;
 pub mod ingest;
 pub mod plan;
+mod rebuild;
 pub mod replay;
 pub mod server;
+mod silence;
 pub mod store;

@@ -1,7 +1,33 @@
 //! The central plan: targets from the collector's config, pushed to agents.
 
-use crate::config::PlanConfig;
+use std::time::Duration;
+
 use blockwatch_proto::v1::Plan;
+use serde::Deserialize;
+
+/// The targets the collector hands to agents.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanConfig {
+    /// Default probe interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Targets to probe.
+    #[serde(rename = "target")]
+    pub targets: Vec<PlanTargetConfig>,
+}
+
+/// One target of a central plan.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PlanTargetConfig {
+    pub id: String,
+    pub url: String,
+    #[serde(default)]
+    pub provider: String,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+}
 
 /// Builds the wire plan of a config, with the given version.
 pub fn to_proto(cfg: &PlanConfig, version: u64) -> Plan {
@@ -22,8 +48,10 @@ pub fn withdrawn() -> Plan {
     Plan { version: fresh_version(), withdrawn: true, ..Default::default() }
 }
 
-/// Checks a configured plan with the same rules agents apply.
-pub fn validate(cfg: &PlanConfig) -> Result<(), Vec<String>> {
-    let problems = blockwatch_proto::plan::problems(&to_proto(cfg, 1));
-    if problems.is_empty() { Ok(()) } else { Err(problems) }
+impl PlanConfig {
+    /// Checks a configured plan with the same rules agents apply.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let problems = blockwatch_proto::plan::problems(&to_proto(self, 1));
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
 }

@@ -13,16 +13,18 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use blockwatch_proto::time::from_timestamp;
+use blockwatch_detector::Event;
 use blockwatch_proto::v1::fleet_server::FleetServer;
 use blockwatch_proto::v1::{Plan, StoredResult};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::CollectorConfig;
+use crate::detect::{Live, run_detector};
 use crate::ingest::{Ingest, Streams};
-use crate::store::{EventLog, Store, StoreError};
-use blockwatch_detector::{Detector, DetectorConfig, Event, EventKind, Evidence, Observation};
+use crate::rebuild::rebuild_detector;
+use crate::silence::watch_silence;
+use crate::store::{Store, StoreError};
 
 /// Batches of new results waiting for the detector. When full, the store writer waits.
 pub const DETECTOR_QUEUE: usize = 1024;
@@ -38,8 +40,12 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 pub enum StartError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot start the detector thread")]
+    Thread(#[source] std::io::Error),
+    #[error("a start-up task failed: {0}")]
+    Task(String),
 }
 
 /// A collector that is running.
@@ -70,16 +76,15 @@ impl Collector {
     pub async fn start(cfg: &CollectorConfig) -> Result<Collector, StartError> {
         let dir = cfg.data_dir.clone();
         let (det_tx, det_rx) = std::sync::mpsc::sync_channel(DETECTOR_QUEUE);
-        let store =
-            tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx))).await.map_err(|e| {
-                StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) }
-            })??;
+        let store = tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx)))
+            .await
+            .map_err(|e| StartError::Task(e.to_string()))??;
         let rebuilt = {
             let store = store.clone();
             let dcfg = cfg.detector.clone();
-            tokio::task::spawn_blocking(move || rebuild_detector(&store, dcfg)).await.map_err(|e| {
-                StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(std::io::Error::other(e)) }
-            })??
+            tokio::task::spawn_blocking(move || rebuild_detector(&store, dcfg))
+                .await
+                .map_err(|e| StartError::Task(e.to_string()))??
         };
         let (events, _) = broadcast::channel(EVENT_BROADCAST);
         let (results, _) = broadcast::channel(RESULT_BROADCAST);
@@ -96,13 +101,10 @@ impl Collector {
             std::thread::Builder::new()
                 .name("detector".into())
                 .spawn(move || run_detector(rebuilt, det_rx, live))
-                .map_err(|e| StoreError::Open { path: cfg.data_dir.clone(), source: fjall::Error::Io(e) })?
+                .map_err(StartError::Thread)?
         };
 
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.listen, source })?;
+        let (listener, addr) = bind(cfg.listen).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let service = FleetServer::new(crate::ingest::FleetService(Arc::clone(&ingest)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -116,9 +118,7 @@ impl Collector {
                     let _ = stopped.await;
                 }),
         );
-        let api_listener = crate::api::bind(cfg.api_listen).await?;
-        let api_addr =
-            api_listener.local_addr().map_err(|source| StartError::Listen { addr: cfg.api_listen, source })?;
+        let (api_listener, api_addr) = bind(cfg.api_listen).await?;
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(crate::api::serve(api_listener, store.reader(), Arc::clone(&ingest), async {
             let _ = api_stopped.await;
@@ -199,160 +199,10 @@ impl Collector {
     }
 }
 
-/// The detector as the store leaves it.
-struct Rebuilt {
-    detector: Detector,
-    /// Results in the store: what the live detector has handled once it starts.
-    processed: u64,
-    /// Events of results the previous run stored but had not yet turned into logged events
-    /// (it stopped uncleanly): to be published now.
-    recovered: Vec<Event>,
-}
-
-/// Feeds every stored result through a fresh detector so live detection continues where it
-/// left off. Events of results up to the log's `detector_processed` mark are in the log
-/// already and are dropped; those after it were lost with the previous process and are
-/// returned. (A store with events but no mark predates the mark: all its events are logged.)
-fn rebuild_detector(store: &Store, cfg: DetectorConfig) -> Result<Rebuilt, StoreError> {
-    let logged = match store.detector_processed()? {
-        Some(n) => n,
-        None if store.no_events()? => 0,
-        None => u64::MAX,
-    };
-    let mut detector = Detector::new(cfg);
-    let mut sink = Vec::new();
-    let mut recovered = Vec::new();
-    let mut n = 0u64;
-    for stored in store.results() {
-        observe(&mut detector, &stored?, &mut sink);
-        n += 1;
-        if n <= logged {
-            sink.clear();
-        } else {
-            recovered.append(&mut sink);
-        }
-    }
-    if n > 0 {
-        tracing::info!(results = n, recovered = recovered.len(), "detector state rebuilt from the store");
-    }
-    Ok(Rebuilt { detector, processed: n, recovered })
-}
-
-/// Feeds one stored result to the detector.
-pub fn observe(detector: &mut Detector, stored: &StoredResult, out: &mut Vec<Event>) {
-    let Some(r) = &stored.result else { return };
-    let started_at = r.started_at.as_ref().map_or(0, from_timestamp);
-    detector.observe(
-        &Observation {
-            probe_id: &r.probe_id,
-            agent_id: &r.agent_id,
-            region: &r.region,
-            target: &r.target_id,
-            started_at,
-            received_at: stored.received_at.as_ref().map_or(started_at, from_timestamp),
-            outcome: r.outcome(),
-            control: r.control,
-            confirmation: r.confirmation,
-        },
-        out,
-    );
-}
-
-/// Where the live detector's output goes. Holds no handle that keeps the store's writer
-/// alive, so closing the store ends the detector.
-struct Live {
-    log: Arc<Mutex<EventLog>>,
-    events: broadcast::Sender<Event>,
-    results: broadcast::Sender<Arc<Vec<StoredResult>>>,
-    streams: Arc<Streams>,
-}
-
-/// The live detector, on its own thread: results in store order in, events out, and probe
-/// requests to the agents of a region where a block is suspected.
-fn run_detector(rebuilt: Rebuilt, rx: std::sync::mpsc::Receiver<Vec<StoredResult>>, live: Live) {
-    let Live { log, events, results, streams } = live;
-    let Rebuilt { mut detector, mut processed, recovered: mut out } = rebuilt;
-    if !out.is_empty() {
-        tracing::warn!(events = out.len(), "publishing events the previous run decided but did not log");
-        publish(&log, &events, &mut out, Some(processed));
-    }
-    detector.request_confirmations();
-    while let Ok(batch) = rx.recv() {
-        for stored in &batch {
-            observe(&mut detector, stored, &mut out);
-        }
-        processed += batch.len() as u64;
-        for req in detector.take_requests() {
-            let asked = streams.probe_now(&req.target, &req.region, &req.reason);
-            tracing::info!(target = %req.target, region = %req.region, agents = asked, reason = %req.reason, "asked the region's agents to probe now");
-        }
-        let _ = results.send(Arc::new(batch));
-        publish(&log, &events, &mut out, Some(processed));
-    }
-}
-
-/// Appends events to the event log (durably, with the detector's progress when it is the
-/// detector's), logs them and hands them to live subscribers.
-fn publish(log: &Mutex<EventLog>, events: &broadcast::Sender<Event>, out: &mut Vec<Event>, processed: Option<u64>) {
-    if out.is_empty() {
-        return;
-    }
-    let lines: Vec<String> = out.iter().map(Event::to_json_line).collect();
-    match log.lock() {
-        Ok(mut log) => {
-            if let Err(e) = log.append(&lines, processed) {
-                tracing::error!(error = %e, "could not persist events");
-            }
-        }
-        Err(_) => tracing::error!("event log unavailable; events not persisted"),
-    }
-    for e in out.drain(..) {
-        tracing::info!(kind = ?e.kind, target = %e.target, region = %e.region, agent = e.agent_id.as_deref().unwrap_or("-"),
-            onset = %blockwatch_proto::time::format_rfc3339(e.onset), "event");
-        let _ = events.send(e);
-    }
-}
-
-/// Marks agents silent when the collector has heard nothing from them for
-/// `SILENT_AFTER_HEARTBEATS` heartbeat intervals (`Ingest::is_silent`), and back when they speak again; both are
-/// events in the log. Ends at shutdown.
-async fn watch_silence(ingest: Arc<Ingest>, log: Arc<Mutex<EventLog>>, events: broadcast::Sender<Event>) {
-    let beat = ingest.heartbeat();
-    let mut stop = ingest.stopping();
-    let mut tick = tokio::time::interval(beat / 2);
-    let mut silent: std::collections::HashSet<String> = std::collections::HashSet::new();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let now = blockwatch_proto::time::now();
-        let mut out = Vec::new();
-        for (id, a) in ingest.agents() {
-            let quiet = ingest.is_silent(&a, now);
-            let (kind, onset) = match (quiet, silent.contains(&id)) {
-                (true, false) => (EventKind::AgentSilent, a.last_seen),
-                (false, true) => (EventKind::AgentBack, a.last_seen),
-                _ => continue,
-            };
-            if quiet {
-                silent.insert(id.clone());
-            } else {
-                silent.remove(&id);
-            }
-            out.push(Event {
-                kind,
-                target: "*".into(),
-                region: a.region,
-                agent_id: Some(id),
-                onset,
-                detected_at: now,
-                evidence: Evidence { interval_ms: beat.as_millis() as i64, ..Default::default() },
-            });
-        }
-        if !out.is_empty() {
-            let (log, events) = (Arc::clone(&log), events.clone());
-            let _ = tokio::task::spawn_blocking(move || publish(&log, &events, &mut out, None)).await;
-        }
-    }
+/// Binds a listener; returns it with the address it got (port 0 picks a free one).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), StartError> {
+    let listen = |source| StartError::Listen { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(listen)?;
+    let bound = listener.local_addr().map_err(listen)?;
+    Ok((listener, bound))
 }

@@ -11,6 +11,8 @@
 //! regions fail the target at once). Onsets are maximum-likelihood change points per lane,
 //! combined by the median.
 
+#![forbid(unsafe_code)]
+
 mod cell;
 mod config;
 mod event;
@@ -23,7 +25,8 @@ mod vantage;
 mod tests;
 
 use blockwatch_proto::Outcome;
-use blockwatch_proto::time::Millis;
+use blockwatch_proto::time::{Millis, from_timestamp};
+use blockwatch_proto::v1::StoredResult;
 
 pub use config::DetectorConfig;
 pub use event::{Event, EventKind, Evidence};
@@ -53,6 +56,27 @@ pub struct Observation<'a> {
     pub control: bool,
     /// An extra, off-schedule probe the agent ran to confirm a failure.
     pub confirmation: bool,
+}
+
+impl<'a> Observation<'a> {
+    /// The detector's view of a result as the collector stored it: event time from the
+    /// result's `started_at`, decision time from the store's `received_at` (the start time
+    /// when either is missing). `None` for a stored record without a result.
+    pub fn from_stored(stored: &'a StoredResult) -> Option<Observation<'a>> {
+        let r = stored.result.as_ref()?;
+        let started_at = r.started_at.as_ref().map_or(0, from_timestamp);
+        Some(Observation {
+            probe_id: &r.probe_id,
+            agent_id: &r.agent_id,
+            region: &r.region,
+            target: &r.target_id,
+            started_at,
+            received_at: stored.received_at.as_ref().map_or(started_at, from_timestamp),
+            outcome: r.outcome(),
+            control: r.control,
+            confirmation: r.confirmation,
+        })
+    }
 }
 
 /// A request to the fleet: every agent of `region` should probe `target` now. The detector

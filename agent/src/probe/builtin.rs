@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::catalogue::{AuthStyle, GENERIC, GeoSignature, LocationVisibility, ProviderConfig};
+use super::entry::{AuthStyle, GENERIC, GeoSignature, LocationVisibility, ProviderConfig};
 
 fn entry(id: &str, hosts: &[&str], endpoint: &str, reachable: &[u16], auth: AuthStyle) -> ProviderConfig {
     ProviderConfig {

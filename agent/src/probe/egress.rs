@@ -73,8 +73,9 @@ pub async fn keep_current(
     every: Duration,
     retry: Duration,
     tx: watch::Sender<String>,
-    mut stop: watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
 ) {
+    let mut stop = std::pin::pin!(stop);
     loop {
         let wait = match lookup(&engine, &spec).await {
             Ok(ip) => {
@@ -86,13 +87,13 @@ pub async fn keep_current(
                 every
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry = ?retry, "egress address look-up failed");
+                tracing::warn!(error = %e, retry = %humantime::format_duration(retry), "egress address look-up failed");
                 retry
             }
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = crate::stopped(&mut stop) => return,
+            _ = &mut stop => return,
         }
     }
 }

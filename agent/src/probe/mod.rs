@@ -10,6 +10,7 @@ pub mod classify;
 mod credential;
 mod dns;
 pub mod egress;
+mod entry;
 pub mod failure;
 mod http;
 mod tcp;
