@@ -79,14 +79,16 @@ async fn kept_current_and_last_known_kept_through_failures() {
     })
     .await;
     let (tx, mut rx) = watch::channel(String::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(egress::keep_current(
         engine(&pki, vec![]),
         echo_spec(&srv),
         Duration::from_millis(50),
         Duration::from_millis(20),
         tx,
-        stop_rx,
+        async {
+            let _ = stop_rx.await;
+        },
     ));
     let mut seen = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), async {
@@ -102,6 +104,6 @@ async fn kept_current_and_last_known_kept_through_failures() {
     .expect("the new address within 10s");
     assert_eq!(seen.first().map(String::as_str), Some("127.0.0.1"));
     assert!(seen.iter().all(|v| v == "127.0.0.1" || v == "127.0.0.2"), "never blanked: {seen:?}");
-    stop_tx.send(true).unwrap();
+    stop_tx.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("ends on stop").unwrap();
 }
