@@ -75,8 +75,9 @@ async fn config_keys_control_and_egress_reach_the_results() {
         provider: targets::provider_for(&catalogue, "generic", "", &[]),
         ..spec(String::new(), provider("generic"), QUICK)
     };
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(egress::keep_current(eng.clone(), echo, egress::REFRESH, egress::RETRY, egress_tx, stop_rx));
+    // Runs until the test's runtime ends.
+    let never = std::future::pending::<()>();
+    tokio::spawn(egress::keep_current(eng.clone(), echo, egress::REFRESH, egress::RETRY, egress_tx, never));
     let mut known = egress_rx.clone();
     tokio::time::timeout(Duration::from_secs(10), known.wait_for(|ip| !ip.is_empty())).await.unwrap().unwrap();
 
