@@ -30,15 +30,6 @@ pub struct ActivePlan {
     pub targets: Vec<Target>,
 }
 
-/// The local config as a wire plan (so it is checked by the same rules as a central one).
-pub fn local_plan(cfg: &AgentConfig, version: u64) -> Plan {
-    blockwatch_proto::plan::build(
-        version,
-        cfg.interval,
-        cfg.targets.iter().map(|t| (t.id.as_str(), t.url.as_str(), t.provider.as_str(), t.interval)),
-    )
-}
-
 fn from_config(t: &TargetConfig, default_interval: Duration) -> Target {
     Target {
         id: t.id.clone(),
@@ -78,10 +69,7 @@ pub fn initial(cfg: &AgentConfig) -> ActivePlan {
 /// Merges a central plan with the pinned local targets and the control target, or explains
 /// why the plan is refused.
 pub fn apply(cfg: &AgentConfig, plan: &Plan) -> Result<ActivePlan, Vec<String>> {
-    let mut problems = blockwatch_proto::plan::problems(plan);
-    if plan.targets.iter().any(|t| t.id == CONTROL_ID) {
-        problems.push(format!("target {CONTROL_ID:?}: id is reserved for the agent's control target"));
-    }
+    let problems = blockwatch_proto::plan::problems(plan);
     if !problems.is_empty() {
         return Err(problems);
     }

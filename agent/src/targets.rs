@@ -9,9 +9,9 @@ use crate::probe::{Catalogue, Provider};
 /// `generic`; with `expect_status` (when given) replacing the reachable statuses.
 pub fn provider_for(catalogue: &Catalogue, provider: &str, url: &str, expect_status: &[u16]) -> Arc<Provider> {
     let base = if provider.is_empty() {
-        catalogue.for_host(host_of(url))
+        catalogue.for_host(&host_of(url))
     } else {
-        catalogue.get(provider).unwrap_or_else(|| catalogue.for_host(host_of(url)))
+        catalogue.get(provider).unwrap_or_else(|| catalogue.for_host(&host_of(url)))
     };
     if expect_status.is_empty() {
         return base;
@@ -22,14 +22,10 @@ pub fn provider_for(catalogue: &Catalogue, provider: &str, url: &str, expect_sta
 }
 
 /// The host of an `https://host[:port]/path` or `tcp://host:port` URL (brackets kept off
-/// IPv6 literals).
-pub fn host_of(url: &str) -> &str {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if let Some(v6) = authority.strip_prefix('[') {
-        return v6.split(']').next().unwrap_or("");
-    }
-    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+/// IPv6 literals); empty for a URL that is not a probe URL (no provider owns it; the URL
+/// itself is refused where it was configured).
+pub fn host_of(url: &str) -> String {
+    blockwatch_proto::url::probe(url).map(|u| u.host).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -42,6 +38,7 @@ mod tests {
         assert_eq!(host_of("https://127.0.0.1:8443/v1/models"), "127.0.0.1");
         assert_eq!(host_of("https://[::1]:8443/x"), "::1");
         assert_eq!(host_of("tcp://collector:7400"), "collector");
+        assert_eq!(host_of("https://a:b:c/"), "");
     }
 
     #[test]

@@ -122,6 +122,11 @@ impl CollectorConfig {
         if self.heartbeat_interval < Duration::from_secs(1) || self.heartbeat_interval > Duration::from_secs(3600) {
             problems.push("heartbeat_interval: must be 1s..=1h".to_string());
         }
+        for id in &self.agents {
+            if let Err(rule) = blockwatch_proto::id::check(id) {
+                problems.push(format!("agents: {id:?}: {rule}"));
+            }
+        }
         if let Some(plan) = &self.plan
             && let Err(p) = plan.validate()
         {

@@ -7,12 +7,14 @@
 #![forbid(unsafe_code)]
 
 pub mod config_file;
+pub mod id;
 pub mod outcome;
 pub mod plan;
 #[cfg(feature = "grpc")]
 pub mod process;
 pub mod time;
 pub mod trace;
+pub mod url;
 
 /// Generated prost messages (and, with `grpc`, the tonic client and server) for `blockwatch.v1`.
 pub mod v1 {

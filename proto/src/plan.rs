@@ -12,6 +12,8 @@ pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Most targets in one plan.
 pub const MAX_TARGETS: usize = 1000;
+/// Target id of every agent's control target; no configured or planned target may use it.
+pub const CONTROL_ID: &str = "control";
 
 /// A std duration as a protobuf one.
 pub fn to_proto_duration(d: Duration) -> prost_types::Duration {
@@ -60,7 +62,7 @@ pub fn problems(plan: &Plan) -> Vec<String> {
     }
     let check_interval = |what: &str, d: &prost_types::Duration, out: &mut Vec<String>| match duration(d) {
         Some(d) if (MIN_INTERVAL..=MAX_INTERVAL).contains(&d) => {}
-        _ => out.push(format!("{what}: interval {}s{}ns is outside 1s..=24h", d.seconds, d.nanos)),
+        _ => out.push(format!("{what}: interval {}s is outside 1s..=24h", d.seconds as f64 + f64::from(d.nanos) / 1e9)),
     };
     match &plan.interval {
         Some(d) => check_interval("plan", d, &mut out),
@@ -75,13 +77,15 @@ pub fn problems(plan: &Plan) -> Vec<String> {
     let mut ids = HashSet::new();
     for (i, t) in plan.targets.iter().enumerate() {
         let what = format!("target[{i}] {:?}", t.id);
-        if t.id.is_empty() || t.id.len() > 64 || !t.id.chars().all(is_id_char) {
-            out.push(format!("{what}: id must be 1-64 of [A-Za-z0-9._-]"));
+        if let Err(rule) = crate::id::check(&t.id) {
+            out.push(format!("{what}: id {rule}"));
+        } else if t.id == CONTROL_ID {
+            out.push(format!("{what}: id is reserved for the agent's control target"));
         }
         if !ids.insert(t.id.as_str()) {
             out.push(format!("{what}: duplicate id"));
         }
-        if let Err(e) = check_url(&t.url) {
+        if let Err(e) = crate::url::target(&t.url) {
             out.push(format!("{what}: url {:?}: {e}", t.url));
         }
         if let Some(d) = &t.interval {
@@ -89,23 +93,6 @@ pub fn problems(plan: &Plan) -> Vec<String> {
         }
     }
     out
-}
-
-fn is_id_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
-}
-
-/// Checks that a probe URL is `https://host[:port]/path` (probes always use TLS).
-pub fn check_url(url: &str) -> Result<(), &'static str> {
-    let rest = url.strip_prefix("https://").ok_or("must start with https://")?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if host.is_empty() {
-        return Err("has no host");
-    }
-    if host.contains('@') {
-        return Err("must not carry credentials");
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -134,6 +121,9 @@ mod tests {
         assert_eq!(got.len(), 5, "{got:?}");
         assert!(got.iter().any(|m| m.contains("duplicate id")));
         assert!(got.iter().any(|m| m.contains("https://")));
+        assert!(got.iter().any(|m| m == "plan: interval 0.000000005s is outside 1s..=24h"), "{got:?}");
+        let reserved = problems(&plan(vec![target("control", "https://h/")]));
+        assert_eq!(reserved, ["target[0] \"control\": id is reserved for the agent's control target"]);
         assert!(problems(&plan(vec![])).iter().any(|m| m.contains("no targets")));
     }
 }

@@ -43,6 +43,15 @@ fn collector_answers_bad_peers_precisely() {
         let err = client.register(register("stranger")).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied);
         assert!(err.message().contains("\"stranger\""), "{}", err.message());
+        // Ids follow the one rule everywhere, at ingest as in the agent's config.
+        let err = client.register(register("bad id")).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert_eq!(err.message(), "agent_id \"bad id\": must be 1-64 of [A-Za-z0-9._-]");
+        let mut bad_region = register("known");
+        bad_region.region = "r/1".into();
+        let err = client.register(bad_region).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument);
+        assert!(err.message().starts_with("region \"r/1\""), "{}", err.message());
 
         // A stream from an agent that never registered.
         let hello = AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: "known".into() })) };
@@ -60,6 +69,7 @@ fn collector_answers_bad_peers_precisely() {
                         result("known/1/1", "known", ok),
                         result("known/1/2", "known", 999),
                         result("known/1/3", "other", ok),
+                        ProbeResult { target_id: "no such/target".into(), ..result("known/1/4", "known", ok) },
                     ],
                 })),
             },
@@ -84,7 +94,8 @@ fn collector_answers_bad_peers_precisely() {
             collector_message::Kind::Reject(r) => r,
             other => panic!("wanted a reject first, got {other:?}"),
         };
-        assert_eq!(reject.probe_ids, ["known/1/2", "known/1/3"]);
+        assert_eq!(reject.probe_ids, ["known/1/2", "known/1/3", "known/1/4"]);
+        assert!(reject.reason.contains("target_id \"no such/target\": must be 1-64"), "{}", reject.reason);
         assert!(reject.reason.contains("outcome 999 is not a known outcome"), "{}", reject.reason);
         assert!(reject.reason.contains("differs from the stream's agent"), "{}", reject.reason);
         match &replies[1] {

@@ -21,8 +21,8 @@ impl Provider {
     /// Checks a config entry.
     pub fn new(config: ProviderConfig) -> Result<Provider, CatalogueError> {
         let bad = |why: String| CatalogueError::Invalid { id: config.id.clone(), why };
-        if config.id.is_empty() || !config.id.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(bad("id must be non-empty [A-Za-z0-9._-]".into()));
+        if let Err(rule) = blockwatch_proto::id::check(&config.id) {
+            return Err(bad(format!("id {rule}")));
         }
         if !config.endpoint.starts_with('/') {
             return Err(bad(format!("endpoint {:?} must start with /", config.endpoint)));

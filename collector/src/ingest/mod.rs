@@ -182,8 +182,11 @@ impl std::ops::Deref for FleetService {
 impl Fleet for FleetService {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
         let req = request.into_inner();
-        if req.agent_id.is_empty() || req.agent_id.len() > 128 {
-            return Err(Status::invalid_argument("agent_id must be 1-128 bytes"));
+        if let Err(rule) = blockwatch_proto::id::check(&req.agent_id) {
+            return Err(Status::invalid_argument(format!("agent_id {:?}: {rule}", req.agent_id)));
+        }
+        if let Err(rule) = blockwatch_proto::id::check(&req.region) {
+            return Err(Status::invalid_argument(format!("region {:?}: {rule}", req.region)));
         }
         if !self.allowed.is_empty() && !self.allowed.contains(&req.agent_id) {
             tracing::warn!(agent_id = %req.agent_id, "refused unknown agent");

@@ -15,8 +15,11 @@ pub fn problem(r: &ProbeResult, agent_id: &str) -> Option<String> {
     if r.agent_id != agent_id {
         return Some(format!("probe {id}: agent_id {:?} differs from the stream's agent {agent_id:?}", r.agent_id));
     }
-    if r.target_id.is_empty() {
-        return Some(format!("probe {id}: target_id is empty"));
+    if let Err(rule) = blockwatch_proto::id::check(&r.target_id) {
+        return Some(format!("probe {id}: target_id {:?}: {rule}", r.target_id));
+    }
+    if let Err(rule) = blockwatch_proto::id::check(&r.region) {
+        return Some(format!("probe {id}: region {:?}: {rule}", r.region));
     }
     if r.started_at.is_none() {
         return Some(format!("probe {id}: started_at is missing"));

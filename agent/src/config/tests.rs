@@ -1,0 +1,168 @@
+//! Config parsing and validation, on plain text and values.
+
+use std::time::Duration;
+
+use super::*;
+
+const GOOD: &str = r#"
+    agent_id = "eu-west-1"
+    region = "eu-west"
+    collector = "http://127.0.0.1:7400"
+    interval = "30s"
+    [[target]]
+    id = "openai"
+    url = "https://api.openai.com/v1/models"
+"#;
+
+#[test]
+fn good_config_parses_with_defaults() {
+    let c = AgentConfig::parse(GOOD).unwrap();
+    assert_eq!(c.interval, Duration::from_secs(30));
+    assert_eq!(c.timeout, Duration::from_secs(10));
+    assert_eq!(c.confirm, ConfirmConfig::default());
+    c.validate().unwrap();
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = AgentConfig::parse(&format!("{GOOD}\nintervall = \"1s\"")).unwrap_err();
+    assert!(e.contains("intervall"), "{e}");
+    let e = AgentConfig::parse("agent_id = 1").unwrap_err();
+    assert!(e.contains("agent_id"), "{e}");
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let mut c = AgentConfig::parse(GOOD).unwrap();
+    c.agent_id = "bad id".into();
+    c.collector = "ftp://x".into();
+    c.nameservers = vec!["nope".into()];
+    c.targets[0].url = "http://plain".into();
+    let p = c.validate().unwrap_err();
+    assert_eq!(p.len(), 4, "{p:?}");
+    assert!(p.iter().any(|m| m.starts_with("agent_id")));
+    assert!(p.iter().any(|m| m.contains("https://")));
+}
+
+#[test]
+fn providers_extend_and_override_the_catalogue() {
+    let c = AgentConfig::parse(&format!(
+        r#"{GOOD}
+        [[provider]]
+        id = "acme"
+        hosts = ["api.acme.test"]
+        endpoint = "/v1/models"
+        reachable = [401]
+        geo = [{{ status = 451, code = "region_blocked", provider_code = "region_blocked" }}]
+        [[provider]]
+        id = "openai"
+        hosts = ["api.openai.com", "openai.internal.test"]
+        endpoint = "/v1/models"
+        reachable = [401, 404]
+        "#
+    ))
+    .unwrap();
+    c.validate().unwrap();
+    let cat = c.catalogue().unwrap();
+    assert_eq!(cat.for_host("api.acme.test").id(), "acme");
+    assert_eq!(cat.get("openai").unwrap().config().reachable, vec![401, 404]);
+    assert_eq!(cat.for_host("openai.internal.test").id(), "openai");
+}
+
+#[test]
+fn bad_providers_are_named() {
+    let e = AgentConfig::parse(&format!(
+        "{GOOD}\n[[provider]]\nid = \"x\"\nendpoint = \"/\"\nreachable = []\nrechable = [1]"
+    ))
+    .unwrap_err();
+    assert!(e.contains("rechable"), "{e}");
+    let mut c = AgentConfig::parse(GOOD).unwrap();
+    let entry = c.catalogue().unwrap().get("mistral").unwrap().config().clone();
+    let mut bad = entry.clone();
+    bad.endpoint = "v1/models".into();
+    c.providers = vec![entry.clone(), entry, bad];
+    let p = c.validate().unwrap_err();
+    assert!(p.iter().any(|m| m == "provider[1] \"mistral\": duplicate id"), "{p:?}");
+    assert!(p.iter().any(|m| m.starts_with("provider[2]: provider \"mistral\": endpoint")), "{p:?}");
+}
+
+fn keyed(key_lines: &str) -> AgentConfig {
+    AgentConfig::parse(&format!("{GOOD}{key_lines}")).unwrap()
+}
+
+#[test]
+fn credentials_come_from_env_or_file_and_problems_name_the_target() {
+    let c = keyed("credential_env = \"OPENAI_API_KEY\"");
+    c.validate().unwrap();
+    let keys = c.credentials(|k| (k == "OPENAI_API_KEY").then(|| "sk-secret".to_string())).unwrap();
+    assert_eq!(keys.len(), 1);
+    let e = c.credentials(|_| None).unwrap_err();
+    assert_eq!(e, ["target \"openai\": credential: environment variable OPENAI_API_KEY is not set"]);
+    // The config holds names only: nothing printed from it can carry the key.
+    assert!(!format!("{c:?}{keys:?}").contains("sk-secret"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("key");
+    std::fs::write(&file, "sk-from-file\n").unwrap();
+    let c = keyed(&format!("credential_file = {:?}", file.display().to_string()));
+    assert_eq!(c.credentials(|_| None).unwrap().len(), 1);
+    let c = keyed(&format!("credential_file = {:?}", dir.path().join("missing").display().to_string()));
+    let e = c.credentials(|_| None).unwrap_err();
+    assert!(e[0].starts_with("target \"openai\": credential: reading credential file"), "{e:?}");
+}
+
+#[test]
+fn credential_mistakes_are_named() {
+    let c = keyed("credential_env = \"K\"\ncredential_file = \"/k\"");
+    let p = c.validate().unwrap_err();
+    assert_eq!(p, ["target \"openai\": credential_env and credential_file exclude each other"]);
+    let mut c = keyed("credential_env = \"K\"");
+    c.targets[0].url = "https://127.0.0.1:8443/v1/models".into();
+    c.targets[0].provider = "openai".into();
+    let p = c.validate().unwrap_err();
+    assert!(p[0].contains("credential would never be sent: 127.0.0.1 is not a host of provider \"openai\""), "{p:?}");
+    c.targets[0].id = "control".into();
+    assert!(c.validate().unwrap_err().iter().any(|m| m.contains("reserved")));
+}
+
+#[test]
+fn control_defaults_to_the_collector_and_is_checked() {
+    let mut c = AgentConfig::parse(GOOD).unwrap();
+    assert_eq!(c.control_url().unwrap(), "tcp://127.0.0.1:7400");
+    c.collector = "https://collector.example".into();
+    assert_eq!(c.control_url().unwrap(), "tcp://collector.example:443");
+    c.collector = "http://[::1]:7400/".into();
+    assert_eq!(c.control_url().unwrap(), "tcp://[::1]:7400");
+    c.control = Some("https://www.example.com/".into());
+    assert_eq!(c.control_url().unwrap(), "https://www.example.com/");
+    c.control = Some("tcp://gateway".into());
+    c.egress_echo_url = Some("http://api.ipify.org".into());
+    let p = c.validate().unwrap_err();
+    assert_eq!(
+        p,
+        [
+            "control \"tcp://gateway\": tcp:// needs a port",
+            "egress_echo_url \"http://api.ipify.org\": must start with https://"
+        ]
+    );
+}
+
+#[test]
+fn nameservers_take_optional_ports() {
+    let mut c = AgentConfig::parse(GOOD).unwrap();
+    c.nameservers = vec!["127.0.0.1:5353".into(), "9.9.9.9".into()];
+    assert_eq!(c.nameserver_addrs()[1].port(), 53);
+}
+
+#[test]
+fn urls_are_checked_once_under_their_own_key() {
+    let mut c = AgentConfig::parse(GOOD).unwrap();
+    c.collector = "http://".into();
+    assert_eq!(c.validate().unwrap_err(), ["collector \"http://\": has no host"]);
+    let mut c = AgentConfig::parse(GOOD).unwrap();
+    c.targets[0].url = "https://api.example.com:99999/v1/models".into();
+    assert_eq!(
+        c.validate().unwrap_err(),
+        ["target[0] \"openai\": url \"https://api.example.com:99999/v1/models\": port must be a number in 1..=65535"]
+    );
+}

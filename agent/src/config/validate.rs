@@ -1,0 +1,110 @@
+//! Every problem in an agent config that serde cannot see, reported together, each naming
+//! its key.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use blockwatch_proto::id;
+
+use super::AgentConfig;
+use crate::probe::Provider;
+
+impl AgentConfig {
+    /// Every problem serde cannot see, each naming its key.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut p = Vec::new();
+        if let Err(rule) = id::check(&self.agent_id) {
+            p.push(format!("agent_id {:?}: {rule}", self.agent_id));
+        }
+        if let Err(rule) = id::check(&self.region) {
+            p.push(format!("region {:?}: {rule}", self.region));
+        }
+        if let Err(why) = blockwatch_proto::url::endpoint(&self.collector) {
+            p.push(format!("collector {:?}: {why}", self.collector));
+        }
+        if self.interval < Duration::from_secs(1) {
+            p.push("interval: must be at least 1s".into());
+        }
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(120) {
+            p.push("timeout: must be 100ms..=120s".into());
+        }
+        if self.spool_max_mb == 0 {
+            p.push("spool_max_mb: must be at least 1".into());
+        }
+        if self.concurrency == 0 || self.concurrency > 1024 {
+            p.push("concurrency: must be 1..=1024".into());
+        }
+        if self.upload_rate == 0 || self.upload_rate > 100_000 {
+            p.push(format!("upload_rate = {}: must be 1..=100000 results per second", self.upload_rate));
+        }
+        if self.confirm.min_delay > self.confirm.max_delay {
+            p.push("confirm.min_delay: must not exceed confirm.max_delay".into());
+        }
+        for ns in &self.nameservers {
+            if parse_nameserver(ns).is_none() {
+                p.push(format!("nameservers: {ns:?} is not an ip or ip:port"));
+            }
+        }
+        if !self.targets.is_empty() {
+            p.extend(blockwatch_proto::plan::problems(&self.local_plan(0)));
+        }
+        // Without `control` the control target is the collector's, checked above.
+        if self.control.is_some()
+            && let Err(why) = self.control_url()
+        {
+            p.push(why);
+        }
+        if let Some(url) = &self.egress_echo_url
+            && let Err(why) = blockwatch_proto::url::target(url)
+        {
+            p.push(format!("egress_echo_url {url:?}: {why}"));
+        }
+        self.provider_problems(&mut p);
+        self.credential_problems(&mut p);
+        if p.is_empty() { Ok(()) } else { Err(p) }
+    }
+
+    fn provider_problems(&self, p: &mut Vec<String>) {
+        let mut ids = HashSet::new();
+        for (i, c) in self.providers.iter().enumerate() {
+            if !ids.insert(c.id.as_str()) {
+                p.push(format!("provider[{i}] {:?}: duplicate id", c.id));
+            }
+            if let Err(e) = Provider::new(c.clone()) {
+                p.push(format!("provider[{i}]: {e}"));
+            }
+        }
+    }
+
+    fn credential_problems(&self, p: &mut Vec<String>) {
+        // With a broken [[provider]] the hosts a key may go to are unknown; that problem is
+        // reported above.
+        let catalogue = self.catalogue().ok();
+        for t in &self.targets {
+            let what = format!("target {:?}", t.id);
+            if t.credential_env.is_some() && t.credential_file.is_some() {
+                p.push(format!("{what}: credential_env and credential_file exclude each other"));
+            }
+            if t.credential_env.as_deref().is_some_and(str::is_empty) {
+                p.push(format!("{what}: credential_env is empty"));
+            }
+            let (Some(catalogue), Some(_)) = (&catalogue, t.credential_source()) else { continue };
+            // The engine withholds a key from any host its provider does not own; a target
+            // that could never use its key is a config mistake, so say so now.
+            let provider = crate::targets::provider_for(catalogue, &t.provider, &t.url, &t.expect_status);
+            let host = crate::targets::host_of(&t.url);
+            if !provider.owns_host(&host) {
+                p.push(format!(
+                    "{what}: credential would never be sent: {host} is not a host of provider {:?}",
+                    provider.id()
+                ));
+            }
+        }
+    }
+}
+
+/// `ip` or `ip:port` (port 53 when none is given).
+pub(super) fn parse_nameserver(s: &str) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| s.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+}
