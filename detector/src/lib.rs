@@ -26,6 +26,7 @@ mod tests;
 
 use blockwatch_proto::Outcome;
 use blockwatch_proto::time::{Millis, from_timestamp};
+use blockwatch_proto::trace::TraceLine;
 use blockwatch_proto::v1::StoredResult;
 
 pub use config::DetectorConfig;
@@ -59,6 +60,21 @@ pub struct Observation<'a> {
 }
 
 impl<'a> Observation<'a> {
+    /// The detector's view of a line of a trace.
+    pub fn from_line(l: &'a TraceLine<'a>) -> Observation<'a> {
+        Observation {
+            probe_id: &l.probe_id,
+            agent_id: &l.agent_id,
+            region: &l.region,
+            target: &l.target,
+            started_at: l.started_at,
+            received_at: l.received_at,
+            outcome: l.outcome,
+            control: l.control,
+            confirmation: l.confirmation,
+        }
+    }
+
     /// The detector's view of a result as the collector stored it: event time from the
     /// result's `started_at`, decision time from the store's `received_at` (the start time
     /// when either is missing). `None` for a stored record without a result.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config_file;
+pub mod error;
 pub mod id;
 pub mod outcome;
 pub mod plan;

@@ -1,5 +1,11 @@
-//! The JSONL trace record (`shared/eval/FORMAT.md`): what `export` writes, what `replay`
-//! reads, and what `blockwatch-agent probe --json` prints.
+//! The JSONL trace format (`docs/trace-format.md`): [`TraceRecord`], the whole record, is
+//! what `export` writes and `blockwatch-agent probe --json` prints; [`TraceLine`], the part
+//! the detector needs borrowed from the line, is what `replay` reads. Both name outcomes and
+//! times by the same rules.
+
+mod line;
+
+pub use line::{LineError, TraceLine};
 
 use serde::{Deserialize, Serialize};
 
@@ -118,9 +124,9 @@ impl TraceRecord {
 
     /// The richest outcome the record names (`outcome_detail` when present).
     pub fn outcome(&self) -> Result<Outcome, TraceError> {
-        let name = if self.outcome_detail.is_empty() { &self.outcome } else { &self.outcome_detail };
-        Outcome::from_name(name)
-            .ok_or_else(|| TraceError::UnknownOutcome { probe_id: self.probe_id.clone(), outcome: name.clone() })
+        let name = line::richest_name(&self.outcome, Some(&self.outcome_detail));
+        line::outcome_of(name)
+            .ok_or_else(|| TraceError::UnknownOutcome { probe_id: self.probe_id.clone(), outcome: name.to_string() })
     }
 
     fn time(&self, field: &'static str, value: &str) -> Result<Millis, TraceError> {
