@@ -36,11 +36,13 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub enum StartError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    #[error("probe engine: {0}")]
+    #[error("probe engine")]
     Engine(#[from] crate::probe::EngineError),
-    #[error("cannot read ca_file {path}: {source}")]
-    CaFile { path: std::path::PathBuf, source: std::io::Error },
-    #[error("provider catalogue: {0}")]
+    #[error("cannot read ca_file {path}")]
+    CaRead { path: std::path::PathBuf, source: std::io::Error },
+    #[error("ca_file {path}: {why}")]
+    CaFile { path: std::path::PathBuf, why: String },
+    #[error("provider catalogue")]
     Catalogue(#[from] crate::probe::CatalogueError),
     #[error("credentials: {}", .0.join("; "))]
     Credentials(Vec<String>),
@@ -68,7 +70,7 @@ impl Agent {
             })??)
         };
         let extra_ca_pem = match &cfg.ca_file {
-            Some(p) => Some(std::fs::read(p).map_err(|source| StartError::CaFile { path: p.clone(), source })?),
+            Some(p) => Some(std::fs::read(p).map_err(|source| StartError::CaRead { path: p.clone(), source })?),
             None => None,
         };
         let engine = Engine::new(EngineConfig {
@@ -76,6 +78,10 @@ impl Agent {
             extra_ca_pem,
             poison: cfg.poison.clone(),
             body_cap: BODY_CAP,
+        })
+        .map_err(|e| match (e, &cfg.ca_file) {
+            (crate::probe::EngineError::Ca(why), Some(path)) => StartError::CaFile { path: path.clone(), why },
+            (e, _) => StartError::Engine(e),
         })?;
         let (stop_probes, probes_rx) = watch::channel(false);
         let (stop_uplink, uplink_rx) = watch::channel(false);

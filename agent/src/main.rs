@@ -5,7 +5,7 @@ fn main() -> std::process::ExitCode {
     match blockwatch_agent::cmd::run(cli) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
-            eprintln!("blockwatch-agent: {e:#}");
+            eprintln!("blockwatch-agent: {}", blockwatch_proto::error::chain(e.as_ref()));
             std::process::ExitCode::from(2)
         }
     }

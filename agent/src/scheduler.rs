@@ -181,7 +181,7 @@ pub async fn probe_once(ctx: &ProbeContext, target: &Target, confirmation: bool)
     let Ok(report) = tokio::time::timeout(ctx.cfg.timeout + PROBE_SLACK, ctx.engine.probe(&spec)).await else {
         // The engine keeps its own deadline; getting here is a bug worth shouting about, not
         // a result about the target.
-        tracing::error!(target = %target.id, timeout = ?ctx.cfg.timeout, "probe overran its deadline and was abandoned");
+        tracing::error!(target = %target.id, timeout = %humantime::format_duration(ctx.cfg.timeout), "probe overran its deadline and was abandoned");
         return None;
     };
     let mut result = ProbeResult {
@@ -212,11 +212,11 @@ pub async fn probe_once(ctx: &ProbeContext, target: &Target, confirmation: bool)
             Some(outcome)
         }
         Ok(Err(e)) => {
-            tracing::error!(target = %target.id, error = %e, "could not spool a result; it is lost");
+            tracing::error!(target = %target.id, error = %blockwatch_proto::error::chain(&e), "could not spool a result; it is lost");
             None
         }
         Err(e) => {
-            tracing::error!(target = %target.id, error = %e, "spool task failed");
+            tracing::error!(target = %target.id, error = %blockwatch_proto::error::chain(&e), "spool task failed");
             None
         }
     }

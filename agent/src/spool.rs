@@ -25,9 +25,9 @@ const SPOOL_CACHE_BYTES: usize = 4 * 1024 * 1024;
 /// A spool failure, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
-    #[error("spool {path}: {source}")]
+    #[error("spool {path}")]
     Db { path: PathBuf, source: redb::Error },
-    #[error("spool {path}: record {seq} is corrupt: {source}")]
+    #[error("spool {path}: record {seq} is corrupt")]
     Corrupt { path: PathBuf, seq: u64, source: prost::DecodeError },
 }
 

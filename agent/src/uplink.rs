@@ -41,20 +41,38 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a session with the collector ended.
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    #[error("collector endpoint {endpoint:?}: {source}")]
+    #[error("collector endpoint {endpoint:?}")]
     Endpoint { endpoint: String, source: tonic::transport::Error },
-    #[error("cannot reach collector at {endpoint}: {source}")]
+    #[error("cannot reach collector at {endpoint}")]
     Connect { endpoint: String, source: tonic::transport::Error },
-    #[error("collector refused: {0}")]
+    #[error("collector refused: {}", status_text(.0))]
     Refused(tonic::Status),
-    #[error("report stream: {0}")]
+    #[error("report stream: {}", status_text(.0))]
     Stream(tonic::Status),
     #[error(transparent)]
     Spool(#[from] SpoolError),
     #[error("collector closed the report stream")]
     Closed,
-    #[error("spool task failed: {0}")]
+    #[error("spool task failed")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// A gRPC status in words: its code, its message, and the transport's cause if any.
+fn status_text(s: &tonic::Status) -> String {
+    let code = format!("{:?}", s.code());
+    let mut words = String::new();
+    for (i, c) in code.char_indices() {
+        if c.is_ascii_uppercase() && i > 0 {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    let mut text = if s.message().is_empty() { words } else { format!("{words}: {}", s.message()) };
+    if let Some(cause) = std::error::Error::source(s) {
+        text.push_str(": ");
+        text.push_str(&blockwatch_proto::error::chain(cause));
+    }
+    text
 }
 
 /// Runs a blocking spool operation off the async runtime.
@@ -103,7 +121,11 @@ impl Uplink {
                     }
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);
-                    tracing::warn!(error = %e, retry_in = ?delay, "collector session ended");
+                    tracing::warn!(
+                        error = %blockwatch_proto::error::chain(&e),
+                        retry_in = %humantime::format_duration(delay),
+                        "collector session ended"
+                    );
                     let mut stop = self.stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}

@@ -187,7 +187,7 @@ async fn results(
         if let Err(e) = crate::export::export_range(&store, crate::export::Format::Jsonl, q.after, limit, &mut out) {
             // The status is sent already: end the body with the error so the client sees a
             // broken transfer rather than a short, valid-looking export.
-            tracing::warn!(error = %e, "results export over the API stopped");
+            tracing::warn!(error = %blockwatch_proto::error::chain(&e), "results export over the API stopped");
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }
     });

@@ -81,15 +81,17 @@ impl CollectorConfig {
     /// Reads, parses, applies environment overrides and validates a config file.
     pub fn load(path: &Path) -> Result<CollectorConfig, ConfigError> {
         let mut cfg: CollectorConfig = blockwatch_proto::config_file::read_toml(path)?;
-        cfg.apply_env(|k| std::env::var(k).ok())
-            .and_then(|()| cfg.validate())
-            .map_err(|problems| ConfigError::Invalid { path: path.to_owned(), problems })?;
+        let mut problems = cfg.apply_env(|k| std::env::var(k).ok()).err().unwrap_or_default();
+        problems.extend(cfg.validate().err().unwrap_or_default());
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { path: path.to_owned(), problems });
+        }
         Ok(cfg)
     }
 
     /// Parses TOML text; the message names the offending key and line.
     pub fn parse(text: &str) -> Result<CollectorConfig, String> {
-        blockwatch_proto::config_file::parse_toml(text)
+        blockwatch_proto::config_file::parse_toml(text).map_err(|p| p.join("; "))
     }
 
     /// Applies `BLOCKWATCH_*` overrides read through `get`.

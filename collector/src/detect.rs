@@ -62,7 +62,7 @@ pub(crate) fn publish(
     match log.lock() {
         Ok(mut log) => {
             if let Err(e) = log.append(&lines, processed) {
-                tracing::error!(error = %e, "could not persist events");
+                tracing::error!(error = %blockwatch_proto::error::chain(&e), "could not persist events");
             }
         }
         Err(_) => tracing::error!("event log unavailable; events not persisted"),

@@ -18,7 +18,7 @@ pub enum Format {
 pub enum ExportError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("writing export: {0}")]
+    #[error("writing export")]
     Write(#[from] std::io::Error),
 }
 

@@ -5,7 +5,7 @@ fn main() -> std::process::ExitCode {
     match blockwatch_collector::cmd::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("blockwatch-collector: {e:#}");
+            eprintln!("blockwatch-collector: {}", blockwatch_proto::error::chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

@@ -28,7 +28,7 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
         Err(e) => {
-            eprintln!("blockwatch-demo: {e:#}");
+            eprintln!("blockwatch-demo: {}", blockwatch_proto::error::chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

@@ -20,11 +20,16 @@ pub use blockwatch_proto::plan::CONTROL_ID;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
-    /// Stable, unique id of this agent (`eu-west-1`). Env: `BLOCKWATCH_AGENT_ID`.
+    /// Stable, unique id of this agent (`eu-west-1`). Required, in the file or from the env
+    /// `BLOCKWATCH_AGENT_ID`.
+    #[serde(default)]
     pub agent_id: String,
-    /// Region label (`eu-west`). Env: `BLOCKWATCH_REGION`.
+    /// Region label (`eu-west`). Required, in the file or from the env `BLOCKWATCH_REGION`.
+    #[serde(default)]
     pub region: String,
-    /// Collector gRPC endpoint (`http://collector:7400`). Env: `BLOCKWATCH_COLLECTOR`.
+    /// Collector gRPC endpoint (`http://collector:7400`). Required, in the file or from the
+    /// env `BLOCKWATCH_COLLECTOR`.
+    #[serde(default)]
     pub collector: String,
     /// Default probe interval. Default 60s.
     #[serde(default = "default_interval", with = "humantime_serde")]
@@ -213,7 +218,9 @@ impl AgentConfig {
                 Ok(key) => {
                     keys.insert(source, key);
                 }
-                Err(e) => problems.push(format!("target {:?}: credential: {e}", t.id)),
+                Err(e) => {
+                    problems.push(format!("target {:?}: credential: {}", t.id, blockwatch_proto::error::chain(&e)))
+                }
             }
         }
         if problems.is_empty() { Ok(keys) } else { Err(problems) }
@@ -251,7 +258,7 @@ impl AgentConfig {
 
     /// Parses TOML text; the message names the offending key and line.
     pub fn parse(text: &str) -> Result<AgentConfig, String> {
-        blockwatch_proto::config_file::parse_toml(text)
+        blockwatch_proto::config_file::parse_toml(text).map_err(|p| p.join("; "))
     }
 
     /// Applies `BLOCKWATCH_*` overrides read through `get`.

@@ -166,3 +166,30 @@ fn urls_are_checked_once_under_their_own_key() {
         ["target[0] \"openai\": url \"https://api.example.com:99999/v1/models\": port must be a number in 1..=65535"]
     );
 }
+
+#[test]
+fn every_type_error_at_once_and_required_keys_from_the_environment() {
+    let e =
+        AgentConfig::parse("agent_id = 1\nregion = 2\ninterval = \"soon\"\ncollector = \"http://c:1\"\n").unwrap_err();
+    assert!(e.starts_with("line 1: agent_id: invalid type: integer `1`, expected a string; line 2: region:"), "{e}");
+    assert!(e.contains("; line 3: interval: "), "{e}");
+    let mut c =
+        AgentConfig::parse("[[target]]\nid = \"openai\"\nurl = \"https://api.openai.com/v1/models\"\n").unwrap();
+    assert_eq!(
+        c.validate().unwrap_err(),
+        [
+            "agent_id: missing (set it in the file or in BLOCKWATCH_AGENT_ID)",
+            "region: missing (set it in the file or in BLOCKWATCH_REGION)",
+            "collector: missing (set it in the file or in BLOCKWATCH_COLLECTOR)",
+        ]
+    );
+    c.apply_env(|k| {
+        Some(match k {
+            "BLOCKWATCH_AGENT_ID" => "hk-1".into(),
+            "BLOCKWATCH_REGION" => "hk".into(),
+            "BLOCKWATCH_COLLECTOR" => "http://collector:7400".into(),
+            _ => return None,
+        })
+    });
+    c.validate().unwrap();
+}

@@ -14,13 +14,26 @@ impl AgentConfig {
     /// Every problem serde cannot see, each naming its key.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut p = Vec::new();
-        if let Err(rule) = id::check(&self.agent_id) {
+        let required = |key: &str, env: &str, value: &str, p: &mut Vec<String>| {
+            let present = !value.is_empty();
+            if !present {
+                p.push(format!("{key}: missing (set it in the file or in {env})"));
+            }
+            present
+        };
+        if required("agent_id", "BLOCKWATCH_AGENT_ID", &self.agent_id, &mut p)
+            && let Err(rule) = id::check(&self.agent_id)
+        {
             p.push(format!("agent_id {:?}: {rule}", self.agent_id));
         }
-        if let Err(rule) = id::check(&self.region) {
+        if required("region", "BLOCKWATCH_REGION", &self.region, &mut p)
+            && let Err(rule) = id::check(&self.region)
+        {
             p.push(format!("region {:?}: {rule}", self.region));
         }
-        if let Err(why) = blockwatch_proto::url::endpoint(&self.collector) {
+        if required("collector", "BLOCKWATCH_COLLECTOR", &self.collector, &mut p)
+            && let Err(why) = blockwatch_proto::url::endpoint(&self.collector)
+        {
             p.push(format!("collector {:?}: {why}", self.collector));
         }
         if self.interval < Duration::from_secs(1) {

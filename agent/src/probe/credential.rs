@@ -22,7 +22,7 @@ pub enum CredentialError {
     #[error("environment variable {0} is not set")]
     MissingEnv(String),
     /// The file could not be read.
-    #[error("reading credential file {path}: {source}")]
+    #[error("reading credential file {path}")]
     File {
         /// The file.
         path: String,

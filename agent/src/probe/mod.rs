@@ -73,10 +73,10 @@ pub enum EngineError {
     #[error("resolver: {0}")]
     Resolver(String),
     /// `extra_ca_pem` holds no usable certificate.
-    #[error("extra CA: {0}")]
+    #[error("extra CA certificates: {0}")]
     Ca(String),
     /// The TLS configuration was refused.
-    #[error("TLS config: {0}")]
+    #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
 }
 

@@ -32,7 +32,7 @@ pub(crate) fn client_config(extra_ca_pem: Option<&[u8]>) -> Result<Arc<ClientCon
             added += 1;
         }
         if added == 0 {
-            return Err(EngineError::Ca("no certificate in extra_ca_pem".into()));
+            return Err(EngineError::Ca("no PEM certificate found".into()));
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());

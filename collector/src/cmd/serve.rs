@@ -38,6 +38,8 @@ fn reload(collector: &Collector, path: &Path) {
             Some(version) => tracing::info!(version, "plan reloaded and pushed to agents"),
             None => tracing::info!("config reloaded; plan unchanged"),
         },
-        Err(e) => tracing::error!(error = %e, "config reload refused; keeping the running plan"),
+        Err(e) => {
+            tracing::error!(error = %blockwatch_proto::error::chain(&e), "config reload refused; keeping the running plan")
+        }
     }
 }

@@ -39,16 +39,33 @@ const MAX_JOURNAL_BYTES: u64 = 128 * 1024 * 1024;
 /// A store failure, naming what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("store at {path}: {source}")]
-    Open { path: PathBuf, source: fjall::Error },
+    #[error("cannot open the store at {path}: {cause}")]
+    Open { path: PathBuf, cause: String },
     #[error("store write failed: {0}")]
-    Write(fjall::Error),
+    Write(String),
     #[error("store read failed: {0}")]
-    Read(fjall::Error),
-    #[error("store record {key} is corrupt: {source}")]
+    Read(String),
+    #[error("store record {key} is corrupt")]
     Corrupt { key: String, source: prost::DecodeError },
     #[error("the store writer has stopped")]
     Closed,
+}
+
+/// What a storage-engine error means, in words (the engine's own text is its debug form).
+pub(crate) fn describe(e: &fjall::Error) -> String {
+    use fjall::Error as E;
+    match e {
+        E::Io(io) => io.to_string(),
+        E::Storage(lsm_tree_error) => match std::error::Error::source(lsm_tree_error) {
+            Some(io) => io.to_string(),
+            None => format!("damaged data files ({lsm_tree_error:?})"),
+        },
+        E::JournalRecovery(_) => "the journal could not be recovered".to_string(),
+        E::Locked => "another process has it open".to_string(),
+        E::Poisoned => "an earlier write failed; no more writes are accepted until a restart".to_string(),
+        E::Unrecoverable => "damaged beyond recovery".to_string(),
+        other => format!("damaged data files ({other:?})"),
+    }
 }
 
 #[derive(Clone)]
@@ -79,7 +96,7 @@ impl Store {
     /// Like [`Store::open`], and every committed batch of new results is sent to `feed`, in
     /// store order.
     pub fn open_feeding(dir: &Path, feed: Option<Feed>) -> Result<Store, StoreError> {
-        let open_err = |source| StoreError::Open { path: dir.to_owned(), source };
+        let open_err = |e: fjall::Error| StoreError::Open { path: dir.to_owned(), cause: describe(&e) };
         let db = Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).open().map_err(open_err)?;
         let ks = Keyspaces {
             results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
@@ -89,7 +106,10 @@ impl Store {
             db,
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let handle = writer::spawn(ks.clone(), rx, feed).map_err(|e| open_err(fjall::Error::Io(e)))?;
+        let handle = writer::spawn(ks.clone(), rx, feed).map_err(|e| StoreError::Open {
+            path: dir.to_owned(),
+            cause: format!("cannot start the writer thread: {e}"),
+        })?;
         Ok(Store { reader: Reader { ks }, tx, writer: Arc::new(std::sync::Mutex::new(Some(handle))) })
     }
 
@@ -165,7 +185,7 @@ impl Reader {
     /// Stored results after the first `after` (they are numbered from 1 as stored). Blocking.
     pub fn results_after(&self, after: u64) -> impl Iterator<Item = Result<StoredResult, StoreError>> + use<> {
         self.ks.results.range(after.saturating_add(1).to_be_bytes()..).map(|guard| {
-            let (k, v) = guard.into_inner().map_err(StoreError::Read)?;
+            let (k, v) = guard.into_inner().map_err(|e| StoreError::Read(describe(&e)))?;
             StoredResult::decode(&*v)
                 .map_err(|source| StoreError::Corrupt { key: format!("results/{}", key_seq(&k)), source })
         })
@@ -174,13 +194,13 @@ impl Reader {
     /// How many results the live detector had handled when it last appended events; `None`
     /// for a store it never wrote events to. Blocking.
     pub fn detector_processed(&self) -> Result<Option<u64>, StoreError> {
-        let v = self.ks.meta.get(DETECTOR_PROCESSED).map_err(StoreError::Read)?;
+        let v = self.ks.meta.get(DETECTOR_PROCESSED).map_err(|e| StoreError::Read(describe(&e)))?;
         Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(u64::from_be_bytes))
     }
 
     /// Whether the event log is empty. Blocking.
     pub fn no_events(&self) -> Result<bool, StoreError> {
-        self.ks.events.is_empty().map_err(StoreError::Read)
+        self.ks.events.is_empty().map_err(|e| StoreError::Read(describe(&e)))
     }
 
     /// Every event line in the order emitted, with its sequence number. Blocking.
@@ -192,14 +212,14 @@ impl Reader {
     pub fn events_after(&self, after: u64) -> impl Iterator<Item = Result<(u64, String), StoreError>> + use<> {
         let from = after.saturating_add(1).to_be_bytes();
         self.ks.events.range(from..).map(|guard| {
-            let (k, v) = guard.into_inner().map_err(StoreError::Read)?;
+            let (k, v) = guard.into_inner().map_err(|e| StoreError::Read(describe(&e)))?;
             Ok((key_seq(&k), String::from_utf8_lossy(&v).into_owned()))
         })
     }
 
     /// Number of stored results. Blocking.
     pub fn result_count(&self) -> Result<usize, StoreError> {
-        self.ks.results.len().map_err(StoreError::Read)
+        self.ks.results.len().map_err(|e| StoreError::Read(describe(&e)))
     }
 }
 
@@ -223,7 +243,7 @@ impl EventLog {
             batch.insert(&self.events, (self.next + i as u64).to_be_bytes(), line.as_bytes());
         }
         batch.insert(&self.meta, DETECTOR_PROCESSED, processed.to_be_bytes());
-        batch.commit().map_err(StoreError::Write)?;
+        batch.commit().map_err(|e| StoreError::Write(describe(&e)))?;
         self.next += lines.len() as u64;
         self.processed = processed;
         Ok(())

@@ -127,10 +127,10 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "store commit failed; nothing in this batch is acknowledged");
-                let msg = e.to_string();
+                let why = super::describe(&e);
+                tracing::error!(error = %why, "store commit failed; nothing in this batch is acknowledged");
                 for (_, _, reply) in group {
-                    let _ = reply.send(Err(StoreError::Write(fjall::Error::Io(std::io::Error::other(msg.clone())))));
+                    let _ = reply.send(Err(StoreError::Write(why.clone())));
                 }
             }
         }

@@ -27,13 +27,13 @@ pub use tcp::{
 #[derive(Debug, thiserror::Error)]
 pub enum FaultError {
     /// Binding or another socket operation failed.
-    #[error("I/O: {0}")]
+    #[error("fault server socket")]
     Io(#[from] std::io::Error),
     /// Certificate generation failed.
-    #[error("certificate: {0}")]
+    #[error("test certificate")]
     Cert(#[from] rcgen::Error),
     /// rustls refused the configuration.
-    #[error("TLS: {0}")]
+    #[error("TLS configuration")]
     Tls(#[from] rustls::Error),
 }
 
