@@ -1,8 +1,6 @@
 //! blockwatch collector: receives probe results from agents over gRPC, stores each once,
 //! detects when a block starts and ends, and exports the history.
 
-#![forbid(unsafe_code)]
-
 pub mod api;
 pub mod cmd;
 pub mod config;

@@ -11,8 +11,6 @@
 //! regions fail the target at once). Onsets are maximum-likelihood change points per lane,
 //! combined by the median.
 
-#![forbid(unsafe_code)]
-
 mod cell;
 mod config;
 mod event;

@@ -4,8 +4,6 @@
 //! Without the `grpc` feature this is plain data (prost messages, serde), so the pure
 //! detector can depend on it without pulling in an async runtime.
 
-#![forbid(unsafe_code)]
-
 pub mod config_file;
 pub mod error;
 pub mod id;

@@ -5,7 +5,6 @@
 //! everything comes from a seeded splitmix64. The traces are in the project's trace format
 //! (`docs/trace-format.md`).
 
-#![forbid(unsafe_code)]
 #![allow(clippy::needless_range_loop)]
 
 pub mod score;
