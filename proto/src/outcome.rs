@@ -41,7 +41,7 @@ impl Outcome {
         NAMES.iter().find(|(_, n)| *n == name).map(|(o, _)| *o)
     }
 
-    /// The outcome as the trace format (`shared/eval/FORMAT.md`) names it. That format knows
+    /// The outcome as the trace format (`docs/trace-format.md`) names it. That format knows
     /// thirteen outcomes; the richer ones map onto the nearest of them:
     ///
     /// | ours | trace |
