@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use blockwatch_detector::DetectorConfig;
 
+pub use crate::ingest::Limits;
 pub use crate::plan::{PlanConfig, PlanTargetConfig};
 
 /// Most results the collector accepts in one batch (larger batches are rejected whole).
@@ -42,6 +43,9 @@ pub struct CollectorConfig {
     /// Detector settings.
     #[serde(default)]
     pub detector: DetectorConfig,
+    /// Bounds on what agents send (see `ingest::Limits`).
+    #[serde(default)]
+    pub limits: Limits,
 }
 
 fn default_listen() -> SocketAddr {
@@ -71,6 +75,7 @@ impl Default for CollectorConfig {
             agents: Vec::new(),
             plan: None,
             detector: DetectorConfig::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -124,6 +129,7 @@ impl CollectorConfig {
         if self.heartbeat_interval < Duration::from_secs(1) || self.heartbeat_interval > Duration::from_secs(3600) {
             problems.push("heartbeat_interval: must be 1s..=1h".to_string());
         }
+        problems.extend(self.limits.problems());
         for id in &self.agents {
             if let Err(rule) = blockwatch_proto::id::check(id) {
                 problems.push(format!("agents: {id:?}: {rule}"));

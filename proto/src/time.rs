@@ -77,9 +77,26 @@ pub fn to_timestamp(ms: Millis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
-/// Converts from a protobuf timestamp (sub-millisecond precision is dropped).
+/// Earliest time blockwatch represents: 0001-01-01T00:00:00Z.
+pub const MIN: Millis = -62_135_596_800_000;
+/// Latest time blockwatch represents: 9999-12-31T23:59:59.999Z.
+pub const MAX: Millis = 253_402_300_799_999;
+
+/// Converts from a protobuf timestamp (sub-millisecond precision is dropped). Out-of-range
+/// timestamps (see [`checked_from_timestamp`]) clamp to [`MIN`]..=[`MAX`], so nothing read
+/// back from a store can overflow.
 pub fn from_timestamp(ts: &prost_types::Timestamp) -> Millis {
-    ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000
+    checked_from_timestamp(ts).unwrap_or(if ts.seconds < 0 { MIN } else { MAX })
+}
+
+/// Converts from a protobuf timestamp, or `None` when it is not a valid time: `nanos`
+/// outside `0..1e9`, or a moment outside years 1 to 9999 (RFC 3339's range).
+pub fn checked_from_timestamp(ts: &prost_types::Timestamp) -> Option<Millis> {
+    if !(0..1_000_000_000).contains(&ts.nanos) {
+        return None;
+    }
+    let ms = ts.seconds.checked_mul(1000)?.checked_add(i64::from(ts.nanos) / 1_000_000)?;
+    (MIN..=MAX).contains(&ms).then_some(ms)
 }
 
 /// The current wall-clock time.
@@ -118,5 +135,18 @@ mod tests {
         assert_eq!(parse_rfc3339(&format_rfc3339(ms)), Some(ms));
         assert_eq!(from_timestamp(&to_timestamp(ms)), ms);
         assert_eq!(from_timestamp(&to_timestamp(-1)), -1);
+        assert_eq!(format_rfc3339(MIN), "0001-01-01T00:00:00.000Z");
+        assert_eq!(format_rfc3339(MAX), "9999-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn out_of_range_timestamps_are_refused_not_wrapped() {
+        let ts = |seconds, nanos| prost_types::Timestamp { seconds, nanos };
+        assert_eq!(checked_from_timestamp(&ts(1_700_000_000, 5_000_000)), Some(1_700_000_000_005));
+        for bad in [ts(i64::MAX, 0), ts(i64::MIN, 0), ts(0, 1_000_000_000), ts(0, -1), ts(MAX / 1000 + 1, 0)] {
+            assert_eq!(checked_from_timestamp(&bad), None, "{bad:?}");
+        }
+        assert_eq!(from_timestamp(&ts(i64::MAX, 0)), MAX);
+        assert_eq!(from_timestamp(&ts(i64::MIN, 0)), MIN);
     }
 }

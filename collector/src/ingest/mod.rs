@@ -1,8 +1,11 @@
 //! gRPC ingest: the `Fleet` service agents talk to.
 
+mod limits;
 mod validate;
 
-use std::collections::HashMap;
+pub use limits::Limits;
+
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -34,7 +37,14 @@ pub struct AgentInfo {
     pub last_seen: time::Millis,
     pub spooled: u64,
     pub dropped_total: u64,
+    /// Results refused as malformed or out of bounds.
+    pub refused_total: u64,
+    /// When a refusal of this agent's results was last logged (one line a minute at most).
+    last_refusal_logged: time::Millis,
 }
+
+/// How often refusals of one agent's results are logged, at most.
+const REFUSAL_LOG_EVERY: time::Millis = 60_000;
 
 type Outbound = mpsc::Sender<Result<CollectorMessage, Status>>;
 
@@ -70,10 +80,20 @@ impl Streams {
         self.0.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
     }
 
-    fn open(&self, agent: &str, region: String, tx: Outbound) {
-        if let Ok(mut s) = self.0.lock() {
-            s.insert(agent.to_string(), (region, tx));
+    /// Whether `agent` has a Report stream open now.
+    pub fn is_open(&self, agent: &str) -> bool {
+        self.0.lock().is_ok_and(|s| s.get(agent).is_some_and(|(_, tx)| !tx.is_closed()))
+    }
+
+    /// Lists a new stream; false when the agent has one open already (a stream whose
+    /// receiver is gone is closed and makes room).
+    fn open(&self, agent: &str, region: String, tx: Outbound) -> bool {
+        let Ok(mut s) = self.0.lock() else { return false };
+        if s.get(agent).is_some_and(|(_, old)| !old.is_closed()) {
+            return false;
         }
+        s.insert(agent.to_string(), (region, tx));
+        true
     }
 
     fn close(&self, agent: &str, tx: &Outbound) {
@@ -94,6 +114,9 @@ pub struct Ingest {
     heartbeat: std::time::Duration,
     plan: watch::Receiver<Option<Plan>>,
     agents: Mutex<HashMap<String, AgentInfo>>,
+    /// The target ids each agent has reported (bounded by `limits.max_targets_per_agent`).
+    targets: Mutex<HashMap<String, HashSet<String>>>,
+    limits: Limits,
     streams: Arc<Streams>,
     stop: watch::Sender<bool>,
 }
@@ -114,6 +137,8 @@ impl Ingest {
             heartbeat: cfg.heartbeat_interval,
             plan,
             agents: Mutex::new(HashMap::new()),
+            targets: Mutex::new(HashMap::new()),
+            limits: cfg.limits.clone(),
             streams,
             stop: watch::channel(false).0,
         }
@@ -163,6 +188,13 @@ impl Ingest {
 
 type ReportStream = Pin<Box<dyn Stream<Item = Result<CollectorMessage, Status>> + Send>>;
 
+fn already_connected(agent_id: &str) -> Status {
+    Status::already_exists(format!(
+        "agent {agent_id:?} is connected already: another process is running with this agent_id, \
+         or its previous connection has not been closed yet"
+    ))
+}
+
 fn msg(kind: collector_message::Kind) -> Result<CollectorMessage, Status> {
     Ok(CollectorMessage { kind: Some(kind) })
 }
@@ -195,19 +227,40 @@ impl Fleet for FleetService {
                 req.agent_id
             )));
         }
-        tracing::info!(agent_id = %req.agent_id, region = %req.region, version = %req.version, "agent registered");
-        if let Ok(mut agents) = self.agents.lock() {
-            agents.insert(
-                req.agent_id.clone(),
-                AgentInfo {
-                    region: req.region,
-                    version: req.version,
-                    last_seen: time::now(),
-                    spooled: 0,
-                    dropped_total: 0,
-                },
-            );
+        if req.version.len() > self.limits.max_field_bytes {
+            return Err(Status::invalid_argument(format!(
+                "version of {} bytes: at most {}",
+                req.version.len(),
+                self.limits.max_field_bytes
+            )));
         }
+        // A second process with the same id would interleave its results with the first's.
+        if self.streams.is_open(&req.agent_id) {
+            tracing::warn!(agent_id = %req.agent_id, "refused a second registration of a connected agent");
+            return Err(already_connected(&req.agent_id));
+        }
+        {
+            let Ok(mut agents) = self.agents.lock() else { return Err(Status::internal("agent table unavailable")) };
+            if !agents.contains_key(&req.agent_id) && agents.len() >= self.limits.max_agents {
+                tracing::warn!(agent_id = %req.agent_id, max_agents = self.limits.max_agents, "refused a new agent: agent table full");
+                return Err(Status::resource_exhausted(format!(
+                    "the collector tracks limits.max_agents = {} agents already",
+                    self.limits.max_agents
+                )));
+            }
+            let previous = agents.get(&req.agent_id);
+            let info = AgentInfo {
+                region: req.region.clone(),
+                version: req.version.clone(),
+                last_seen: time::now(),
+                spooled: 0,
+                dropped_total: previous.map_or(0, |a| a.dropped_total),
+                refused_total: previous.map_or(0, |a| a.refused_total),
+                last_refusal_logged: 0,
+            };
+            agents.insert(req.agent_id.clone(), info);
+        }
+        tracing::info!(agent_id = %req.agent_id, region = %req.region, version = %req.version, "agent registered");
         // An agent still on a plan from before a restart without `[plan]` goes back to its own.
         let plan = match self.plan.borrow().clone() {
             None if req.plan_version != 0 => Some(crate::plan::withdrawn()),
@@ -231,14 +284,17 @@ impl Fleet for FleetService {
         let region = self.agents.lock().ok().and_then(|a| a.get(&agent_id).map(|i| i.region.clone()));
         let Some(region) = region else {
             return Err(Status::failed_precondition(format!(
-                "agent {agent_id:?} has not registered; call Register first"
+                "agent {:?} has not registered; call Register first",
+                agent_id.get(..64).unwrap_or(&agent_id)
             )));
         };
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        if !self.streams.open(&agent_id, region.clone(), tx.clone()) {
+            return Err(already_connected(&agent_id));
+        }
         let this = Arc::clone(&self.0);
         tokio::spawn(async move {
-            this.streams.open(&agent_id, region, tx.clone());
-            let ended = this.serve_stream(&agent_id, inbound, &tx).await;
+            let ended = this.serve_stream(&agent_id, &region, inbound, &tx).await;
             this.streams.close(&agent_id, &tx);
             if let Err(status) = ended {
                 tracing::warn!(agent_id = %agent_id, error = %status.message(), "report stream ended with an error");
@@ -253,6 +309,7 @@ impl Ingest {
     async fn serve_stream(
         &self,
         agent_id: &str,
+        region: &str,
         mut inbound: Streaming<AgentMessage>,
         tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
     ) -> Result<(), Status> {
@@ -260,6 +317,7 @@ impl Ingest {
         plan.mark_unchanged();
         let mut plan_open = true;
         let mut stop = self.stop.subscribe();
+        let mut pace = Pace::new(self.limits.max_results_per_second);
         loop {
             let message = tokio::select! {
                 m = inbound.message() => m?,
@@ -280,7 +338,8 @@ impl Ingest {
             let Some(message) = message else { return Ok(()) };
             match message.kind {
                 Some(agent_message::Kind::Batch(batch)) => {
-                    for reply in self.ingest_batch(agent_id, batch).await? {
+                    pace.take(batch.results.len()).await;
+                    for reply in self.ingest_batch(agent_id, region, batch).await? {
                         if tx.send(Ok(reply)).await.is_err() {
                             return Ok(());
                         }
@@ -307,6 +366,7 @@ impl Ingest {
     async fn ingest_batch(
         &self,
         agent_id: &str,
+        region: &str,
         batch: blockwatch_proto::v1::ResultBatch,
     ) -> Result<Vec<CollectorMessage>, Status> {
         let batch_id = batch.batch_id;
@@ -319,17 +379,40 @@ impl Ingest {
                 })),
             }]);
         }
-        let (good, bad): (Vec<_>, Vec<_>) =
-            batch.results.into_iter().map(|r| (validate::problem(&r, agent_id), r)).partition(|(p, _)| p.is_none());
+        let received_at = time::now();
+        let from = validate::Sender { agent_id, region, received_at };
+        let (good, bad): (Vec<_>, Vec<_>) = {
+            let mut targets = self.targets.lock().map_err(|_| Status::internal("target table unavailable"))?;
+            let known = targets.entry(agent_id.to_string()).or_default();
+            batch
+                .results
+                .into_iter()
+                .map(|r| {
+                    let problem = validate::problem(&r, &from, &self.limits).or_else(|| {
+                        let new = !known.contains(&r.target_id);
+                        if new && known.len() >= self.limits.max_targets_per_agent {
+                            return Some(format!(
+                                "probe {}: target_id {:?} is new, and the agent reports limits.max_targets_per_agent = {} targets already",
+                                r.probe_id, r.target_id, self.limits.max_targets_per_agent
+                            ));
+                        }
+                        if new {
+                            known.insert(r.target_id.clone());
+                        }
+                        None
+                    });
+                    (problem, r)
+                })
+                .partition(|(p, _)| p.is_none())
+        };
         if !bad.is_empty() {
-            let reason = bad.iter().filter_map(|(p, _)| p.clone()).take(3).collect::<Vec<_>>().join("; ");
-            tracing::warn!(agent_id, refused = bad.len(), %reason, "refused malformed results");
+            self.note_refusals(agent_id, &bad, received_at);
         }
         let good: Vec<_> = good.into_iter().map(|(_, r)| r).collect();
         let ids: Vec<String> = good.iter().map(|r| r.probe_id.clone()).collect();
         let outcome = self
             .store
-            .write_results(good, time::now())
+            .write_results(good, received_at)
             .await
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;
         self.touch(agent_id, |_| {});
@@ -338,7 +421,7 @@ impl Ingest {
             replies.push(CollectorMessage {
                 kind: Some(collector_message::Kind::Reject(Reject {
                     batch_id,
-                    reason: bad.iter().filter_map(|(p, _)| p.clone()).collect::<Vec<_>>().join("; "),
+                    reason: bad.iter().filter_map(|(p, _)| p.clone()).take(MAX_REASONS).collect::<Vec<_>>().join("; "),
                     probe_ids: bad.into_iter().map(|(_, r)| r.probe_id).collect(),
                 })),
             });
@@ -351,5 +434,53 @@ impl Ingest {
             })),
         });
         Ok(replies)
+    }
+}
+
+/// Most reasons spelled out in one Reject (the probe ids list every refused result).
+const MAX_REASONS: usize = 16;
+
+impl Ingest {
+    /// Counts refused results and logs them, at most once a minute per agent.
+    fn note_refusals(
+        &self,
+        agent_id: &str,
+        bad: &[(Option<String>, blockwatch_proto::v1::ProbeResult)],
+        now: time::Millis,
+    ) {
+        let Ok(mut agents) = self.agents.lock() else { return };
+        let Some(a) = agents.get_mut(agent_id) else { return };
+        a.refused_total += bad.len() as u64;
+        if now - a.last_refusal_logged >= REFUSAL_LOG_EVERY {
+            a.last_refusal_logged = now;
+            let reason = bad.iter().filter_map(|(p, _)| p.as_deref()).next().unwrap_or_default();
+            tracing::warn!(agent_id, refused = bad.len(), refused_total = a.refused_total, %reason, "refused results");
+        }
+    }
+}
+
+/// Reads one agent's stream at no more than `per_second` results a second: a token bucket
+/// with a one-second burst. Waiting here slows the agent down (its batches queue on its side)
+/// and refuses nothing.
+struct Pace {
+    per_second: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(per_second: u32) -> Pace {
+        let per_second = f64::from(per_second.max(1));
+        Pace { per_second, tokens: per_second, at: tokio::time::Instant::now() }
+    }
+
+    async fn take(&mut self, n: usize) {
+        let now = tokio::time::Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.per_second);
+        self.at = now;
+        self.tokens -= n as f64;
+        if self.tokens < 0.0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(-self.tokens / self.per_second)).await;
+        }
     }
 }

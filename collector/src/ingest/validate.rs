@@ -1,31 +1,186 @@
-//! Checks on results arriving from the network, before anything is stored.
+//! Checks on results arriving from the network, before anything is stored: every field within
+//! its bound, ids by the id rule, the result bound to the agent that sent it, and its time in
+//! a window around its receipt.
 
 use blockwatch_proto::Outcome;
+use blockwatch_proto::time::{Millis, checked_from_timestamp, format_rfc3339};
 use blockwatch_proto::v1::ProbeResult;
 
-/// Longest probe id accepted.
-pub const MAX_ID_BYTES: usize = 256;
+use super::limits::Limits;
 
-/// Why one result is refused, naming the field.
-pub fn problem(r: &ProbeResult, agent_id: &str) -> Option<String> {
+/// Who sent a result, and when it arrived.
+pub struct Sender<'a> {
+    pub agent_id: &'a str,
+    /// The region the agent registered with.
+    pub region: &'a str,
+    pub received_at: Millis,
+}
+
+/// Why one result is refused, naming the field; `None` when it may be stored.
+pub fn problem(r: &ProbeResult, from: &Sender<'_>, limits: &Limits) -> Option<String> {
     let id = &r.probe_id;
-    if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Some(format!("probe_id {id:?}: must be 1-{MAX_ID_BYTES} bytes"));
+    let max = limits.max_field_bytes;
+    if id.is_empty() || id.len() > max {
+        return Some(format!("probe_id of {} bytes: must be 1-{max} bytes", id.len()));
     }
-    if r.agent_id != agent_id {
-        return Some(format!("probe {id}: agent_id {:?} differs from the stream's agent {agent_id:?}", r.agent_id));
+    // Results are deduplicated by probe id: an id outside the agent's own namespace could
+    // claim, and so erase, another agent's result.
+    if !id.strip_prefix(from.agent_id).is_some_and(|rest| rest.starts_with('/')) {
+        return Some(format!("probe {id}: probe_id must start with the agent's id {:?} and '/'", from.agent_id));
+    }
+    if r.agent_id != from.agent_id {
+        return Some(format!(
+            "probe {id}: agent_id {:?} differs from the stream's agent {:?}",
+            r.agent_id, from.agent_id
+        ));
+    }
+    if r.region != from.region {
+        return Some(format!(
+            "probe {id}: region {:?} differs from the agent's registered region {:?}",
+            r.region, from.region
+        ));
     }
     if let Err(rule) = blockwatch_proto::id::check(&r.target_id) {
-        return Some(format!("probe {id}: target_id {:?}: {rule}", r.target_id));
+        return Some(format!("probe {id}: target_id {:?}: {rule}", shown(&r.target_id)));
     }
-    if let Err(rule) = blockwatch_proto::id::check(&r.region) {
-        return Some(format!("probe {id}: region {:?}: {rule}", r.region));
-    }
-    if r.started_at.is_none() {
+    let Some(ts) = &r.started_at else {
         return Some(format!("probe {id}: started_at is missing"));
+    };
+    let Some(started) = checked_from_timestamp(ts) else {
+        return Some(format!("probe {id}: started_at {}s {}ns is not a valid time", ts.seconds, ts.nanos));
+    };
+    let ahead = started.saturating_sub(from.received_at);
+    if ahead > millis(limits.max_future) {
+        return Some(format!(
+            "probe {id}: started_at {} is {} after its receipt (limits.max_future {})",
+            format_rfc3339(started),
+            humantime::format_duration(std::time::Duration::from_millis(ahead as u64)),
+            humantime::format_duration(limits.max_future)
+        ));
+    }
+    if from.received_at.saturating_sub(started) > millis(limits.max_age) {
+        return Some(format!(
+            "probe {id}: started_at {} is older than limits.max_age {}",
+            format_rfc3339(started),
+            humantime::format_duration(limits.max_age)
+        ));
+    }
+    for (field, value) in [
+        ("failure", &r.failure),
+        ("provider_code", &r.provider_code),
+        ("provider", &r.provider),
+        ("peer_address", &r.peer_address),
+        ("local_address", &r.local_address),
+        ("egress_address", &r.egress_address),
+    ] {
+        if value.len() > max {
+            return Some(format!("probe {id}: {field} of {} bytes: at most {max}", value.len()));
+        }
+    }
+    if r.detail.len() > limits.max_detail_bytes {
+        return Some(format!("probe {id}: detail of {} bytes: at most {}", r.detail.len(), limits.max_detail_bytes));
+    }
+    let lists = [("resolved_addresses", r.resolved_addresses.len()), ("edge_headers", r.edge_headers.len())];
+    for (field, n) in lists {
+        if n > limits.max_list_len {
+            return Some(format!("probe {id}: {n} {field}: at most {}", limits.max_list_len));
+        }
+    }
+    if r.resolved_addresses.iter().any(|a| a.len() > max) {
+        return Some(format!("probe {id}: a resolved address is longer than {max} bytes"));
+    }
+    if r.edge_headers.iter().any(|(k, v)| k.len() > max || v.len() > max) {
+        return Some(format!("probe {id}: an edge header is longer than {max} bytes"));
     }
     match Outcome::try_from(r.outcome) {
         Ok(Outcome::Unspecified) | Err(_) => Some(format!("probe {id}: outcome {} is not a known outcome", r.outcome)),
         Ok(_) => None,
+    }
+}
+
+fn millis(d: std::time::Duration) -> Millis {
+    Millis::try_from(d.as_millis()).unwrap_or(Millis::MAX)
+}
+
+/// At most the start of a long value, for a message.
+fn shown(s: &str) -> &str {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Millis = 1_700_000_000_000;
+
+    fn good() -> ProbeResult {
+        let mut r = ProbeResult {
+            probe_id: "a1/1/7".into(),
+            agent_id: "a1".into(),
+            region: "hk".into(),
+            target_id: "openai".into(),
+            started_at: Some(blockwatch_proto::time::to_timestamp(NOW - 1000)),
+            ..Default::default()
+        };
+        r.set_outcome(Outcome::Ok);
+        r
+    }
+
+    fn check(r: &ProbeResult) -> Option<String> {
+        problem(r, &Sender { agent_id: "a1", region: "hk", received_at: NOW }, &Limits::default())
+    }
+
+    #[test]
+    fn a_good_result_passes() {
+        assert_eq!(check(&good()), None);
+    }
+
+    #[test]
+    fn results_are_bound_to_their_sender() {
+        let hijack = ProbeResult { probe_id: "b2/1/7".into(), ..good() };
+        assert!(check(&hijack).unwrap().contains("probe_id must start with the agent's id \"a1\""));
+        let prefix = ProbeResult { probe_id: "a10/1/7".into(), ..good() };
+        assert!(check(&prefix).is_some(), "a1 may not use a10's ids");
+        let elsewhere = ProbeResult { region: "eu".into(), ..good() };
+        assert!(check(&elsewhere).unwrap().contains("differs from the agent's registered region \"hk\""));
+    }
+
+    #[test]
+    fn times_outside_the_window_are_refused() {
+        let at = |seconds, nanos| ProbeResult { started_at: Some(prost_types::Timestamp { seconds, nanos }), ..good() };
+        let future = at(NOW / 1000 + 3600, 0);
+        assert!(
+            check(&future).unwrap().contains("is 1h after its receipt (limits.max_future 5m)"),
+            "{:?}",
+            check(&future)
+        );
+        assert!(check(&at(NOW / 1000 + 60, 0)).is_none(), "a minute of clock skew is fine");
+        assert!(check(&at(NOW / 1000 - 8 * 24 * 3600, 0)).unwrap().contains("older than limits.max_age 7days"));
+        for (s, n) in
+            [(i64::MAX, 0), (i64::MIN, 0), (-62_135_596_801, 0), (253_402_300_800, 0), (0, 1_000_000_000), (0, -1)]
+        {
+            assert!(check(&at(s, n)).unwrap().contains("is not a valid time"), "{s} {n}");
+        }
+    }
+
+    #[test]
+    fn every_field_has_a_bound() {
+        let big = "x".repeat(300);
+        for r in [
+            ProbeResult { target_id: big.clone(), ..good() },
+            ProbeResult { provider_code: big.clone(), ..good() },
+            ProbeResult { failure: big.clone(), ..good() },
+            ProbeResult { peer_address: big.clone(), ..good() },
+            ProbeResult { detail: "y".repeat(3000), ..good() },
+            ProbeResult { resolved_addresses: vec!["1.1.1.1".into(); 33], ..good() },
+            ProbeResult { edge_headers: [("server".to_string(), big.clone())].into(), ..good() },
+            ProbeResult { probe_id: format!("a1/{big}"), ..good() },
+        ] {
+            assert!(check(&r).is_some(), "{r:?}");
+        }
     }
 }

@@ -1,0 +1,76 @@
+//! What one agent may send: bounds on every field, a window on its timestamps, and caps on
+//! what it may introduce. Each is named in the collector's `[limits]` config with a safe
+//! default; anything past a bound is refused with a message naming it.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// `[limits]` in the collector's config.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Longest probe id, provider code, failure string, provider, address or edge header
+    /// (name or value), in bytes. Default 256. (Ids — agent, region, target — follow the id
+    /// rule: 1-64 of `[A-Za-z0-9._-]`.)
+    pub max_field_bytes: usize,
+    /// Longest `detail` (what the classifier saw), in bytes. Default 2048.
+    pub max_detail_bytes: usize,
+    /// Most resolved addresses, and most edge headers, in one result. Default 32.
+    pub max_list_len: usize,
+    /// How far after its receipt a result may say it started (agent clocks run fast).
+    /// Default 5m.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// How long before its receipt a result may have started (an agent's spool flushed after
+    /// an outage). Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Most agents the collector keeps track of; a Register past it is refused. Default 10000.
+    pub max_agents: usize,
+    /// Most distinct target ids one agent may report. Default 1000.
+    pub max_targets_per_agent: usize,
+    /// Most results per second read from one agent; past it the collector reads that agent's
+    /// stream more slowly (nothing is refused or lost). Default 2000.
+    pub max_results_per_second: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_field_bytes: 256,
+            max_detail_bytes: 2048,
+            max_list_len: 32,
+            max_future: Duration::from_secs(5 * 60),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_agents: 10_000,
+            max_targets_per_agent: 1000,
+            max_results_per_second: 2000,
+        }
+    }
+}
+
+impl Limits {
+    /// Problems with the limits themselves, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let mut range = |key: &str, v: u64, lo: u64, hi: u64| {
+            if !(lo..=hi).contains(&v) {
+                p.push(format!("limits.{key} = {v}: must be {lo}..={hi}"));
+            }
+        };
+        range("max_field_bytes", self.max_field_bytes as u64, 64, 65_536);
+        range("max_detail_bytes", self.max_detail_bytes as u64, 64, 1 << 20);
+        range("max_list_len", self.max_list_len as u64, 1, 4096);
+        range("max_agents", self.max_agents as u64, 1, 10_000_000);
+        range("max_targets_per_agent", self.max_targets_per_agent as u64, 1, 1_000_000);
+        range("max_results_per_second", u64::from(self.max_results_per_second), 1, 10_000_000);
+        if self.max_future > Duration::from_secs(24 * 3600) {
+            p.push("limits.max_future: must be at most 24h".into());
+        }
+        if self.max_age < Duration::from_secs(60) || self.max_age > Duration::from_secs(366 * 24 * 3600) {
+            p.push("limits.max_age: must be 1m..=366d".into());
+        }
+        p
+    }
+}
