@@ -256,6 +256,8 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
     const RATE: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
+    // The agent starts against a collector that is not up yet, so its port is chosen before
+    // any process exists; the collector comes up on it later.
     let port = free_port();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     // 10 probes a second, spooled while the collector is down.

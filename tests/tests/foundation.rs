@@ -91,6 +91,8 @@ fn results_are_stored_once_survive_restart_and_export() {
 fn agent_spools_while_the_collector_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
+    // The agent starts against a collector that is not up yet, so its port is chosen before
+    // any process exists; the collector comes up on it later.
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut agent =
