@@ -8,7 +8,7 @@ pub mod fake_collector;
 
 pub use blockwatch_demo::{faultkit, provider};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -201,6 +201,23 @@ pub fn export(data_dir: &Path) -> Vec<TraceRecord> {
         .collect()
 }
 
+/// The results a running collector has stored, from its API (`GET /v1/results`).
+pub fn stored(api: SocketAddr) -> Vec<TraceRecord> {
+    let (status, body) = http_get(api, "/v1/results");
+    assert_eq!(status, 200, "GET /v1/results: {body}");
+    body.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad result line {l:?}: {e}"))).collect()
+}
+
+/// The sequence number at the end of a probe id (`AGENT/EPOCH/SEQ`).
+pub fn seq_of(record: &TraceRecord) -> u64 {
+    record.probe_id.rsplit('/').next().and_then(|s| s.parse().ok()).expect("probe id ends in a sequence")
+}
+
+/// The sequence numbers of `agent`'s results that a running collector has stored.
+pub fn stored_seqs(api: SocketAddr, agent: &str) -> BTreeSet<u64> {
+    stored(api).iter().filter(|r| r.agent_id == agent).map(seq_of).collect()
+}
+
 /// Per agent: the sequence numbers of its stored results (from `AGENT/EPOCH/SEQ` ids),
 /// sorted, and panics if any probe id appears twice.
 pub fn seqs_by_agent(records: &[TraceRecord]) -> BTreeMap<String, Vec<u64>> {
@@ -208,8 +225,7 @@ pub fn seqs_by_agent(records: &[TraceRecord]) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for r in records {
         assert!(ids.insert(r.probe_id.clone()), "probe {} stored twice", r.probe_id);
-        let seq = r.probe_id.rsplit('/').next().and_then(|s| s.parse().ok()).expect("probe id ends in a sequence");
-        out.entry(r.agent_id.clone()).or_default().push(seq);
+        out.entry(r.agent_id.clone()).or_default().push(seq_of(r));
     }
     for v in out.values_mut() {
         v.sort_unstable();

@@ -62,7 +62,7 @@ async fn bad_tcp_urls_are_agent_errors() {
 /// port, and those results arrive as target `control`, flagged as such.
 #[test]
 fn agent_probes_the_collector_as_its_default_control() {
-    use blockwatch_tests::{CollectorProc, export, start_agent, wait_for};
+    use blockwatch_tests::{CollectorProc, export, start_agent, stored, wait_for};
     let dir = tempfile::tempdir().unwrap();
     let mut collector = CollectorProc::start(dir.path(), None, "");
     let config = format!(
@@ -74,7 +74,9 @@ fn agent_probes_the_collector_as_its_default_control() {
     wait_for("agent to register", std::time::Duration::from_secs(20), || {
         collector.proc.log().contains("agent registered").then_some(())
     });
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    wait_for("two control results to be stored", std::time::Duration::from_secs(20), || {
+        (stored(collector.api).len() >= 2).then_some(())
+    });
     assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
     assert_eq!(collector.proc.terminate(), Some(0));
     let records = export(&collector.data_dir);
