@@ -118,6 +118,8 @@ fn blackbox_cpu_per_probe(dir: &Path, provider: &Provider, probes: u64) -> Resul
         ),
     )
     .map_err(|e| e.to_string())?;
+    // blackbox_exporter is not ours: it takes a listen address but does not say which port
+    // it got, so it is handed one that was free a moment ago.
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut proc = Proc::start(

@@ -1,5 +1,6 @@
 //! Helpers for the end-to-end tests: find the built binaries, start them as processes on
-//! loopback with free ports, wait for conditions with deadlines, read exports.
+//! loopback on port 0 (they report the ports they got), wait for conditions with deadlines,
+//! read exports.
 //!
 //! The binaries must be built first (`cargo build --bins`); the README's test command does.
 
@@ -7,11 +8,11 @@ pub mod fake_collector;
 
 pub use blockwatch_demo::{faultkit, provider};
 
-use std::collections::BTreeMap;
-use std::io::Read;
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use blockwatch_proto::trace::TraceRecord;
@@ -25,7 +26,9 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
-/// A TCP port free on 127.0.0.1 right now.
+/// A TCP port free on 127.0.0.1 right now, and maybe taken by the time it is used. Only for a
+/// port that must be known before any process exists (an agent configured against a collector
+/// that is not up yet); anything we start binds port 0 and reports what it got.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
@@ -49,16 +52,20 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `bin args…`, logging stderr to `log`.
+    /// Starts `bin args…`, logging stderr to `log`; stdout is discarded.
     pub fn start(bin: &Path, args: &[&str], log: PathBuf) -> Proc {
+        Proc::spawn(bin, args, log, Stdio::null())
+    }
+
+    /// Like [`Proc::start`], with stdout piped to `child.stdout`.
+    pub fn start_piped(bin: &Path, args: &[&str], log: PathBuf) -> Proc {
+        Proc::spawn(bin, args, log, Stdio::piped())
+    }
+
+    fn spawn(bin: &Path, args: &[&str], log: PathBuf, stdout: Stdio) -> Proc {
         let err = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn");
+        let child =
+            Command::new(bin).args(args).env("RUST_LOG", "info").stdout(stdout).stderr(err).spawn().expect("spawn");
         Proc { child, log }
     }
 
@@ -110,25 +117,65 @@ pub struct CollectorProc {
     pub config: PathBuf,
 }
 
+/// How long a collector may take to open its store and bind its listeners.
+const COLLECTOR_START_LIMIT: Duration = Duration::from_secs(20);
+
 impl CollectorProc {
-    /// Starts `blockwatch-collector serve` in `dir` on a free port (or `port`), with `extra`
-    /// config lines, and waits until it listens.
+    /// Starts `blockwatch-collector serve` in `dir` with `extra` config lines and waits until
+    /// it listens. gRPC listens on `port` when given (a restart on the port agents already
+    /// use), else on port 0; the API always on port 0. The addresses come from the line the
+    /// collector prints on stdout once bound.
     pub fn start(dir: &Path, port: Option<u16>, extra: &str) -> CollectorProc {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port.unwrap_or_else(free_port)));
-        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let data_dir = dir.join("collector-data");
         let config = dir.join("collector.toml");
         std::fs::write(
             &config,
-            format!("listen = \"{addr}\"\napi_listen = \"{api}\"\ndata_dir = \"{}\"\n{extra}\n", data_dir.display()),
+            format!(
+                "listen = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra}\n",
+                port.unwrap_or(0),
+                data_dir.display()
+            ),
         )
         .expect("write config");
-        let log = dir.join(format!("collector-{}.log", addr.port()));
-        let proc = Proc::start(&bin("blockwatch-collector"), &["serve", "--config", config.to_str().unwrap()], log);
-        let c = CollectorProc { proc, addr, api, data_dir, config };
-        wait_for("collector to listen", Duration::from_secs(20), || listening(addr).then_some(()));
-        c
+        let log = (1..).map(|n| dir.join(format!("collector-{n}.log"))).find(|p| !p.exists()).expect("a log name");
+        let mut proc =
+            Proc::start_piped(&bin("blockwatch-collector"), &["serve", "--config", config.to_str().unwrap()], log);
+        let stdout = proc.child.stdout.take().expect("piped stdout");
+        let Some(line) = listening_line(stdout, COLLECTOR_START_LIMIT) else {
+            panic!(
+                "collector exited or did not report its addresses within {COLLECTOR_START_LIMIT:?}; log:\n{}",
+                proc.log()
+            );
+        };
+        let field = |key: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
+                .unwrap_or_else(|| panic!("no {key}= address in the collector's {line:?}"))
+        };
+        let (addr, api) = (field("grpc"), field("api"));
+        CollectorProc { proc, addr, api, data_dir, config }
     }
+}
+
+/// Reads `stdout` on a thread until a line starting `listening ` and returns it, or `None` at
+/// EOF or after `limit`. The thread keeps reading to EOF so the child never blocks on a full
+/// pipe.
+fn listening_line(stdout: ChildStdout, limit: Duration) -> Option<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = Vec::new();
+        while matches!(reader.read_until(b'\n', &mut line), Ok(n) if n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            if text.starts_with("listening ") {
+                let _ = tx.send(text.trim_end().to_string());
+                break;
+            }
+            line.clear();
+        }
+        let _ = std::io::copy(&mut reader, &mut std::io::sink());
+    });
+    rx.recv_timeout(limit).ok()
 }
 
 /// Writes an agent config and starts `blockwatch-agent run`.
@@ -154,6 +201,23 @@ pub fn export(data_dir: &Path) -> Vec<TraceRecord> {
         .collect()
 }
 
+/// The results a running collector has stored, from its API (`GET /v1/results`).
+pub fn stored(api: SocketAddr) -> Vec<TraceRecord> {
+    let (status, body) = http_get(api, "/v1/results");
+    assert_eq!(status, 200, "GET /v1/results: {body}");
+    body.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad result line {l:?}: {e}"))).collect()
+}
+
+/// The sequence number at the end of a probe id (`AGENT/EPOCH/SEQ`).
+pub fn seq_of(record: &TraceRecord) -> u64 {
+    record.probe_id.rsplit('/').next().and_then(|s| s.parse().ok()).expect("probe id ends in a sequence")
+}
+
+/// The sequence numbers of `agent`'s results that a running collector has stored.
+pub fn stored_seqs(api: SocketAddr, agent: &str) -> BTreeSet<u64> {
+    stored(api).iter().filter(|r| r.agent_id == agent).map(seq_of).collect()
+}
+
 /// Per agent: the sequence numbers of its stored results (from `AGENT/EPOCH/SEQ` ids),
 /// sorted, and panics if any probe id appears twice.
 pub fn seqs_by_agent(records: &[TraceRecord]) -> BTreeMap<String, Vec<u64>> {
@@ -161,8 +225,7 @@ pub fn seqs_by_agent(records: &[TraceRecord]) -> BTreeMap<String, Vec<u64>> {
     let mut out: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for r in records {
         assert!(ids.insert(r.probe_id.clone()), "probe {} stored twice", r.probe_id);
-        let seq = r.probe_id.rsplit('/').next().and_then(|s| s.parse().ok()).expect("probe id ends in a sequence");
-        out.entry(r.agent_id.clone()).or_default().push(seq);
+        out.entry(r.agent_id.clone()).or_default().push(seq_of(r));
     }
     for v in out.values_mut() {
         v.sort_unstable();

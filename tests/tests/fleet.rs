@@ -59,11 +59,14 @@ fn kill9_and_collector_outage_lose_nothing_and_store_nothing_twice() {
             collector = CollectorProc::start(dir.path(), Some(port), "");
         }
     }
+    // The backlog is every result the killed agents handed a sequence number to; it has
+    // drained once all of them are stored.
+    let (_, backlog_end) = spool_state(dir.path(), "k-1");
     let mut agent = start_agent(dir.path(), "k-1", &cfg);
     wait_for("the spool to drain", Duration::from_secs(60), || {
-        collector.proc.log().matches("agent registered").count().ge(&1).then_some(())
+        let seqs = stored_seqs(collector.api, "k-1");
+        (1..=backlog_end).all(|s| seqs.contains(&s)).then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3));
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     assert_eq!(collector.proc.terminate(), Some(0));
 
@@ -86,6 +89,8 @@ fn silent_or_slow_collector_keeps_the_agent_bounded() {
         let mut agent =
             start_agent(dir.path(), "m-1", &agent_toml("m-1", "eu", fake.addr, &provider, dir.path(), "127.0.0.2", 30));
         let pid = agent.child.id();
+        // Deliberate durations: RSS is sampled once the agent has settled and again 10 s of
+        // unacknowledged (or slowly acknowledged) results later; the bound is over that span.
         std::thread::sleep(Duration::from_secs(5));
         let early = rss_kib(pid);
         std::thread::sleep(Duration::from_secs(10));
@@ -256,6 +261,8 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
     const RATE: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
+    // The agent starts against a collector that is not up yet, so its port is chosen before
+    // any process exists; the collector comes up on it later.
     let port = free_port();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     // 10 probes a second, spooled while the collector is down.
@@ -263,6 +270,7 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
         .replace("interval = \"1s\"\n", &format!("interval = \"1s\"\nupload_rate = {RATE}\n"));
     let started = std::time::Instant::now();
     let mut agent = start_agent(dir.path(), "c-1", &cfg);
+    // The outage under test: 8 s of results pile up in the spool.
     std::thread::sleep(Duration::from_secs(8));
     let up = blockwatch_proto::time::now();
     let mut collector = CollectorProc::start(dir.path(), Some(port), "");
@@ -270,8 +278,17 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
         agent.log().contains("connected to collector").then_some(())
     });
     // The backlog (10 a second since the start) drains at RATE less the 10 a second still made.
+    // It has drained once the stored results run without a gap up to one that started 2 s
+    // after the collector came up: a probe ends within its 900 ms timeout and gets its
+    // sequence number then, so every result that started before `up` has a lower one.
     let backlog = 10.0 * started.elapsed().as_secs_f64();
-    std::thread::sleep(Duration::from_secs_f64(backlog / (RATE as f64 - 10.0) + 3.0));
+    let limit = Duration::from_secs_f64(3.0 * backlog / (RATE as f64 - 10.0) + 30.0);
+    wait_for("the backlog to drain", limit, || {
+        let all = stored(collector.api);
+        let seqs: std::collections::BTreeSet<u64> = all.iter().map(seq_of).collect();
+        let gapless = (1..).take_while(|s| seqs.contains(s)).last().unwrap_or(0);
+        all.iter().any(|r| seq_of(r) <= gapless && r.started_ms().unwrap() > up + 2_000).then_some(())
+    });
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     assert_eq!(collector.proc.terminate(), Some(0));
     let (_, last_seq) = spool_state(dir.path(), "c-1");
@@ -328,7 +345,9 @@ fn an_agent_that_stops_talking_is_marked_silent_and_back() {
     };
     let mut agent = start_agent(dir.path(), "s-1", &cfg);
     wait_for("the agent to connect", Duration::from_secs(20), || agents(&|a| a["connected"] == true));
-    // Heartbeats alone keep a quiet agent (10 min interval) from being silent.
+    // Heartbeats alone keep a quiet agent (10 min interval) from being silent. The sleep is
+    // the span under test: 5 s is more than the three 1 s heartbeat intervals after which a
+    // quiet agent would be silent.
     std::thread::sleep(Duration::from_secs(5));
     assert!(agents(&|a| a["silent"] == false).is_some());
     agent.kill9();

@@ -51,22 +51,28 @@ fn results_are_stored_once_survive_restart_and_export() {
     wait_for("agent to register", Duration::from_secs(20), || {
         collector.proc.log().contains("agent registered").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(3));
+    wait_for("two results to be stored", Duration::from_secs(20), || (stored(collector.api).len() >= 2).then_some(()));
     assert_eq!(collector.proc.terminate(), Some(0), "collector log:\n{}", collector.proc.log());
     let first = export(&collector.data_dir);
-    assert!(first.len() >= 2, "only {} results after 3s", first.len());
+    assert!(first.len() >= 2, "only {} results exported after the API showed two", first.len());
     assert!(
         first.iter().filter(|r| !r.control).all(|r| r.outcome == "ok" && r.http_status == 401 && r.region == "eu"),
         "{first:?}"
     );
 
     // While the collector is down the agent keeps probing into its spool.
-    std::thread::sleep(Duration::from_secs(2));
+    let src = "127.0.0.2".parse().unwrap();
+    let before = provider.requests_from(src);
+    wait_for("two probes during the outage", Duration::from_secs(20), || {
+        (provider.requests_from(src) >= before + 2).then_some(())
+    });
     let mut collector = CollectorProc::start(dir.path(), Some(collector.addr.port()), "");
     wait_for("agent to re-register", Duration::from_secs(40), || {
         collector.proc.log().contains("agent registered").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for("three more results to be stored", Duration::from_secs(20), || {
+        (stored(collector.api).len() >= first.len() + 3).then_some(())
+    });
     assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
     assert_eq!(collector.proc.terminate(), Some(0));
 
@@ -91,6 +97,8 @@ fn results_are_stored_once_survive_restart_and_export() {
 fn agent_spools_while_the_collector_is_down() {
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
+    // The agent starts against a collector that is not up yet, so its port is chosen before
+    // any process exists; the collector comes up on it later.
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut agent =
@@ -98,7 +106,11 @@ fn agent_spools_while_the_collector_is_down() {
     wait_for("agent to report the collector down", Duration::from_secs(20), || {
         agent.log().contains("cannot reach collector").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // It keeps probing into its spool.
+    let src = "127.0.0.3".parse().unwrap();
+    wait_for("three probes with the collector down", Duration::from_secs(20), || {
+        (provider.requests_from(src) >= 3).then_some(())
+    });
     assert!(agent.child.try_wait().unwrap().is_none(), "agent exited:\n{}", agent.log());
     assert!(!agent.log().contains("panicked"));
 
@@ -106,7 +118,9 @@ fn agent_spools_while_the_collector_is_down() {
     wait_for("agent to register", Duration::from_secs(40), || {
         collector.proc.log().contains("agent registered").then_some(())
     });
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for("the spooled results to be stored", Duration::from_secs(20), || {
+        (stored_seqs(collector.api, "hk-1").len() >= 3).then_some(())
+    });
     assert_eq!(agent.terminate(), Some(0));
     assert_eq!(collector.proc.terminate(), Some(0));
     let all = export(&collector.data_dir);

@@ -24,10 +24,12 @@ async fn listening_port_is_ok_without_tls_or_http() {
     let pki = TestPki::new().unwrap();
     // It accepts and never sends a byte: a connect-only probe must not wait for anything more.
     let srv = faultkit::silent(LO).await.unwrap();
+    let eng = engine(&pki, vec![]);
     let started = std::time::Instant::now();
-    let rep = engine(&pki, vec![]).probe(&spec(format!("tcp://{}", srv.addr()), provider("generic"), QUICK)).await;
+    let rep = eng.probe(&spec(format!("tcp://{}", srv.addr()), provider("generic"), QUICK)).await;
+    let took = started.elapsed();
     check(&rep, Outcome::Ok, "", CONNECT_ONLY);
-    assert!(started.elapsed() < std::time::Duration::from_secs(1), "took {:?}", started.elapsed());
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
     assert_eq!(rep.peer_address, srv.addr().to_string());
     assert_eq!(rep.http_status, 0);
 }
@@ -62,7 +64,7 @@ async fn bad_tcp_urls_are_agent_errors() {
 /// port, and those results arrive as target `control`, flagged as such.
 #[test]
 fn agent_probes_the_collector_as_its_default_control() {
-    use blockwatch_tests::{CollectorProc, export, start_agent, wait_for};
+    use blockwatch_tests::{CollectorProc, export, start_agent, stored, wait_for};
     let dir = tempfile::tempdir().unwrap();
     let mut collector = CollectorProc::start(dir.path(), None, "");
     let config = format!(
@@ -74,7 +76,9 @@ fn agent_probes_the_collector_as_its_default_control() {
     wait_for("agent to register", std::time::Duration::from_secs(20), || {
         collector.proc.log().contains("agent registered").then_some(())
     });
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    wait_for("two control results to be stored", std::time::Duration::from_secs(20), || {
+        (stored(collector.api).len() >= 2).then_some(())
+    });
     assert_eq!(agent.terminate(), Some(0), "agent log:\n{}", agent.log());
     assert_eq!(collector.proc.terminate(), Some(0));
     let records = export(&collector.data_dir);

@@ -17,6 +17,18 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .expect("VmHWM")
 }
 
+/// True when replay has read and handled everything fed to it so far: it has read at least
+/// `fed` bytes and is asleep. Replay runs on one thread and writes to /dev/null here, so once
+/// it has started on its input it sleeps only in a read of an empty stdin.
+fn caught_up(pid: u32, fed: usize) -> bool {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("proc io");
+    let read: usize =
+        io.lines().find_map(|l| l.strip_prefix("rchar:")).and_then(|v| v.trim().parse().ok()).expect("rchar");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    read >= fed && state == Some('S')
+}
+
 #[test]
 fn replay_memory_does_not_grow_with_trace_length() {
     let trace = generate(&Params::new(Family::GeoBlock, 60, 3, 7));
@@ -32,15 +44,19 @@ fn replay_memory_does_not_grow_with_trace_length() {
     let mut input = child.stdin.take().expect("stdin");
     // Copy k: the same fleet and targets, k trace lengths later, with fresh probe ids.
     let copy = |k: i64| trace.shifted(k * span, &format!("d{k}-")).to_jsonl();
-    input.write_all(copy(1).as_bytes()).expect("feed");
-    input.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let mut fed = 0;
+    let mut feed = |k: i64| {
+        let text = copy(k);
+        input.write_all(text.as_bytes()).expect("feed");
+        input.flush().unwrap();
+        fed += text.len();
+        fed
+    };
+    let fed_one = feed(1);
+    wait_for("replay to take in one copy", Duration::from_secs(30), || caught_up(pid, fed_one).then_some(()));
     let after_one = peak_rss_kib(pid);
-    for k in 2..=8 {
-        input.write_all(copy(k).as_bytes()).expect("feed");
-    }
-    input.flush().unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    let fed_all = (2..=8).map(&mut feed).last().unwrap();
+    wait_for("replay to take in eight copies", Duration::from_secs(60), || caught_up(pid, fed_all).then_some(()));
     let after_eight = peak_rss_kib(pid);
     drop(input);
     let out = child.wait_with_output().expect("replay ends");

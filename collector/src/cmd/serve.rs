@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ pub fn run(config: &Path) -> anyhow::Result<()> {
     let cfg = CollectorConfig::load(config)?;
     blockwatch_proto::process::runtime(None)?.block_on(async {
         let collector = Collector::start(&cfg).await.context("collector failed to start")?;
+        announce(&collector);
         let mut term = signal(SignalKind::terminate())?;
         let mut hup = signal(SignalKind::hangup())?;
         loop {
@@ -28,6 +30,15 @@ pub fn run(config: &Path) -> anyhow::Result<()> {
         collector.shutdown(SHUTDOWN_DEADLINE).await;
         Ok(())
     })
+}
+
+/// Prints the bound addresses on stdout, one line, once both listeners are up: with port 0 in
+/// the config this is how a supervisor or a test learns the ports the collector got. A closed
+/// stdout is not a reason to stop serving.
+fn announce(collector: &Collector) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "listening grpc={} api={}", collector.addr, collector.api_addr);
+    let _ = out.flush();
 }
 
 /// SIGHUP: re-reads the config and pushes a changed plan to every connected agent. A config

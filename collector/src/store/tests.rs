@@ -53,6 +53,8 @@ async fn concurrent_writers_never_store_an_id_twice() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let mut tasks = Vec::new();
+    // Writer w writes ids (7i + w) % 100 for i in 0..50: together they cover p/0..p/99, each
+    // id by several writers.
     for w in 0..8 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
@@ -64,12 +66,14 @@ async fn concurrent_writers_never_store_an_id_twice() {
     for t in tasks {
         total += t.await.unwrap();
     }
-    assert_eq!(total, store.result_count().unwrap());
-    assert!(total <= 100);
-    let mut all = ids(&store);
-    all.sort();
-    all.dedup();
-    assert_eq!(all.len(), total);
+    assert_eq!(total, 100, "writers reported {total} results stored");
+    assert_eq!(store.result_count().unwrap(), 100);
+    let all = ids(&store);
+    assert_eq!(all.len(), 100, "{all:?}");
+    let unique: std::collections::BTreeSet<&str> = all.iter().map(String::as_str).collect();
+    assert_eq!(unique.len(), all.len(), "an id stored twice: {all:?}");
+    let want: Vec<String> = (0..100).map(|i| format!("p/{i}")).collect();
+    assert_eq!(unique, want.iter().map(String::as_str).collect(), "every id stored");
     store.close();
 }
 
