@@ -36,6 +36,10 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 const CATCHUP_TICK: Duration = Duration::from_millis(250);
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Longest wait between attempts when the collector refuses this agent (not in its agent list,
+/// an id or region it does not accept): nothing changes until someone fixes a config, so the
+/// agent asks rarely, saying why each time.
+const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a session with the collector ended.
@@ -55,6 +59,13 @@ pub enum UplinkError {
     Closed,
     #[error("spool task failed")]
     Task(#[from] tokio::task::JoinError),
+}
+
+impl UplinkError {
+    /// The collector said no to this agent itself, which retrying soon will not change.
+    fn is_refusal(&self) -> bool {
+        matches!(self, UplinkError::Refused(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated))
+    }
 }
 
 /// A gRPC status in words: its code, its message, and the transport's cause if any.
@@ -120,12 +131,23 @@ impl Uplink {
                         failures = 0;
                     }
                     failures = failures.saturating_add(1);
-                    let delay = backoff(failures);
-                    tracing::warn!(
-                        error = %blockwatch_proto::error::chain(&e),
-                        retry_in = %humantime::format_duration(delay),
-                        "collector session ended"
-                    );
+                    let delay = if e.is_refusal() {
+                        let delay = backoff(failures).saturating_mul(10).min(REFUSED_BACKOFF_MAX);
+                        tracing::error!(
+                            error = %blockwatch_proto::error::chain(&e),
+                            retry_in = %humantime::format_duration(delay),
+                            "the collector refuses this agent; check agent_id, region and the collector's agent list"
+                        );
+                        delay
+                    } else {
+                        let delay = backoff(failures);
+                        tracing::warn!(
+                            error = %blockwatch_proto::error::chain(&e),
+                            retry_in = %humantime::format_duration(delay),
+                            "collector session ended"
+                        );
+                        delay
+                    };
                     let mut stop = self.stop.clone();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}

@@ -206,6 +206,7 @@ struct AgentView {
     last_seen: String,
     spooled: u64,
     dropped_total: u64,
+    refused_total: u64,
 }
 
 async fn agents(State(api): State<Api>) -> Response {
@@ -226,6 +227,7 @@ async fn agents(State(api): State<Api>) -> Response {
                     last_seen: blockwatch_proto::time::format_rfc3339(a.last_seen),
                     spooled: a.spooled,
                     dropped_total: a.dropped_total,
+                    refused_total: a.refused_total,
                 },
             )
         })

@@ -14,8 +14,12 @@ use blockwatch_tests::*;
 
 const BATCH: usize = 64;
 
+/// A generated trace, moved to end an hour ago: the collector takes only results that
+/// started in a window around their receipt.
 fn sample(family: Family, seed: u64) -> Vec<TraceRecord> {
-    generate(&Params::new(family, 60, 3, seed)).trace_records()
+    let trace = generate(&Params::new(family, 60, 3, seed));
+    let hour_ago = blockwatch_proto::time::now() - 3_600_000;
+    trace.shifted(hour_ago - trace.end, "").trace_records()
 }
 
 /// One agent: Register, then its results in trace order, a batch at a time, each acked.

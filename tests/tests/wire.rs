@@ -21,7 +21,8 @@ fn result(id: &str, agent: &str, outcome: i32) -> ProbeResult {
         agent_id: agent.into(),
         region: "r".into(),
         target_id: "t".into(),
-        started_at: Some(prost_types::Timestamp { seconds: 1_700_000_000, nanos: 0 }),
+        // A second ago: results must have started near their receipt.
+        started_at: Some(blockwatch_proto::time::to_timestamp(blockwatch_proto::time::now() - 1000)),
         outcome,
         ..Default::default()
     }

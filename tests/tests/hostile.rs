@@ -1,0 +1,229 @@
+//! What an agent sends cannot blind, erase or exhaust the collector. A well-behaved agent keeps
+//! streaming on the same collector throughout, and every one of its batches is acked within a
+//! second, while other clients try each attack; each attack gets a precise refusal.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use blockwatch_proto::Outcome;
+use blockwatch_proto::time::{Millis, now, to_timestamp};
+use blockwatch_proto::v1::fleet_client::FleetClient;
+use blockwatch_proto::v1::{
+    AgentMessage, CollectorMessage, Hello, ProbeResult, RegisterRequest, ResultBatch, agent_message, collector_message,
+};
+use blockwatch_tests::*;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+fn result(agent: &str, region: &str, seq: u64, target: &str, started_at: Millis, outcome: Outcome) -> ProbeResult {
+    let mut r = ProbeResult {
+        probe_id: format!("{agent}/1/{seq}"),
+        agent_id: agent.into(),
+        region: region.into(),
+        target_id: target.into(),
+        started_at: Some(to_timestamp(started_at)),
+        ..Default::default()
+    };
+    r.set_outcome(outcome);
+    if outcome == Outcome::HttpGeoBlocked {
+        r.http_status = 403;
+        r.provider_code = "unsupported_country_region_territory".into();
+    }
+    r
+}
+
+/// One agent's session: Register, hello, then batches, each answered.
+struct Session {
+    tx: mpsc::Sender<AgentMessage>,
+    replies: tonic::Streaming<CollectorMessage>,
+    next_batch: u64,
+}
+
+async fn client(collector: &CollectorProc) -> FleetClient<Channel> {
+    FleetClient::connect(format!("http://{}", collector.addr)).await.expect("connect")
+}
+
+async fn session(collector: &CollectorProc, agent: &str, region: &str) -> Session {
+    let mut c = client(collector).await;
+    let reg =
+        RegisterRequest { agent_id: agent.into(), region: region.into(), version: "t".into(), ..Default::default() };
+    c.register(reg).await.expect("register");
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: agent.into() })) }).await.unwrap();
+    let replies = c.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("report").into_inner();
+    Session { tx, replies, next_batch: 1 }
+}
+
+/// What the collector answered to one batch: the probe ids acked, and the ids refused with
+/// the reason.
+#[derive(Debug, Default)]
+struct Answer {
+    acked: Vec<String>,
+    refused: Vec<String>,
+    reason: String,
+}
+
+impl Session {
+    async fn send(&mut self, results: Vec<ProbeResult>) -> Answer {
+        let batch_id = self.next_batch;
+        self.next_batch += 1;
+        let msg = AgentMessage { kind: Some(agent_message::Kind::Batch(ResultBatch { batch_id, results })) };
+        self.tx.send(msg).await.expect("stream open");
+        let mut answer = Answer::default();
+        loop {
+            let m = tokio::time::timeout(Duration::from_secs(10), self.replies.message())
+                .await
+                .expect("an answer in time")
+                .expect("stream healthy")
+                .expect("stream open");
+            match m.kind {
+                Some(collector_message::Kind::Reject(r)) if r.batch_id == batch_id => {
+                    answer.refused.extend(r.probe_ids);
+                    answer.reason = r.reason;
+                }
+                Some(collector_message::Kind::Ack(a)) if a.batch_id == batch_id => {
+                    answer.acked = a.probe_ids;
+                    return answer;
+                }
+                // A batch refused whole has a reject and no ack.
+                _ if !answer.refused.is_empty() && answer.acked.is_empty() && answer.reason.contains("max_batch") => {
+                    return answer;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[test]
+fn no_agent_can_blind_erase_or_exhaust_the_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = CollectorProc::start(dir.path(), None, "[limits]\nmax_targets_per_agent = 50");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // The bystander: a valid agent whose every batch must be acked within a second.
+        let done = Arc::new(AtomicBool::new(false));
+        let slowest_ms = Arc::new(AtomicU64::new(0));
+        let bystander = {
+            let (done, slowest_ms) = (Arc::clone(&done), Arc::clone(&slowest_ms));
+            let mut s = session(&collector, "good-1", "eu").await;
+            tokio::spawn(async move {
+                let mut seq = 0;
+                let mut batches = 0u64;
+                while !done.load(Ordering::SeqCst) {
+                    let results: Vec<_> = (0..20)
+                        .map(|_| {
+                            seq += 1;
+                            result("good-1", "eu", seq, "openai", now() - 500, Outcome::Ok)
+                        })
+                        .collect();
+                    let t = Instant::now();
+                    let a = s.send(results).await;
+                    slowest_ms.fetch_max(t.elapsed().as_millis() as u64, Ordering::SeqCst);
+                    assert_eq!(a.acked.len(), 20, "the bystander's results are all stored: {a:?}");
+                    batches += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                batches
+            })
+        };
+
+        // Probe ids in another agent's namespace would be taken for its results (and erase
+        // them as duplicates): refused.
+        let mut evil = session(&collector, "evil-1", "hk").await;
+        let hijack = ProbeResult {
+            probe_id: "good-1/1/999999".into(),
+            ..result("evil-1", "hk", 1, "openai", now(), Outcome::Ok)
+        };
+        let a = evil.send(vec![hijack]).await;
+        assert_eq!(a.refused, ["good-1/1/999999"], "{a:?}");
+        assert!(a.reason.contains("probe_id must start with the agent's id \"evil-1\""), "{}", a.reason);
+
+        // Results from a region the agent did not register in.
+        let a = evil.send(vec![result("evil-1", "eu", 2, "openai", now(), Outcome::HttpGeoBlocked)]).await;
+        assert!(a.reason.contains("differs from the agent's registered region \"hk\""), "{}", a.reason);
+
+        // A result dated an hour ahead (it would hold a cell's clock in the future), and
+        // timestamps out of any range.
+        let a = evil.send(vec![result("evil-1", "hk", 3, "openai", now() + 3_600_000, Outcome::Ok)]).await;
+        assert!(a.reason.contains("after its receipt (limits.max_future 5m)"), "{}", a.reason);
+        for (i, (seconds, nanos)) in
+            [(i64::MAX, 0), (i64::MIN, 0), (-62_135_596_900, 0), (1_800_000_000, 1_000_000_000)].into_iter().enumerate()
+        {
+            let mut r = result("evil-1", "hk", 10 + i as u64, "openai", now(), Outcome::Ok);
+            r.started_at = Some(prost_types::Timestamp { seconds, nanos });
+            let a = evil.send(vec![r]).await;
+            assert!(a.reason.contains("is not a valid time"), "{seconds} {nanos}: {}", a.reason);
+        }
+
+        // Oversized fields: each refused, naming the field.
+        let mb = "x".repeat(1 << 20);
+        for (field, r) in [
+            ("target_id", ProbeResult { target_id: mb.clone(), ..result("evil-1", "hk", 20, "t", now(), Outcome::Ok) }),
+            ("detail", ProbeResult { detail: mb.clone(), ..result("evil-1", "hk", 21, "t", now(), Outcome::Ok) }),
+            (
+                "provider_code",
+                ProbeResult { provider_code: mb.clone(), ..result("evil-1", "hk", 22, "t", now(), Outcome::Ok) },
+            ),
+        ] {
+            let a = evil.send(vec![r]).await;
+            assert_eq!(a.refused.len(), 1, "{field}");
+            assert!(a.reason.contains(field), "{field}: {}", &a.reason[..a.reason.len().min(200)]);
+        }
+
+        // A flood of new target ids: the agent's first 50 are taken, the rest refused.
+        let flood: Vec<_> =
+            (0..100).map(|i| result("evil-1", "hk", 100 + i, &format!("t{i}"), now(), Outcome::Ok)).collect();
+        let a = evil.send(flood).await;
+        assert_eq!((a.acked.len(), a.refused.len()), (50, 50), "{}", a.reason);
+        assert!(a.reason.contains("limits.max_targets_per_agent = 50"), "{}", a.reason);
+
+        // A second live process with the bystander's id: refused at Register and at Report.
+        let mut c = client(&collector).await;
+        let err = c
+            .register(RegisterRequest { agent_id: "good-1".into(), region: "eu".into(), ..Default::default() })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+        assert!(err.message().contains("connected already"), "{}", err.message());
+        let hello = AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: "good-1".into() })) };
+        let err = c.report(tokio_stream::iter(vec![hello])).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+
+        // After the future-dated attempt, a real geo block in hk is still detected: two
+        // agents, an hour of reachable answers, then geo refusals.
+        let mut a1 = session(&collector, "hk-1", "hk").await;
+        let mut a2 = session(&collector, "hk-2", "hk").await;
+        let t0 = now() - 3_600_000;
+        for (s, agent) in [(&mut a1, "hk-1"), (&mut a2, "hk-2")] {
+            let mut results: Vec<_> =
+                (0..50).map(|i| result(agent, "hk", i, "openai", t0 + i as i64 * 60_000, Outcome::Ok)).collect();
+            results.extend(
+                (50..60).map(|i| result(agent, "hk", i, "openai", t0 + i as i64 * 60_000, Outcome::HttpGeoBlocked)),
+            );
+            let a = s.send(results).await;
+            assert_eq!(a.acked.len(), 60, "{a:?}");
+        }
+        let events = wait_for("the hk block to be detected", Duration::from_secs(10), || {
+            let (_, body) = http_get(collector.api, "/v1/events?kind=block_started&region=hk");
+            body.contains("\"target\":\"openai\"").then_some(body)
+        });
+        assert!(events.contains("\"dominant_outcome\":\"http_geo_blocked\""), "{events}");
+
+        done.store(true, Ordering::SeqCst);
+        let batches = bystander.await.expect("bystander ran");
+        let slowest = slowest_ms.load(Ordering::SeqCst);
+        println!("bystander: {batches} batches, slowest ack {slowest} ms");
+        assert!(batches >= 5, "{batches}");
+        assert!(slowest < 1000, "the bystander waited {slowest} ms for an ack");
+    });
+
+    // The refusals are visible per agent.
+    let (_, agents) = http_get(collector.api, "/v1/agents");
+    let v: serde_json::Value = serde_json::from_str(&agents).unwrap();
+    assert!(v["evil-1"]["refused_total"].as_u64().unwrap() >= 60, "{agents}");
+    assert_eq!(v["good-1"]["refused_total"].as_u64(), Some(0), "{agents}");
+    assert!(listening(collector.addr), "collector died");
+    assert!(!collector.proc.log().contains("panicked"));
+}
