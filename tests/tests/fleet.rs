@@ -199,7 +199,7 @@ fn agent_refuses_a_bad_plan_and_keeps_its_own() {
         agent.log().contains("refused plan from collector").then_some(())
     });
     let log = agent.log();
-    assert!(log.contains("interval 0s0ns is outside 1s..=24h"), "{log}");
+    assert!(log.contains("interval 0s is outside 1s..=24h"), "{log}");
     assert!(log.contains("must start with https://"), "{log}");
     wait_for("the old targets to keep running", Duration::from_secs(20), || {
         provider.seen.lock().unwrap().iter().any(|(_, p)| p == "/t0/v1/models").then_some(())
