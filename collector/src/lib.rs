@@ -7,6 +7,7 @@ pub mod config;
 mod detect;
 pub mod export;
 pub mod ingest;
+mod listen;
 pub mod plan;
 mod rebuild;
 pub mod replay;

@@ -109,10 +109,16 @@ impl Collector {
         let service = FleetServer::new(crate::ingest::FleetService(Arc::clone(&ingest)))
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let limits = &cfg.limits;
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::listen::accept(
+            listener,
+            limits.max_connections,
+            limits.max_connections_per_address,
+        ));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+                .max_concurrent_streams(limits.max_streams_per_connection)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;

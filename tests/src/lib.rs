@@ -126,6 +126,16 @@ impl CollectorProc {
     /// use), else on port 0; the API always on port 0. The addresses come from the line the
     /// collector prints on stdout once bound.
     pub fn start(dir: &Path, port: Option<u16>, extra: &str) -> CollectorProc {
+        CollectorProc::launch(dir, port, extra, None)
+    }
+
+    /// Like [`CollectorProc::start`], with the process's open-file limit set to `nofile`
+    /// (through util-linux's `prlimit`).
+    pub fn start_with_file_limit(dir: &Path, extra: &str, nofile: u32) -> CollectorProc {
+        CollectorProc::launch(dir, None, extra, Some(nofile))
+    }
+
+    fn launch(dir: &Path, port: Option<u16>, extra: &str, nofile: Option<u32>) -> CollectorProc {
         let data_dir = dir.join("collector-data");
         let config = dir.join("collector.toml");
         std::fs::write(
@@ -138,8 +148,17 @@ impl CollectorProc {
         )
         .expect("write config");
         let log = (1..).map(|n| dir.join(format!("collector-{n}.log"))).find(|p| !p.exists()).expect("a log name");
-        let mut proc =
-            Proc::start_piped(&bin("blockwatch-collector"), &["serve", "--config", config.to_str().unwrap()], log);
+        let collector = bin("blockwatch-collector");
+        let serve = [collector.to_str().unwrap(), "serve", "--config", config.to_str().unwrap()];
+        let mut proc = match nofile {
+            None => Proc::start_piped(&collector, &serve[1..], log),
+            Some(n) => {
+                let limit = format!("--nofile={n}:{n}");
+                let mut args = vec![limit.as_str(), "--"];
+                args.extend(serve);
+                Proc::start_piped(Path::new("prlimit"), &args, log)
+            }
+        };
         let stdout = proc.child.stdout.take().expect("piped stdout");
         let Some(line) = listening_line(stdout, COLLECTOR_START_LIMIT) else {
             panic!(
@@ -156,6 +175,20 @@ impl CollectorProc {
         CollectorProc { proc, addr, api, data_dir, config }
     }
 }
+
+/// CPU time (user and system) a process has used so far, from `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
+    let ticks = f[11] + f[12];
+    Duration::from_millis(ticks * 1000 / CLOCK_TICKS)
+}
+
+/// `sysconf(_SC_CLK_TCK)` on Linux, which is 100 on every platform Rust targets there.
+const CLOCK_TICKS: u64 = 100;
 
 /// Reads `stdout` on a thread until a line starting `listening ` and returns it, or `None` at
 /// EOF or after `limit`. The thread keeps reading to EOF so the child never blocks on a full

@@ -33,6 +33,14 @@ pub struct Limits {
     /// Most results per second read from one agent; past it the collector reads that agent's
     /// stream more slowly (nothing is refused or lost). Default 2000.
     pub max_results_per_second: u32,
+    /// Most gRPC connections open at once; past it, new ones wait to be accepted. Default
+    /// 512 (keep it below the process's open-file limit).
+    pub max_connections: usize,
+    /// Most gRPC connections open at once from one peer address; past it, new ones are
+    /// closed. Default 32.
+    pub max_connections_per_address: usize,
+    /// Most concurrent gRPC streams on one connection. Default 16 (an agent uses two).
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for Limits {
@@ -46,6 +54,9 @@ impl Default for Limits {
             max_agents: 10_000,
             max_targets_per_agent: 1000,
             max_results_per_second: 2000,
+            max_connections: 512,
+            max_connections_per_address: 32,
+            max_streams_per_connection: 16,
         }
     }
 }
@@ -65,6 +76,9 @@ impl Limits {
         range("max_agents", self.max_agents as u64, 1, 10_000_000);
         range("max_targets_per_agent", self.max_targets_per_agent as u64, 1, 1_000_000);
         range("max_results_per_second", u64::from(self.max_results_per_second), 1, 10_000_000);
+        range("max_connections", self.max_connections as u64, 1, 1_000_000);
+        range("max_connections_per_address", self.max_connections_per_address as u64, 1, 1_000_000);
+        range("max_streams_per_connection", u64::from(self.max_streams_per_connection), 2, 100_000);
         if self.max_future > Duration::from_secs(24 * 3600) {
             p.push("limits.max_future: must be at most 24h".into());
         }
