@@ -63,12 +63,17 @@ fn kill9_and_collector_outage_lose_nothing_and_store_nothing_twice() {
     // drained once all of them are stored.
     let (_, backlog_end) = spool_state(dir.path(), "k-1");
     let mut agent = start_agent(dir.path(), "k-1", &cfg);
+    // The backlog may have drained before this last agent started; it must be up (its signal
+    // handler installed) before it is asked to stop.
+    wait_for("the last agent to connect", Duration::from_secs(20), || {
+        agent.log().contains("connected to collector").then_some(())
+    });
     wait_for("the spool to drain", Duration::from_secs(60), || {
         let seqs = stored_seqs(collector.api, "k-1");
         (1..=backlog_end).all(|s| seqs.contains(&s)).then_some(())
     });
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
-    assert_eq!(collector.proc.terminate(), Some(0));
+    assert_eq!(collector.proc.terminate(), Some(0), "{}", collector.proc.log());
 
     let (pending, last_seq) = spool_state(dir.path(), "k-1");
     assert_eq!(pending, 0, "graceful shutdown left results unsent");
