@@ -8,19 +8,24 @@
 //!   writes), in the order stored, streamed. Query: `after=N` (skip the first N: results are
 //!   numbered 1, 2, 3, … as stored, so a poller adds the lines it got), `limit=` (default all).
 //! - `GET /v1/agents` — the agents seen since start: region, whether a stream is open and
-//!   whether the agent is silent,
-//!   version, last heard of, results spooled and dropped.
+//!   whether the agent is silent, version, last heard of, results spooled, dropped and
+//!   refused. Query: `after=ID` (agents after this id), `limit=` (default 1000, at most 10 000).
 //!
-//! Reads run on the blocking pool and never hold the store's writer.
+//! Reads run on the blocking pool and never hold the store's writer. At most
+//! `MAX_REQUESTS` requests run at once and each must answer within `REQUEST_TIMEOUT`; at
+//! most `MAX_EXPORTS` result exports stream at once, and one whose client stops reading for
+//! `SEND_DEADLINE` is ended. Past a bound the answer is `503` with `Retry-After`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
 
 use crate::ingest::Ingest;
 use crate::store::Reader;
@@ -28,11 +33,23 @@ use crate::store::Reader;
 /// Default and largest `limit` of `/v1/events`.
 pub const DEFAULT_LIMIT: usize = 1000;
 pub const MAX_LIMIT: usize = 100_000;
+/// Default and largest `limit` of `/v1/agents`.
+pub const DEFAULT_AGENTS: usize = 1000;
+pub const MAX_AGENTS: usize = 10_000;
+/// Requests served at once; past it, `503`.
+pub const MAX_REQUESTS: usize = 64;
+/// Longest a request may take to produce its answer (a streamed export's first byte).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Result exports streaming at once (each holds a blocking thread); past it, `503`.
+pub const MAX_EXPORTS: usize = 4;
+/// Longest an export waits for a client that stopped reading before it ends the transfer.
+pub const SEND_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 struct Api {
     store: Reader,
     ingest: Arc<Ingest>,
+    exports: Arc<Semaphore>,
 }
 
 /// Serves the API on `listener` until `stop` resolves.
@@ -47,8 +64,28 @@ pub async fn serve(
         .route("/v1/events", get(events))
         .route("/v1/agents", get(agents))
         .route("/v1/results", get(results))
-        .with_state(Api { store, ingest });
+        .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)) })
+        .layer(axum::middleware::from_fn_with_state(Arc::new(Semaphore::new(MAX_REQUESTS)), bounded));
     axum::serve(listener, app).with_graceful_shutdown(stop).await
+}
+
+/// At most `MAX_REQUESTS` at once, each answered within `REQUEST_TIMEOUT`.
+async fn bounded(
+    State(slots): State<Arc<Semaphore>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_slot) = slots.try_acquire() else {
+        return busy(format!("{MAX_REQUESTS} requests are being served; retry shortly"));
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("no answer within {REQUEST_TIMEOUT:?}\n")).into_response(),
+    }
+}
+
+fn busy(why: String) -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{why}\n")).into_response()
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -146,14 +183,32 @@ struct ChunkWriter {
 }
 
 impl ChunkWriter {
+    /// Hands the buffer on; waits for a slow client, up to `SEND_DEADLINE` without progress.
     fn send(&mut self) -> std::io::Result<()> {
+        use tokio::sync::mpsc::error::TrySendError;
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK)));
-        self.tx
-            .blocking_send(Ok(chunk))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+        let mut chunk = Ok(bytes::Bytes::from(std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK))));
+        let give_up = std::time::Instant::now() + SEND_DEADLINE;
+        loop {
+            match self.tx.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Closed(_)) => {
+                    return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"));
+                }
+                Err(TrySendError::Full(back)) if std::time::Instant::now() < give_up => {
+                    chunk = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(TrySendError::Full(_)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("client read nothing for {SEND_DEADLINE:?}"),
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -179,9 +234,13 @@ async fn results(
         Ok(q) => q,
         Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
     };
+    let Ok(permit) = Arc::clone(&api.exports).try_acquire_owned() else {
+        return busy(format!("{MAX_EXPORTS} result exports are running; retry shortly"));
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let store = api.store.clone();
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut out = ChunkWriter { buf: Vec::with_capacity(CHUNK), tx: tx.clone() };
         let limit = q.limit.unwrap_or(u64::MAX);
         if let Err(e) = crate::export::export_range(&store, crate::export::Format::Jsonl, q.after, limit, &mut out) {
@@ -209,13 +268,34 @@ struct AgentView {
     refused_total: u64,
 }
 
-async fn agents(State(api): State<Api>) -> Response {
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AgentQuery {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn agents(
+    State(api): State<Api>,
+    query: Result<Query<AgentQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
+    };
+    let limit = q.limit.unwrap_or(DEFAULT_AGENTS);
+    if limit == 0 || limit > MAX_AGENTS {
+        return bad_request(format!("limit={limit}: must be 1..={MAX_AGENTS}"));
+    }
     let connected = api.ingest.streams().connected();
     let now = blockwatch_proto::time::now();
-    let view: BTreeMap<String, AgentView> = api
-        .ingest
-        .agents()
+    let mut all: Vec<_> = api.ingest.agents().into_iter().collect();
+    all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let start = q.after.as_deref().map_or(0, |after| all.partition_point(|(id, _)| id.as_str() <= after));
+    let view: BTreeMap<String, AgentView> = all
         .into_iter()
+        .skip(start)
+        .take(limit)
         .map(|(id, a)| {
             (
                 id.clone(),

@@ -328,3 +328,78 @@ fn idle_connection_floods_neither_spin_nor_starve_the_agents() {
     assert_eq!(closed, 12, "20 connections, 8 allowed");
     assert!(collector.proc.log().contains("refused connections past the per-address limit"));
 }
+
+/// Sends `GET path` on a new connection and never reads the answer.
+fn unread_get(addr: std::net::SocketAddr, path: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the API");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send request");
+    s
+}
+
+/// The status line of the answer waiting on `s`.
+fn status_of(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).expect("an answer");
+    String::from_utf8_lossy(&head[9..12]).to_string()
+}
+
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|v| v.trim().parse().ok()).expect("Threads")
+}
+
+#[test]
+fn api_clients_that_never_read_hold_only_their_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = CollectorProc::start(dir.path(), None, "max_batch = 1000");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Enough stored results (~15 MB exported) that an export outgrows the socket buffers.
+        for (n, agent) in ["a-1", "a-2", "a-3"].into_iter().enumerate() {
+            let mut s = session(&collector, agent, "eu").await;
+            if n > 0 {
+                continue;
+            }
+            for b in 0..30u64 {
+                let results = (0..1000)
+                    .map(|i| {
+                        let mut r = result(agent, "eu", b * 1000 + i, "openai", now() - 1000, Outcome::TlsReset);
+                        r.detail = "x".repeat(400);
+                        r
+                    })
+                    .collect();
+                assert_eq!(s.send(results).await.acked.len(), 1000);
+            }
+        }
+    });
+    let pid = collector.proc.child.id();
+    let before = threads(pid);
+    let mut readers: Vec<_> = (0..20).map(|_| unread_get(collector.api, "/v1/results")).collect();
+    let statuses: Vec<String> = readers.iter_mut().map(status_of).collect();
+    let ok = statuses.iter().filter(|s| *s == "200").count();
+    let busy = statuses.iter().filter(|s| *s == "503").count();
+    assert_eq!((ok, busy), (4, 16), "{statuses:?}");
+    // The other routes still answer for everyone.
+    let (status, _) = http_get(collector.api, "/v1/events");
+    assert_eq!(status, 200);
+    let (status, body) = http_get(collector.api, "/healthz");
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let during = threads(pid);
+    println!("collector threads: {before} before, {during} with 20 stalled readers");
+    // The exports' threads and a few for other reads, not one per client.
+    assert!(during <= before + 8, "{before} -> {during} threads");
+
+    // /v1/agents pages by id.
+    let (_, page) = http_get(collector.api, "/v1/agents?limit=2");
+    let v: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), ["a-1", "a-2"]);
+    let (_, page) = http_get(collector.api, "/v1/agents?after=a-2");
+    let v: serde_json::Value = serde_json::from_str(&page).unwrap();
+    assert_eq!(v.as_object().unwrap().keys().collect::<Vec<_>>(), ["a-3"]);
+    let (status, body) = http_get(collector.api, "/v1/agents?limit=0");
+    assert_eq!(status, 400, "{body}");
+    drop(readers);
+}
