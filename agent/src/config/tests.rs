@@ -193,3 +193,13 @@ fn every_type_error_at_once_and_required_keys_from_the_environment() {
     });
     c.validate().unwrap();
 }
+
+#[test]
+fn an_https_collector_is_refused_rather_than_sent_in_plaintext() {
+    let mut c = AgentConfig::parse(GOOD).unwrap();
+    c.collector = "https://collector.example:7400".into();
+    assert_eq!(
+        c.validate().unwrap_err(),
+        ["collector \"https://collector.example:7400\": TLS to the collector is not supported yet; use an http:// URL on a network you trust"]
+    );
+}

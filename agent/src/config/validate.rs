@@ -31,10 +31,19 @@ impl AgentConfig {
         {
             p.push(format!("region {:?}: {rule}", self.region));
         }
-        if required("collector", "BLOCKWATCH_COLLECTOR", &self.collector, &mut p)
-            && let Err(why) = blockwatch_proto::url::endpoint(&self.collector)
-        {
-            p.push(format!("collector {:?}: {why}", self.collector));
+        if required("collector", "BLOCKWATCH_COLLECTOR", &self.collector, &mut p) {
+            match blockwatch_proto::url::endpoint(&self.collector) {
+                Err(why) => p.push(format!("collector {:?}: {why}", self.collector)),
+                // The uplink speaks plaintext HTTP/2 only: an https:// URL would promise an
+                // encryption it does not get, so it is refused rather than silently sent in
+                // the clear.
+                Ok(u) if u.scheme == blockwatch_proto::url::Scheme::Https => p.push(format!(
+                    "collector {:?}: TLS to the collector is not supported yet; use an http:// URL on a \
+                     network you trust",
+                    self.collector
+                )),
+                Ok(_) => {}
+            }
         }
         if self.interval < Duration::from_secs(1) {
             p.push("interval: must be at least 1s".into());
