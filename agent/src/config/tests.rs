@@ -200,6 +200,8 @@ fn an_https_collector_is_refused_rather_than_sent_in_plaintext() {
     c.collector = "https://collector.example:7400".into();
     assert_eq!(
         c.validate().unwrap_err(),
-        ["collector \"https://collector.example:7400\": TLS to the collector is not supported yet; use an http:// URL on a network you trust"]
+        [
+            "collector \"https://collector.example:7400\": TLS to the collector is not supported yet; use an http:// URL on a network you trust"
+        ]
     );
 }
