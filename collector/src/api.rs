@@ -121,6 +121,11 @@ impl EventQuery {
     }
 }
 
+/// A query string as its struct, or the `400` naming what is wrong with it.
+fn parsed<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Response> {
+    query.map(|Query(q)| q).map_err(|e| bad_request(format!("bad query: {}", e.body_text())))
+}
+
 fn bad_request(msg: String) -> Response {
     (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
 }
@@ -129,9 +134,9 @@ async fn events(
     State(api): State<Api>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Query(q) = match query {
+    let q = match parsed(query) {
         Ok(q) => q,
-        Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
+        Err(bad) => return bad,
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
@@ -230,9 +235,9 @@ async fn results(
     State(api): State<Api>,
     query: Result<Query<ResultQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Query(q) = match query {
+    let q = match parsed(query) {
         Ok(q) => q,
-        Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
+        Err(bad) => return bad,
     };
     let Ok(permit) = Arc::clone(&api.exports).try_acquire_owned() else {
         return busy(format!("{MAX_EXPORTS} result exports are running; retry shortly"));
@@ -279,9 +284,9 @@ async fn agents(
     State(api): State<Api>,
     query: Result<Query<AgentQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let Query(q) = match query {
+    let q = match parsed(query) {
         Ok(q) => q,
-        Err(e) => return bad_request(format!("bad query: {}", e.body_text())),
+        Err(bad) => return bad,
     };
     let limit = q.limit.unwrap_or(DEFAULT_AGENTS);
     if limit == 0 || limit > MAX_AGENTS {
