@@ -121,9 +121,9 @@ impl EventQuery {
     }
 }
 
-/// A query string as its struct, or the `400` naming what is wrong with it.
-fn parsed<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, Response> {
-    query.map(|Query(q)| q).map_err(|e| bad_request(format!("bad query: {}", e.body_text())))
+/// A query string as its struct, or what is wrong with it.
+fn parsed<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, String> {
+    query.map(|Query(q)| q).map_err(|e| format!("bad query: {}", e.body_text()))
 }
 
 fn bad_request(msg: String) -> Response {
@@ -136,7 +136,7 @@ async fn events(
 ) -> Response {
     let q = match parsed(query) {
         Ok(q) => q,
-        Err(bad) => return bad,
+        Err(why) => return bad_request(why),
     };
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
@@ -237,7 +237,7 @@ async fn results(
 ) -> Response {
     let q = match parsed(query) {
         Ok(q) => q,
-        Err(bad) => return bad,
+        Err(why) => return bad_request(why),
     };
     let Ok(permit) = Arc::clone(&api.exports).try_acquire_owned() else {
         return busy(format!("{MAX_EXPORTS} result exports are running; retry shortly"));
@@ -286,7 +286,7 @@ async fn agents(
 ) -> Response {
     let q = match parsed(query) {
         Ok(q) => q,
-        Err(bad) => return bad,
+        Err(why) => return bad_request(why),
     };
     let limit = q.limit.unwrap_or(DEFAULT_AGENTS);
     if limit == 0 || limit > MAX_AGENTS {
