@@ -283,16 +283,17 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
         agent.log().contains("connected to collector").then_some(())
     });
     // The backlog (10 a second since the start) drains at RATE less the 10 a second still made.
-    // It has drained once the stored results run without a gap up to one that started 2 s
-    // after the collector came up: a probe ends within its 900 ms timeout and gets its
-    // sequence number then, so every result that started before `up` has a lower one.
+    // It has drained once the stored results run without a gap up to one that started in the
+    // last 4 s: the agent is then sending as fast as it probes (a probe ends within its 900 ms
+    // timeout and gets its sequence number then), with nothing left behind for shutdown.
     let backlog = 10.0 * started.elapsed().as_secs_f64();
     let limit = Duration::from_secs_f64(3.0 * backlog / (RATE as f64 - 10.0) + 30.0);
     wait_for("the backlog to drain", limit, || {
         let all = stored(collector.api);
         let seqs: std::collections::BTreeSet<u64> = all.iter().map(seq_of).collect();
         let gapless = (1..).take_while(|s| seqs.contains(s)).last().unwrap_or(0);
-        all.iter().any(|r| seq_of(r) <= gapless && r.started_ms().unwrap() > up + 2_000).then_some(())
+        let recent = blockwatch_proto::time::now() - 4_000;
+        all.iter().any(|r| seq_of(r) <= gapless && r.started_ms().unwrap() > recent.max(up + 2_000)).then_some(())
     });
     assert_eq!(agent.terminate(), Some(0), "{}", agent.log());
     assert_eq!(collector.proc.terminate(), Some(0));
