@@ -39,7 +39,9 @@ pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, Vec<String>> {
         };
         // A key set aside above is missing now: that is not a new problem.
         let missing_set_aside = set_aside.iter().any(|k| e.message() == format!("missing field `{k}`"));
-        let line = e.span().map_or(usize::MAX, |s| current[..s.start.min(current.len())].matches('\n').count());
+        let line = e.span().map_or(usize::MAX, |s| {
+            current.as_bytes()[..s.start.min(current.len())].iter().filter(|&&c| c == b'\n').count()
+        });
         if !missing_set_aside {
             problems.push((line, describe(&current, &e)));
         }
@@ -73,7 +75,7 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim().replace('\n', " ");
     match e.span() {
         Some(span) if span.start < text.len() && !message.starts_with("missing field") => {
-            let line = text[..span.start].matches('\n').count() + 1;
+            let line = text.as_bytes()[..span.start].iter().filter(|&&c| c == b'\n').count() + 1;
             let (start, end) = lines_of(text, span);
             match key_of(&text[start..end]) {
                 "" => format!("line {line}: {message}"),
@@ -84,11 +86,14 @@ fn describe(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
-/// The byte range of the whole lines that `span` touches.
+/// The byte range of the whole lines that `span` touches (newlines are ASCII, so both ends
+/// are character boundaries whatever the span).
 fn lines_of(text: &str, span: std::ops::Range<usize>) -> (usize, usize) {
-    let start = text[..span.start.min(text.len())].rfind('\n').map_or(0, |i| i + 1);
-    let from = span.end.max(span.start + 1).min(text.len());
-    let end = text[from.saturating_sub(1)..].find('\n').map_or(text.len(), |i| from.saturating_sub(1) + i);
+    let b = text.as_bytes();
+    let first = span.start.min(b.len());
+    let last = span.end.saturating_sub(1).max(first).min(b.len());
+    let start = b[..first].iter().rposition(|&c| c == b'\n').map_or(0, |i| i + 1);
+    let end = b[last..].iter().position(|&c| c == b'\n').map_or(b.len(), |i| last + i);
     (start, end)
 }
 

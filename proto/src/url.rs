@@ -112,7 +112,10 @@ fn parse(url: &str) -> Result<Url, &'static str> {
         scheme,
         host: host.to_string(),
         port,
-        path: uri.path_and_query().map_or("/", |p| p.as_str()).to_string(),
+        path: match uri.path_and_query().map_or("", |p| p.as_str()) {
+            p if p.starts_with('/') => p.to_string(),
+            p => format!("/{p}"),
+        },
         authority: authority.as_str().to_string(),
     })
 }

@@ -183,4 +183,55 @@ mod tests {
             assert!(check(&r).is_some(), "{r:?}");
         }
     }
+
+    proptest::proptest! {
+        /// Whatever bytes arrive as a message, decoding either fails or yields a result the
+        /// checks answer for without panicking; what they pass is within every bound.
+        #[test]
+        fn any_bytes_are_decoded_and_checked(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            use prost::Message;
+            if let Ok(r) = ProbeResult::decode(bytes.as_slice()) {
+                check_bounds(&r);
+            }
+            if let Ok(m) = blockwatch_proto::v1::AgentMessage::decode(bytes.as_slice())
+                && let Some(blockwatch_proto::v1::agent_message::Kind::Batch(b)) = m.kind
+            {
+                b.results.iter().for_each(check_bounds);
+            }
+        }
+
+        /// Results near the rules: every field drawn from values on both sides of its bound.
+        #[test]
+        fn results_near_the_bounds(
+            probe_id in proptest::prop_oneof!["a1/[0-9]{1,3}", "[a-z0-9/]{0,8}", "a1/x{250,260}"],
+            region in proptest::prop_oneof![proptest::strategy::Just("hk".to_string()), "[a-z ]{0,3}"],
+            target in proptest::prop_oneof!["[a-z]{1,8}", ".{0,70}"],
+            seconds in proptest::prop_oneof![proptest::prelude::any::<i64>(), (NOW / 1000 - 800_000)..(NOW / 1000 + 600)],
+            nanos in proptest::prop_oneof![proptest::prelude::any::<i32>(), 0i32..1_000_000_000],
+            detail_len in 2000usize..2100,
+            outcome in -2i32..40,
+        ) {
+            let r = ProbeResult {
+                probe_id,
+                region,
+                target_id: target,
+                started_at: Some(prost_types::Timestamp { seconds, nanos }),
+                detail: "d".repeat(detail_len),
+                outcome,
+                ..good()
+            };
+            check_bounds(&r);
+        }
+    }
+
+    fn check_bounds(r: &ProbeResult) {
+        if check(r).is_none() {
+            let l = Limits::default();
+            assert!(r.probe_id.starts_with("a1/") && r.probe_id.len() <= l.max_field_bytes);
+            assert!(r.region == "hk" && blockwatch_proto::id::check(&r.target_id).is_ok());
+            assert!(r.detail.len() <= l.max_detail_bytes);
+            let started = checked_from_timestamp(r.started_at.as_ref().unwrap()).unwrap();
+            assert!((NOW - 7 * 24 * 3_600_000..=NOW + 5 * 60_000).contains(&started));
+        }
+    }
 }
