@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use blockwatch_proto::pace::TokenBucket;
 use blockwatch_proto::v1::fleet_client::FleetClient;
 use blockwatch_proto::v1::{
     AgentMessage, Heartbeat, Hello, Plan, RegisterRequest, ResultBatch, SpoolDrops, agent_message, collector_message,
@@ -328,36 +329,26 @@ impl Uplink {
 
 /// Token bucket over results sent: a backlog drains at `rate` results per second at most,
 /// with bursts of up to one second's worth (or one batch, if smaller).
-struct Pace {
-    rate: f64,
-    cap: f64,
-    tokens: f64,
-    at: Instant,
-}
+struct Pace(TokenBucket);
 
 impl Pace {
     fn new(rate: u32, max_batch: usize) -> Pace {
-        let rate = f64::from(rate.max(1));
-        let cap = rate.min(max_batch as f64).max(1.0);
-        Pace { rate, cap, tokens: cap, at: Instant::now() }
+        Pace(TokenBucket::new(rate, f64::from(rate).min(max_batch as f64)))
     }
 
     /// Results that may be sent now.
     fn available(&mut self) -> usize {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.cap);
-        self.at = now;
-        self.tokens as usize
+        self.0.available()
     }
 
     fn spend(&mut self, n: usize) {
-        self.tokens -= n as f64;
+        self.0.spend(n);
     }
 
     /// The smallest batch worth sending while more is waiting: a quarter of the burst, so a
     /// drained bucket refills into real batches instead of one result per ack.
     fn min_chunk(&self) -> usize {
-        ((self.cap / 4.0) as usize).max(1)
+        ((self.0.burst() / 4.0) as usize).max(1)
     }
 }
 

@@ -8,6 +8,8 @@ pub mod config_file;
 pub mod error;
 pub mod id;
 pub mod outcome;
+#[cfg(feature = "grpc")]
+pub mod pace;
 pub mod plan;
 #[cfg(feature = "grpc")]
 pub mod process;

@@ -80,16 +80,15 @@ impl Streams {
         self.0.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
     }
 
-    /// Whether `agent` has a Report stream open now.
+    /// Whether `agent` has a Report stream open now (one whose receiver is gone is closed).
     pub fn is_open(&self, agent: &str) -> bool {
-        self.0.lock().is_ok_and(|s| s.get(agent).is_some_and(|(_, tx)| !tx.is_closed()))
+        self.0.lock().is_ok_and(|s| live(&s, agent))
     }
 
-    /// Lists a new stream; false when the agent has one open already (a stream whose
-    /// receiver is gone is closed and makes room).
+    /// Lists a new stream; false when the agent has one open already.
     fn open(&self, agent: &str, region: String, tx: Outbound) -> bool {
         let Ok(mut s) = self.0.lock() else { return false };
-        if s.get(agent).is_some_and(|(_, old)| !old.is_closed()) {
+        if live(&s, agent) {
             return false;
         }
         s.insert(agent.to_string(), (region, tx));
@@ -104,6 +103,10 @@ impl Streams {
             }
         }
     }
+}
+
+fn live(streams: &HashMap<String, (String, Outbound)>, agent: &str) -> bool {
+    streams.get(agent).is_some_and(|(_, tx)| !tx.is_closed())
 }
 
 /// State shared by all streams.
@@ -281,11 +284,14 @@ impl Fleet for FleetService {
             Some(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }) => h.agent_id,
             _ => return Err(Status::invalid_argument("the first message of a Report stream must be hello")),
         };
+        // Only ids by the rule ever register, so no other can be echoed back at length.
+        if let Err(rule) = blockwatch_proto::id::check(&agent_id) {
+            return Err(Status::invalid_argument(format!("hello agent_id {rule}")));
+        }
         let region = self.agents.lock().ok().and_then(|a| a.get(&agent_id).map(|i| i.region.clone()));
         let Some(region) = region else {
             return Err(Status::failed_precondition(format!(
-                "agent {:?} has not registered; call Register first",
-                agent_id.get(..64).unwrap_or(&agent_id)
+                "agent {agent_id:?} has not registered; call Register first"
             )));
         };
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
@@ -317,7 +323,9 @@ impl Ingest {
         plan.mark_unchanged();
         let mut plan_open = true;
         let mut stop = self.stop.subscribe();
-        let mut pace = Pace::new(self.limits.max_results_per_second);
+        // One second's burst; past it the stream is read more slowly, refusing nothing.
+        let per_second = self.limits.max_results_per_second;
+        let mut pace = blockwatch_proto::pace::TokenBucket::new(per_second, f64::from(per_second));
         loop {
             let message = tokio::select! {
                 m = inbound.message() => m?,
@@ -455,32 +463,6 @@ impl Ingest {
             a.last_refusal_logged = now;
             let reason = bad.iter().filter_map(|(p, _)| p.as_deref()).next().unwrap_or_default();
             tracing::warn!(agent_id, refused = bad.len(), refused_total = a.refused_total, %reason, "refused results");
-        }
-    }
-}
-
-/// Reads one agent's stream at no more than `per_second` results a second: a token bucket
-/// with a one-second burst. Waiting here slows the agent down (its batches queue on its side)
-/// and refuses nothing.
-struct Pace {
-    per_second: f64,
-    tokens: f64,
-    at: tokio::time::Instant,
-}
-
-impl Pace {
-    fn new(per_second: u32) -> Pace {
-        let per_second = f64::from(per_second.max(1));
-        Pace { per_second, tokens: per_second, at: tokio::time::Instant::now() }
-    }
-
-    async fn take(&mut self, n: usize) {
-        let now = tokio::time::Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second).min(self.per_second);
-        self.at = now;
-        self.tokens -= n as f64;
-        if self.tokens < 0.0 {
-            tokio::time::sleep(std::time::Duration::from_secs_f64(-self.tokens / self.per_second)).await;
         }
     }
 }
