@@ -9,8 +9,6 @@
 
 pub mod score;
 
-use std::fmt::Write as _;
-
 use blockwatch_proto::time::format_rfc3339;
 
 /// splitmix64: tiny, fast and good enough for simulation.
@@ -503,21 +501,12 @@ impl Trace {
             .collect()
     }
 
-    /// The trace as JSONL in the trace format.
+    /// The trace as JSONL in the trace format, written by the format's own record.
     pub fn to_jsonl(&self) -> String {
         let mut s = String::new();
-        for r in &self.records {
-            let _ = writeln!(
-                s,
-                r#"{{"probe_id":"{}","agent_id":"{}","region":"{}","target":"{}","started_at":"{}","received_at":"{}","outcome":"{}","http_status":0,"provider_code":"","duration_ms":0}}"#,
-                r.probe_id,
-                r.agent_id,
-                r.region,
-                r.target,
-                format_rfc3339(r.started_at),
-                format_rfc3339(r.received_at),
-                r.outcome
-            );
+        for r in self.trace_records() {
+            s.push_str(&serde_json::to_string(&r).expect("a trace record serialises"));
+            s.push('\n');
         }
         s
     }
