@@ -128,6 +128,10 @@ impl Agent {
             }
             .run(),
         );
+        if cfg.insecure {
+            tracing::warn!(collector = %cfg.collector,
+                "INSECURE: plaintext to the collector (insecure = true); results travel unencrypted and unauthenticated");
+        }
         tracing::info!(agent_id = %cfg.agent_id, region = %cfg.region, collector = %cfg.collector,
             pending = spool.stats().pending, "agent started");
         Ok(Agent { stop_probes, stop_uplink, scheduler, uplink, spool })

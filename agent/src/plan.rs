@@ -116,6 +116,7 @@ mod tests {
             agent_id = "a"
             region = "r"
             collector = "http://127.0.0.1:1"
+            insecure = true
             [[target]]
             id = "mine"
             url = "https://mine.example/"

@@ -16,7 +16,7 @@ use blockwatch_proto::v1::{
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::config::AgentConfig;
 use crate::plan::{self, ActivePlan};
@@ -60,13 +60,79 @@ pub enum UplinkError {
     Closed,
     #[error("spool task failed")]
     Task(#[from] tokio::task::JoinError),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl UplinkError {
     /// The collector said no to this agent itself, which retrying soon will not change.
     fn is_refusal(&self) -> bool {
-        matches!(self, UplinkError::Refused(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated))
+        match self {
+            UplinkError::Refused(s) => {
+                matches!(
+                    s.code(),
+                    tonic::Code::PermissionDenied | tonic::Code::InvalidArgument | tonic::Code::Unauthenticated
+                ) || std::error::Error::source(s).is_some_and(tls_refusal)
+            }
+            UplinkError::Connect { source, .. } => tls_refusal(source),
+            UplinkError::Tls(_) => true,
+            _ => false,
+        }
     }
+}
+
+/// Whether a TLS peer refused the other's certificate (revoked, unknown CA, expired, a
+/// collector certificate not from the fleet CA): retrying soon will not change it.
+fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
+    let refused =
+        |r: &rustls::Error| matches!(r, rustls::Error::AlertReceived(_) | rustls::Error::InvalidCertificate(_));
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return refused(r);
+        }
+        if let Some(r) =
+            err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()?.downcast_ref::<rustls::Error>())
+        {
+            return refused(r);
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// The uplink's TLS settings from `[tls]`, the files read and checked now (they are read
+/// again on every connection, so renewed files are picked up); `None` for an `http://`
+/// collector. The error names the key and file.
+pub fn tls_config(cfg: &AgentConfig) -> Result<Option<ClientTlsConfig>, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let Some(t) = &cfg.tls else { return Ok(None) };
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("tls.{key} {}: {e}", path.display()))
+    };
+    let certs = |key: &str, path: &std::path::Path| {
+        let pem = read(key, path)?;
+        match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+            Ok(c) if !c.is_empty() => Ok(pem),
+            Ok(_) => Err(format!("tls.{key} {}: no PEM certificate in it", path.display())),
+            Err(e) => Err(format!("tls.{key} {}: {e}", path.display())),
+        }
+    };
+    let ca = certs("ca_file", &t.ca_file)?;
+    let cert = certs("cert_file", &t.cert_file)?;
+    let key = read("key_file", &t.key_file)?;
+    PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("tls.key_file {}: {e}", t.key_file.display()))?;
+    let host = match &t.server_name {
+        Some(name) => name.clone(),
+        None => blockwatch_proto::url::endpoint(&cfg.collector).map(|u| u.host).unwrap_or_default(),
+    };
+    Ok(Some(
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca))
+            .identity(Identity::from_pem(cert, key))
+            .domain_name(host),
+    ))
 }
 
 /// A gRPC status in words: its code, its message, and the transport's cause if any.
@@ -137,7 +203,7 @@ impl Uplink {
                         tracing::error!(
                             error = %blockwatch_proto::error::chain(&e),
                             retry_in = %humantime::format_duration(delay),
-                            "the collector refuses this agent; check agent_id, region and the collector's agent list"
+                            "the collector refuses this agent; check agent_id, region, its certificate (revoked, expired, another CA) and the collector's agent list"
                         );
                         delay
                     } else {
@@ -161,11 +227,14 @@ impl Uplink {
 
     async fn connect(&self) -> Result<FleetClient<Channel>, UplinkError> {
         let endpoint = &self.cfg.collector;
-        let ep = Endpoint::from_shared(endpoint.clone())
+        let mut ep = Endpoint::from_shared(endpoint.clone())
             .map_err(|source| UplinkError::Endpoint { endpoint: endpoint.clone(), source })?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
+        if let Some(tls) = tls_config(&self.cfg).map_err(UplinkError::Tls)? {
+            ep = ep.tls_config(tls).map_err(|source| UplinkError::Endpoint { endpoint: endpoint.clone(), source })?;
+        }
         let channel =
             ep.connect().await.map_err(|source| UplinkError::Connect { endpoint: endpoint.clone(), source })?;
         Ok(FleetClient::new(channel)

@@ -11,6 +11,13 @@
 //!   whether the agent is silent, version, last heard of, results spooled, dropped and
 //!   refused. Query: `after=ID` (agents after this id), `limit=` (default 1000, at most 10 000).
 //!
+//! - `POST /v1/probe?target=ID&region=R` (admin) — asks every connected agent of the region
+//!   to probe the target now; answers `{"asked": N}`.
+//!
+//! Authentication (`[api]`): with `auth = "token"` every route but `/healthz` needs
+//! `Authorization: Bearer TOKEN` — `401` without a valid one, `403` when a `read` token
+//! asks for an admin route (see `api_auth`).
+//!
 //! Reads run on the blocking pool and never hold the store's writer. At most
 //! `MAX_REQUESTS` requests run at once and each must answer within `REQUEST_TIMEOUT`; at
 //! most `MAX_EXPORTS` result exports stream at once, and one whose client stops reading for
@@ -27,6 +34,7 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
+use crate::api_auth::{Role, Tokens, Verdict};
 use crate::ingest::Ingest;
 use crate::store::Reader;
 
@@ -52,21 +60,90 @@ struct Api {
     exports: Arc<Semaphore>,
 }
 
-/// Serves the API on `listener` until `stop` resolves.
+/// Where the API takes its connections from.
+pub enum ApiListener {
+    Plain(tokio::net::TcpListener),
+    /// TLS handshakes done by `listen::accept`.
+    Tls(crate::listen::Incoming),
+}
+
+/// Serves the API on `listener` until `stop` resolves; with `tokens`, every route but
+/// `/healthz` needs a bearer token.
 pub async fn serve(
-    listener: tokio::net::TcpListener,
+    listener: ApiListener,
     store: Reader,
     ingest: Arc<Ingest>,
+    tokens: Option<Arc<Tokens>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = axum::Router::new()
+    let mut app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/events", get(events))
         .route("/v1/agents", get(agents))
         .route("/v1/results", get(results))
-        .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)) })
-        .layer(axum::middleware::from_fn_with_state(Arc::new(Semaphore::new(MAX_REQUESTS)), bounded));
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
+        .route("/v1/probe", axum::routing::post(probe))
+        .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)) });
+    if let Some(tokens) = tokens {
+        app = app.layer(axum::middleware::from_fn_with_state(tokens, authorize));
+    }
+    let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(Semaphore::new(MAX_REQUESTS)), bounded));
+    match listener {
+        ApiListener::Plain(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+        ApiListener::Tls(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
+    }
+}
+
+/// Bearer tokens: `read` for `GET`, `admin` for anything else; `/healthz` is open (for
+/// supervisors and load balancers).
+async fn authorize(
+    State(tokens): State<Arc<Tokens>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let needs = match *req.method() {
+        axum::http::Method::GET | axum::http::Method::HEAD => Role::Read,
+        _ => Role::Admin,
+    };
+    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    match tokens.check(header, needs) {
+        Verdict::Allowed(_) => next.run(req).await,
+        Verdict::Unauthenticated(why) => {
+            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], format!("{why}\n")).into_response()
+        }
+        Verdict::Forbidden { name, role } => (
+            StatusCode::FORBIDDEN,
+            format!("token {name:?} has role {role:?}; {} {} needs an admin token\n", req.method(), req.uri().path()),
+        )
+            .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProbeQuery {
+    target: String,
+    region: String,
+}
+
+/// `POST /v1/probe`: asks the region's connected agents to probe the target now.
+async fn probe(
+    State(api): State<Api>,
+    query: Result<Query<ProbeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match parsed(query) {
+        Ok(q) => q,
+        Err(why) => return bad_request(why),
+    };
+    for (key, v) in [("target", &q.target), ("region", &q.region)] {
+        if let Err(rule) = blockwatch_proto::id::check(v) {
+            return bad_request(format!("{key}: {rule}"));
+        }
+    }
+    let asked = api.ingest.streams().probe_now(&q.target, &q.region, "requested through the API");
+    ([(header::CONTENT_TYPE, "application/json")], format!("{{\"asked\":{asked}}}\n")).into_response()
 }
 
 /// At most `MAX_REQUESTS` at once, each answered within `REQUEST_TIMEOUT`.
@@ -271,6 +348,17 @@ struct AgentView {
     spooled: u64,
     dropped_total: u64,
     refused_total: u64,
+    /// The certificate it registered with (mutual TLS): serial, expiry, and whether it is
+    /// within 30 days of it (time to issue a new one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificate: Option<CertView>,
+}
+
+#[derive(Serialize)]
+struct CertView {
+    serial: String,
+    expires: String,
+    expires_soon: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -313,6 +401,11 @@ async fn agents(
                     spooled: a.spooled,
                     dropped_total: a.dropped_total,
                     refused_total: a.refused_total,
+                    certificate: a.cert.as_ref().map(|c| CertView {
+                        serial: c.serial.clone(),
+                        expires: blockwatch_proto::time::format_rfc3339(c.not_after.saturating_mul(1000)),
+                        expires_soon: crate::ingest::expires_soon(c, now),
+                    }),
                 },
             )
         })

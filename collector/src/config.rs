@@ -46,6 +46,55 @@ pub struct CollectorConfig {
     /// Bounds on what agents send (see `ingest::Limits`).
     #[serde(default)]
     pub limits: Limits,
+    /// Mutual TLS for agents: the fleet CA directory made by `blockwatch-collector ca init`.
+    /// Required unless `insecure = true`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Plaintext gRPC with agents unauthenticated: any client may claim any agent id. Only for
+    /// a loopback demo or a network you trust; logged loudly at start. Default false.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The HTTP API's authentication and TLS.
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// `"token"`: every route but `/healthz` needs a bearer token from `tokens_file`;
+    /// `"none"`: open to anyone who reaches `api_listen`. Default: `"none"` when `api_listen`
+    /// is a loopback address, `"token"` otherwise.
+    #[serde(default)]
+    pub auth: Option<ApiAuth>,
+    /// The tokens file `blockwatch-collector token create` writes (JSON; hashes only).
+    /// Required with `auth = "token"`. Env: `BLOCKWATCH_API_TOKENS_FILE`.
+    #[serde(default)]
+    pub tokens_file: Option<PathBuf>,
+    /// Serve the API over HTTPS with this certificate chain (PEM) ...
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// ... and this key (PEM).
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+/// How API clients are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiAuth {
+    Token,
+    None,
+}
+
+/// `[tls]`: where the fleet CA lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The fleet CA directory (`ca.crt`, `collector.crt`, `collector.key`, `crl.pem`),
+    /// re-read when it changes. Env: `BLOCKWATCH_TLS_CA_DIR`.
+    pub ca_dir: PathBuf,
 }
 
 fn default_listen() -> SocketAddr {
@@ -76,11 +125,18 @@ impl Default for CollectorConfig {
             plan: None,
             detector: DetectorConfig::default(),
             limits: Limits::default(),
+            tls: None,
+            insecure: false,
+            api: ApiConfig::default(),
         }
     }
 }
 
 pub use blockwatch_proto::config_file::ConfigError;
+
+/// Said when neither TLS nor plaintext was chosen.
+pub const NO_TLS: &str = "agents are authenticated with mutual TLS: set [tls] ca_dir = DIR (create it with \
+     `blockwatch-collector ca init --dir DIR --name HOST`), or insecure = true for plaintext gRPC on a network you trust";
 
 impl CollectorConfig {
     /// Reads, parses, applies environment overrides and validates a config file.
@@ -117,7 +173,18 @@ impl CollectorConfig {
         if let Some(v) = get("BLOCKWATCH_DATA_DIR") {
             self.data_dir = PathBuf::from(v);
         }
+        if let Some(v) = get("BLOCKWATCH_API_TOKENS_FILE") {
+            self.api.tokens_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = get("BLOCKWATCH_TLS_CA_DIR") {
+            self.tls = Some(TlsConfig { ca_dir: PathBuf::from(v) });
+        }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+
+    /// How API clients are authenticated: as configured, else open on loopback only.
+    pub fn api_auth(&self) -> ApiAuth {
+        self.api.auth.unwrap_or(if self.api_listen.ip().is_loopback() { ApiAuth::None } else { ApiAuth::Token })
     }
 
     /// Checks what serde cannot: every problem is reported, each naming its key.
@@ -130,6 +197,21 @@ impl CollectorConfig {
             problems.push("heartbeat_interval: must be 1s..=1h".to_string());
         }
         problems.extend(self.limits.problems());
+        if self.api_auth() == ApiAuth::Token && self.api.tokens_file.is_none() {
+            problems.push(format!(
+                "api: auth is token (api_listen {} is not loopback, or auth = \"token\"), so set api.tokens_file \
+                 (create tokens with `blockwatch-collector token create`), or api.auth = \"none\" to leave it open",
+                self.api_listen
+            ));
+        }
+        if self.api.tls_cert_file.is_some() != self.api.tls_key_file.is_some() {
+            problems.push("api: tls_cert_file and tls_key_file go together".to_string());
+        }
+        match (&self.tls, self.insecure) {
+            (None, false) => problems.push(NO_TLS.to_string()),
+            (Some(_), true) => problems.push("insecure = true and [tls] exclude each other: pick one".to_string()),
+            _ => {}
+        }
         for id in &self.agents {
             if let Err(rule) = blockwatch_proto::id::check(id) {
                 problems.push(format!("agents: {id:?}: {rule}"));
@@ -152,6 +234,11 @@ mod tests {
     fn minimal_and_full_configs_parse() {
         let c = CollectorConfig::parse("").unwrap();
         assert_eq!(c.listen, default_listen());
+        assert_eq!(c.validate().unwrap_err(), vec![NO_TLS.to_string()], "TLS is not optional by default");
+        let c = CollectorConfig::parse("[tls]\nca_dir = \"ca\"").unwrap();
+        assert!(c.validate().is_ok());
+        let c = CollectorConfig::parse("insecure = true\n[tls]\nca_dir = \"ca\"").unwrap();
+        assert!(c.validate().unwrap_err()[0].contains("exclude"));
         let c = CollectorConfig::parse(
             r#"
             listen = "127.0.0.1:9000"
@@ -179,9 +266,26 @@ mod tests {
 
     #[test]
     fn all_semantic_problems_are_reported() {
-        let c = CollectorConfig::parse("max_batch = 0\nheartbeat_interval = \"10ms\"").unwrap();
+        let c = CollectorConfig::parse("insecure = true\nmax_batch = 0\nheartbeat_interval = \"10ms\"").unwrap();
         let p = c.validate().unwrap_err();
         assert_eq!(p.len(), 2, "{p:?}");
+    }
+
+    #[test]
+    fn the_api_is_open_on_loopback_only_unless_said() {
+        let c = CollectorConfig::parse("insecure = true").unwrap();
+        assert_eq!(c.api_auth(), ApiAuth::None);
+        let c = CollectorConfig::parse("insecure = true\napi_listen = \"0.0.0.0:7401\"").unwrap();
+        assert_eq!(c.api_auth(), ApiAuth::Token);
+        assert!(c.validate().unwrap_err()[0].contains("api.tokens_file"));
+        let c =
+            CollectorConfig::parse("insecure = true\napi_listen = \"0.0.0.0:7401\"\n[api]\nauth = \"none\"").unwrap();
+        assert!(c.validate().is_ok());
+        let c = CollectorConfig::parse("insecure = true\n[api]\nauth = \"token\"\ntokens_file = \"t.json\"").unwrap();
+        assert_eq!(c.api_auth(), ApiAuth::Token);
+        assert!(c.validate().is_ok());
+        let c = CollectorConfig::parse("insecure = true\n[api]\ntls_cert_file = \"c.pem\"").unwrap();
+        assert!(c.validate().unwrap_err()[0].contains("go together"));
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! detects when a block starts and ends, and exports the history.
 
 pub mod api;
+pub mod api_auth;
 pub mod cmd;
 pub mod config;
 mod detect;
 pub mod export;
+pub mod fleet_ca;
 pub mod ingest;
 mod listen;
 pub mod plan;
@@ -14,3 +16,4 @@ pub mod replay;
 pub mod server;
 mod silence;
 pub mod store;
+pub mod tls;

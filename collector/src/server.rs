@@ -19,7 +19,7 @@ use blockwatch_proto::v1::{Plan, StoredResult};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::CollectorConfig;
+use crate::config::{ApiAuth, CollectorConfig};
 use crate::detect::{Live, run_detector};
 use crate::ingest::{Ingest, Streams};
 use crate::rebuild::rebuild_detector;
@@ -32,6 +32,8 @@ pub const DETECTOR_QUEUE: usize = 1024;
 pub const EVENT_BROADCAST: usize = 1024;
 /// Result batches buffered per live subscriber (dashboards, the demo); lossy.
 pub const RESULT_BROADCAST: usize = 256;
+/// Connections the HTTP API holds open at once over TLS (in all, and from one address).
+pub const API_CONNECTIONS: usize = 256;
 /// Largest gRPC message accepted from an agent.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -46,6 +48,14 @@ pub enum StartError {
     Thread(#[source] std::io::Error),
     #[error("a start-up task failed: {0}")]
     Task(String),
+    #[error("fleet CA: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("{}", crate::config::NO_TLS)]
+    NoTls,
+    #[error("API tokens: {0}")]
+    Tokens(#[from] crate::api_auth::TokenError),
+    #[error("api.auth is token but no api.tokens_file is set")]
+    NoTokens,
 }
 
 /// A collector that is running.
@@ -74,6 +84,17 @@ pub struct Collector {
 impl Collector {
     /// Opens the store, rebuilds the detector's state from it, and starts serving.
     pub async fn start(cfg: &CollectorConfig) -> Result<Collector, StartError> {
+        let tls = match (&cfg.tls, cfg.insecure) {
+            (Some(t), _) => Some(crate::tls::watch(t.ca_dir.clone())?),
+            (None, true) => {
+                tracing::warn!(
+                    "INSECURE: plaintext gRPC, agents are not authenticated; any client can claim any agent id \
+                     (insecure = true)"
+                );
+                None
+            }
+            (None, false) => return Err(StartError::NoTls),
+        };
         let dir = cfg.data_dir.clone();
         let (det_tx, det_rx) = std::sync::mpsc::sync_channel(DETECTOR_QUEUE);
         let store = tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx)))
@@ -93,7 +114,7 @@ impl Collector {
         let initial_plan = cfg.plan.as_ref().map(|p| crate::plan::to_proto(p, crate::plan::fresh_version()));
         let (plan, plan_rx) = watch::channel(initial_plan);
         let streams = Arc::new(Streams::default());
-        let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, Arc::clone(&streams)));
+        let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, Arc::clone(&streams), tls.clone()));
         let log = Arc::new(Mutex::new(store.event_log()));
         let detector = {
             let (log, events, results) = (Arc::clone(&log), events.clone(), results.clone());
@@ -114,6 +135,7 @@ impl Collector {
             listener,
             limits.max_connections,
             limits.max_connections_per_address,
+            tls,
         ));
         let server = tokio::spawn(
             tonic::transport::Server::builder()
@@ -125,8 +147,26 @@ impl Collector {
                 }),
         );
         let (api_listener, api_addr) = bind(cfg.api_listen).await?;
+        let api_listener = match (&cfg.api.tls_cert_file, &cfg.api.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                let (_keep, tls) = watch::channel(crate::tls::load_api(cert, key)?);
+                let incoming = crate::listen::accept(api_listener, API_CONNECTIONS, API_CONNECTIONS, Some(tls));
+                crate::api::ApiListener::Tls(crate::listen::Incoming(incoming))
+            }
+            _ => crate::api::ApiListener::Plain(api_listener),
+        };
+        let tokens = match (cfg.api_auth(), &cfg.api.tokens_file) {
+            (ApiAuth::Token, Some(file)) => Some(Arc::new(crate::api_auth::Tokens::open(file)?)),
+            (ApiAuth::Token, None) => return Err(StartError::NoTokens),
+            (ApiAuth::None, _) => {
+                if !cfg.api_listen.ip().is_loopback() {
+                    tracing::warn!(api = %cfg.api_listen, "the HTTP API is open to anyone who reaches it (api.auth = \"none\")");
+                }
+                None
+            }
+        };
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(crate::api::serve(api_listener, store.reader(), Arc::clone(&ingest), async {
+        let api = tokio::spawn(crate::api::serve(api_listener, store.reader(), Arc::clone(&ingest), tokens, async {
             let _ = api_stopped.await;
         }));
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");

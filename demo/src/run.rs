@@ -11,12 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use blockwatch_agent::Agent;
-use blockwatch_agent::config::{AgentConfig, ConfirmConfig, TargetConfig};
+use blockwatch_agent::config::{AgentConfig, ConfirmConfig, TargetConfig, UplinkTls};
 use blockwatch_proto::Outcome;
 use blockwatch_proto::time::{Millis, format_rfc3339};
 use tokio::net::TcpListener;
 
-use blockwatch_collector::config::CollectorConfig;
+use blockwatch_collector::config::{CollectorConfig, TlsConfig};
+use blockwatch_collector::fleet_ca::{self, FleetCa};
 use blockwatch_collector::server::Collector;
 use blockwatch_detector::{Event, EventKind};
 
@@ -61,10 +62,14 @@ pub async fn run(
         serve_https(anthropic, tls, |_, _| canned::anthropic_reachable())?,
     ];
 
+    // The fleet's own CA, as an operator makes one: agents and collector speak mutual TLS.
+    let fleet = work.join("fleet-ca");
+    let fleet_ca = FleetCa::init(&fleet, &["127.0.0.1".into()], fleet_ca::CA_DAYS, fleet_ca::COLLECTOR_DAYS)?;
     let collector = Collector::start(&CollectorConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: work.join("collector"),
+        tls: Some(TlsConfig { ca_dir: fleet.clone() }),
         ..Default::default()
     })
     .await?;
@@ -74,7 +79,7 @@ pub async fn run(
     writeln!(out, "blockwatch demo: everything below runs on this machine, on loopback.\n")?;
     writeln!(
         out,
-        "  collector        grpc://{}   events: curl http://{}/v1/events",
+        "  collector        grpc+mTLS://{}   events: curl http://{}/v1/events",
         collector.addr, collector.api_addr
     )?;
     writeln!(out, "  simulated OpenAI     https://{openai_addr}/v1/models  (keyless answer: 401 = reachable)")?;
@@ -85,6 +90,8 @@ pub async fn run(
             let id = format!("{region}-{}", i + 1);
             let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, *host));
             writeln!(out, "  agent {id:<12} region {region:<8} probes from {source}")?;
+            let certs = work.join("agents").join(&id);
+            fleet_ca.issue_agent(&id, region, 1, &certs)?;
             agents.push(
                 Agent::start(agent_config(
                     &id,
@@ -92,6 +99,7 @@ pub async fn run(
                     source,
                     &collector,
                     &work,
+                    &certs,
                     &ca_file,
                     interval,
                     [openai_addr, anthropic_addr],
@@ -169,6 +177,7 @@ fn agent_config(
     source: IpAddr,
     collector: &Collector,
     work: &std::path::Path,
+    certs: &std::path::Path,
     ca_file: &std::path::Path,
     interval: Duration,
     [openai, anthropic]: [SocketAddr; 2],
@@ -187,7 +196,14 @@ fn agent_config(
     AgentConfig {
         agent_id: id.into(),
         region: region.into(),
-        collector: format!("http://{}", collector.addr),
+        collector: format!("https://{}", collector.addr),
+        tls: Some(UplinkTls {
+            ca_file: certs.join("ca.crt"),
+            cert_file: certs.join("agent.crt"),
+            key_file: certs.join("agent.key"),
+            server_name: None,
+        }),
+        insecure: false,
         interval,
         timeout: (interval / 2).clamp(Duration::from_millis(500), Duration::from_secs(10)),
         source_address: Some(source),

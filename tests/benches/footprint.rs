@@ -23,8 +23,9 @@ fn arg(name: &str, default: u64) -> u64 {
 
 fn agent_cfg(id: &str, collector: SocketAddr, provider: &Provider, dir: &Path, source: &str, interval: &str) -> String {
     let mut s = format!(
-        "agent_id = \"{id}\"\nregion = \"bench\"\ncollector = \"http://{collector}\"\ninterval = \"{interval}\"\ntimeout = \"900ms\"\n\
+        "agent_id = \"{id}\"\nregion = \"bench\"\n{}interval = \"{interval}\"\ntimeout = \"900ms\"\n\
          source_address = \"{source}\"\nspool_dir = \"{}\"\nca_file = \"{}\"\n[confirm]\ncount = 0\n",
+        blockwatch_tests::uplink(dir, collector, id, "bench"),
         dir.join(format!("spool-{id}")).display(),
         provider.ca_file.display()
     );

@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --bins`); the README's test command does.
 
 pub mod fake_collector;
+pub mod session;
 
 pub use blockwatch_demo::{faultkit, provider};
 
@@ -125,23 +126,37 @@ impl CollectorProc {
     /// it listens. gRPC listens on `port` when given (a restart on the port agents already
     /// use), else on port 0; the API always on port 0. The addresses come from the line the
     /// collector prints on stdout once bound.
+    ///
+    /// Agents are authenticated with mutual TLS, as shipped: a fleet CA is made in
+    /// `dir/fleet-ca` with the real `ca init` (kept across restarts in the same `dir`), and
+    /// [`uplink`] issues each agent its certificate.
     pub fn start(dir: &Path, port: Option<u16>, extra: &str) -> CollectorProc {
-        CollectorProc::launch(dir, port, extra, None)
+        let ca = fleet_ca(dir);
+        let tls = format!("[tls]\nca_dir = {:?}\n", ca.display().to_string());
+        CollectorProc::launch(dir, port, "", extra, &tls, None)
     }
 
-    /// Like [`CollectorProc::start`], with the process's open-file limit set to `nofile`
-    /// (through util-linux's `prlimit`).
+    /// Like [`CollectorProc::start`] with plaintext gRPC (`insecure = true`): for tests that
+    /// speak to the ingest with their own plaintext client.
+    pub fn start_insecure(dir: &Path, port: Option<u16>, extra: &str) -> CollectorProc {
+        CollectorProc::launch(dir, port, "insecure = true\n", extra, "", None)
+    }
+
+    /// Like [`CollectorProc::start_insecure`], with the process's open-file limit set to
+    /// `nofile` (through util-linux's `prlimit`).
     pub fn start_with_file_limit(dir: &Path, extra: &str, nofile: u32) -> CollectorProc {
-        CollectorProc::launch(dir, None, extra, Some(nofile))
+        CollectorProc::launch(dir, None, "insecure = true\n", extra, "", Some(nofile))
     }
 
-    fn launch(dir: &Path, port: Option<u16>, extra: &str, nofile: Option<u32>) -> CollectorProc {
+    /// Writes the config as `top` (top-level keys), the addresses, `extra` (keys, then
+    /// tables), `tail` (tables) and starts the collector.
+    fn launch(dir: &Path, port: Option<u16>, top: &str, extra: &str, tail: &str, nofile: Option<u32>) -> CollectorProc {
         let data_dir = dir.join("collector-data");
         let config = dir.join("collector.toml");
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra}\n",
+                "{top}listen = \"127.0.0.1:{}\"\napi_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{extra}\n{tail}",
                 port.unwrap_or(0),
                 data_dir.display()
             ),
@@ -174,6 +189,59 @@ impl CollectorProc {
         let (addr, api) = (field("grpc"), field("api"));
         CollectorProc { proc, addr, api, data_dir, config }
     }
+}
+
+/// The fleet CA of tests in `dir` (`dir/fleet-ca`), made with the real `ca init` when absent.
+pub fn fleet_ca(dir: &Path) -> PathBuf {
+    let ca = dir.join("fleet-ca");
+    if !ca.join("ca.key").exists() {
+        let out =
+            run(&bin("blockwatch-collector"), &["ca", "init", "--dir", ca.to_str().unwrap(), "--name", "127.0.0.1"]);
+        assert!(out.status.success(), "ca init: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    ca
+}
+
+/// An agent certificate for `id` in `region`, issued with the real `ca issue-agent` into
+/// `dir/fleet-ca/agents/ID`; returns that directory.
+pub fn issue_agent(dir: &Path, id: &str, region: &str) -> PathBuf {
+    let ca = fleet_ca(dir);
+    let out = ca.join("agents").join(id);
+    let issued = run(
+        &bin("blockwatch-collector"),
+        &[
+            "ca",
+            "issue-agent",
+            "--dir",
+            ca.to_str().unwrap(),
+            "--id",
+            id,
+            "--region",
+            region,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(issued.status.success(), "ca issue-agent: {}", String::from_utf8_lossy(&issued.stderr));
+    out
+}
+
+/// The agent config keys that reach the collector at `addr`: `https://` with a certificate
+/// for `id` in `region` when `dir` has a fleet CA (a collector from [`CollectorProc::start`]),
+/// else plaintext with `insecure = true`. Top-level keys (an inline `tls` table), so they go
+/// anywhere before the first table.
+pub fn uplink(dir: &Path, addr: SocketAddr, id: &str, region: &str) -> String {
+    if !dir.join("fleet-ca").join("ca.key").exists() {
+        return format!("collector = \"http://{addr}\"\ninsecure = true\n");
+    }
+    let certs = issue_agent(dir, id, region);
+    let file = |name: &str| format!("{:?}", certs.join(name).display().to_string());
+    format!(
+        "collector = \"https://{addr}\"\ntls = {{ ca_file = {}, cert_file = {}, key_file = {} }}\n",
+        file("ca.crt"),
+        file("agent.crt"),
+        file("agent.key")
+    )
 }
 
 /// CPU time (user and system) a process has used so far, from `/proc/PID/stat`.
@@ -278,12 +346,49 @@ pub fn read(path: &Path) -> String {
 /// `GET path` on a plain-HTTP server; returns (status, body). Enough HTTP/1.1 for the
 /// collector's query API.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    http_request(addr, "GET", path, None, None)
+}
+
+/// One HTTP/1.1 request to the API: `method` `path`, with `Authorization: Bearer TOKEN` when
+/// given, over TLS trusting the CA in the PEM file `tls_ca` when given (server name
+/// `127.0.0.1`). Returns the status and the body (de-chunked).
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    tls_ca: Option<&Path>,
+) -> (u16, String) {
     use std::io::Write;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the API");
     s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").expect("send request");
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).expect("read response");
+    match tls_ca {
+        None => {
+            s.write_all(request.as_bytes()).expect("send request");
+            s.read_to_end(&mut raw).expect("read response");
+        }
+        Some(ca) => {
+            use rustls::pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(rustls::pki_types::CertificateDer::from_pem_file(ca).expect("a PEM CA")).expect("a CA");
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("a TLS client");
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            tls.write_all(request.as_bytes()).expect("send request over TLS");
+            // A server closing without close_notify is an error to rustls; what was read counts.
+            let _ = tls.read_to_end(&mut raw);
+        }
+    }
     let text = String::from_utf8(raw).expect("utf-8 response");
     let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
     let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status code");

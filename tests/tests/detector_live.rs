@@ -79,7 +79,7 @@ fn live_equals_replay(family: Family, seed: u64) {
             .push(r.to_result().expect("sample record"));
     }
 
-    let mut collector = CollectorProc::start(dir.path(), None, "max_batch = 100");
+    let mut collector = CollectorProc::start_insecure(dir.path(), None, "max_batch = 100");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let tasks: Vec<_> = per_agent
@@ -111,7 +111,7 @@ fn live_equals_replay(family: Family, seed: u64) {
     let replayed: Vec<String> = std::fs::read_to_string(&replayed).unwrap().lines().map(normalise).collect();
 
     // Restart on the same store and read the live event log over the API.
-    let collector = CollectorProc::start(dir.path(), None, "");
+    let collector = CollectorProc::start_insecure(dir.path(), None, "");
     let (status, body) = http_get(collector.api, "/v1/events?limit=100000");
     assert_eq!(status, 200, "{body}");
     // The collector's own events (agents going silent) are not the detector's.

@@ -19,8 +19,9 @@ fn agent_toml(
     targets: usize,
 ) -> String {
     let mut s = format!(
-        "agent_id = \"{id}\"\nregion = \"{region}\"\ncollector = \"http://{collector}\"\ninterval = \"1s\"\ntimeout = \"900ms\"\n\
+        "agent_id = \"{id}\"\nregion = \"{region}\"\n{}interval = \"1s\"\ntimeout = \"900ms\"\n\
          source_address = \"{source}\"\nspool_dir = \"{}\"\nca_file = \"{}\"\n[confirm]\ncount = 0\n",
+        uplink(dir, collector, id, region),
         dir.join(format!("spool-{id}")).display(),
         provider.ca_file.display()
     );
@@ -139,6 +140,7 @@ fn central_plan_reaches_three_regions_and_changes_without_restart() {
         cfg.push_str(&format!("[[target]]\nid = \"plan-a\"\nurl = \"{}\"\nlocal = true\n", provider.url_at("/unused")));
         agents.push(start_agent(dir.path(), &id, &cfg));
     }
+    let tls = format!("\n[tls]\nca_dir = {:?}\n", fleet_ca(dir.path()).display().to_string());
     let saw =
         |path: &str, ip: &str| provider.seen.lock().unwrap().iter().any(|(a, p)| p == path && a.to_string() == ip);
     wait_for("every region to probe plan-a", Duration::from_secs(30), || {
@@ -147,7 +149,7 @@ fn central_plan_reaches_three_regions_and_changes_without_restart() {
     std::fs::write(
         &collector.config,
         format!(
-            "listen = \"{}\"\ndata_dir = \"{}\"\n{}",
+            "listen = \"{}\"\ndata_dir = \"{}\"\n{}{tls}",
             collector.addr,
             collector.data_dir.display(),
             plan(&["plan-a", "plan-b"])
@@ -162,7 +164,7 @@ fn central_plan_reaches_three_regions_and_changes_without_restart() {
     provider.seen.lock().unwrap().clear();
     std::fs::write(
         &collector.config,
-        format!("listen = \"{}\"\ndata_dir = \"{}\"\n", collector.addr, collector.data_dir.display()),
+        format!("listen = \"{}\"\ndata_dir = \"{}\"\n{tls}", collector.addr, collector.data_dir.display()),
     )
     .unwrap();
     let _ = std::process::Command::new("kill").args(["-HUP", &collector.proc.child.id().to_string()]).status();
@@ -270,6 +272,7 @@ fn after_a_long_outage_the_backlog_drains_at_the_upload_rate_oldest_first_with_f
     // any process exists; the collector comes up on it later.
     let port = free_port();
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    fleet_ca(dir.path());
     // 10 probes a second, spooled while the collector is down.
     let cfg = agent_toml("c-1", "eu", addr, &provider, dir.path(), "127.0.0.2", 10)
         .replace("interval = \"1s\"\n", &format!("interval = \"1s\"\nupload_rate = {RATE}\n"));

@@ -14,8 +14,7 @@ fn agent_toml(id: &str, region: &str, collector: SocketAddr, provider: &Provider
         r#"
 agent_id = "{id}"
 region = "{region}"
-collector = "http://{collector}"
-interval = "1s"
+{uplink}interval = "1s"
 timeout = "900ms"
 source_address = "{source}"
 spool_dir = "{spool}"
@@ -28,6 +27,7 @@ url = "{url}"
 provider = "openai"
 local = true
 "#,
+        uplink = uplink(dir, collector, id, region),
         spool = dir.join(format!("spool-{id}")).display(),
         ca = provider.ca_file.display(),
         url = provider.url(),
@@ -101,6 +101,7 @@ fn agent_spools_while_the_collector_is_down() {
     // any process exists; the collector comes up on it later.
     let port = free_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    fleet_ca(dir.path());
     let mut agent =
         start_agent(dir.path(), "hk-1", &agent_toml("hk-1", "hk", addr, &provider, dir.path(), "127.0.0.3"));
     wait_for("agent to report the collector down", Duration::from_secs(20), || {

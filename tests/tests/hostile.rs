@@ -7,99 +7,25 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blockwatch_proto::Outcome;
-use blockwatch_proto::time::{Millis, now, to_timestamp};
+use blockwatch_proto::time::now;
 use blockwatch_proto::v1::fleet_client::FleetClient;
-use blockwatch_proto::v1::{
-    AgentMessage, CollectorMessage, Hello, ProbeResult, RegisterRequest, ResultBatch, agent_message, collector_message,
-};
+use blockwatch_proto::v1::{AgentMessage, Hello, ProbeResult, RegisterRequest, agent_message};
+use blockwatch_tests::session::{Session, plain_client, result};
 use blockwatch_tests::*;
-use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-fn result(agent: &str, region: &str, seq: u64, target: &str, started_at: Millis, outcome: Outcome) -> ProbeResult {
-    let mut r = ProbeResult {
-        probe_id: format!("{agent}/1/{seq}"),
-        agent_id: agent.into(),
-        region: region.into(),
-        target_id: target.into(),
-        started_at: Some(to_timestamp(started_at)),
-        ..Default::default()
-    };
-    r.set_outcome(outcome);
-    if outcome == Outcome::HttpGeoBlocked {
-        r.http_status = 403;
-        r.provider_code = "unsupported_country_region_territory".into();
-    }
-    r
-}
-
-/// One agent's session: Register, hello, then batches, each answered.
-struct Session {
-    tx: mpsc::Sender<AgentMessage>,
-    replies: tonic::Streaming<CollectorMessage>,
-    next_batch: u64,
-}
-
 async fn client(collector: &CollectorProc) -> FleetClient<Channel> {
-    FleetClient::connect(format!("http://{}", collector.addr)).await.expect("connect")
+    plain_client(collector.addr).await
 }
 
 async fn session(collector: &CollectorProc, agent: &str, region: &str) -> Session {
-    let mut c = client(collector).await;
-    let reg =
-        RegisterRequest { agent_id: agent.into(), region: region.into(), version: "t".into(), ..Default::default() };
-    c.register(reg).await.expect("register");
-    let (tx, rx) = mpsc::channel(4);
-    tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: agent.into() })) }).await.unwrap();
-    let replies = c.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("report").into_inner();
-    Session { tx, replies, next_batch: 1 }
-}
-
-/// What the collector answered to one batch: the probe ids acked, and the ids refused with
-/// the reason.
-#[derive(Debug, Default)]
-struct Answer {
-    acked: Vec<String>,
-    refused: Vec<String>,
-    reason: String,
-}
-
-impl Session {
-    async fn send(&mut self, results: Vec<ProbeResult>) -> Answer {
-        let batch_id = self.next_batch;
-        self.next_batch += 1;
-        let msg = AgentMessage { kind: Some(agent_message::Kind::Batch(ResultBatch { batch_id, results })) };
-        self.tx.send(msg).await.expect("stream open");
-        let mut answer = Answer::default();
-        loop {
-            let m = tokio::time::timeout(Duration::from_secs(10), self.replies.message())
-                .await
-                .expect("an answer in time")
-                .expect("stream healthy")
-                .expect("stream open");
-            match m.kind {
-                Some(collector_message::Kind::Reject(r)) if r.batch_id == batch_id => {
-                    answer.refused.extend(r.probe_ids);
-                    answer.reason = r.reason;
-                }
-                Some(collector_message::Kind::Ack(a)) if a.batch_id == batch_id => {
-                    answer.acked = a.probe_ids;
-                    return answer;
-                }
-                // A batch refused whole has a reject and no ack.
-                _ if !answer.refused.is_empty() && answer.acked.is_empty() && answer.reason.contains("max_batch") => {
-                    return answer;
-                }
-                _ => {}
-            }
-        }
-    }
+    Session::open(client(collector).await, agent, region).await.expect("register and report")
 }
 
 #[test]
 fn no_agent_can_blind_erase_or_exhaust_the_collector() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = CollectorProc::start(dir.path(), None, "[limits]\nmax_targets_per_agent = 50");
+    let collector = CollectorProc::start_insecure(dir.path(), None, "[limits]\nmax_targets_per_agent = 50");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // The bystander: a valid agent whose every batch must be acked within a second.
@@ -319,7 +245,7 @@ fn idle_connection_floods_neither_spin_nor_starve_the_agents() {
 
     // One address may hold only `max_connections_per_address` connections.
     let dir = tempfile::tempdir().unwrap();
-    let collector = CollectorProc::start(dir.path(), None, "[limits]\nmax_connections_per_address = 8");
+    let collector = CollectorProc::start_insecure(dir.path(), None, "[limits]\nmax_connections_per_address = 8");
     let flood = idle_connections(collector.addr, 20);
     let closed = wait_for("the server to close the connections past the limit", Duration::from_secs(5), || {
         let n = closed_by_server(&flood);
@@ -354,7 +280,7 @@ fn threads(pid: u32) -> usize {
 #[test]
 fn api_clients_that_never_read_hold_only_their_share() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = CollectorProc::start(dir.path(), None, "max_batch = 1000");
+    let collector = CollectorProc::start_insecure(dir.path(), None, "max_batch = 1000");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         // Enough stored results (~15 MB exported) that an export outgrows the socket buffers.

@@ -46,6 +46,7 @@ async fn config_keys_control_and_egress_reach_the_results() {
         agent_id = "a1"
         region = "r1"
         collector = "http://{collector}"
+        insecure = true
         spool_dir = {spool:?}
         egress_echo_url = "https://127.0.0.1:{port}/ip"
         [[target]]

@@ -64,12 +64,12 @@ async fn bad_tcp_urls_are_agent_errors() {
 /// port, and those results arrive as target `control`, flagged as such.
 #[test]
 fn agent_probes_the_collector_as_its_default_control() {
-    use blockwatch_tests::{CollectorProc, export, start_agent, stored, wait_for};
+    use blockwatch_tests::{CollectorProc, export, start_agent, stored, uplink, wait_for};
     let dir = tempfile::tempdir().unwrap();
     let mut collector = CollectorProc::start(dir.path(), None, "");
     let config = format!(
-        "agent_id = \"ctl-1\"\nregion = \"eu\"\ncollector = \"http://{}\"\ninterval = \"1s\"\nspool_dir = {:?}\n",
-        collector.addr,
+        "agent_id = \"ctl-1\"\nregion = \"eu\"\n{}interval = \"1s\"\nspool_dir = {:?}\n",
+        uplink(dir.path(), collector.addr, "ctl-1", "eu"),
         dir.path().join("spool").display().to_string(),
     );
     let mut agent = start_agent(dir.path(), "ctl-1", &config);

@@ -31,7 +31,7 @@ fn result(id: &str, agent: &str, outcome: i32) -> ProbeResult {
 #[test]
 fn collector_answers_bad_peers_precisely() {
     let dir = tempfile::tempdir().unwrap();
-    let collector = CollectorProc::start(dir.path(), None, "agents = [\"known\"]\nmax_batch = 10");
+    let collector = CollectorProc::start_insecure(dir.path(), None, "agents = [\"known\"]\nmax_batch = 10");
     // Raw garbage first: the collector must shrug it off.
     {
         let mut s = std::net::TcpStream::connect(collector.addr).unwrap();

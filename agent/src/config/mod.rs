@@ -27,10 +27,18 @@ pub struct AgentConfig {
     /// Region label (`eu-west`). Required, in the file or from the env `BLOCKWATCH_REGION`.
     #[serde(default)]
     pub region: String,
-    /// Collector gRPC endpoint (`http://collector:7400`). Required, in the file or from the
-    /// env `BLOCKWATCH_COLLECTOR`.
+    /// Collector gRPC endpoint (`https://collector:7400`, with `[tls]`). Required, in the
+    /// file or from the env `BLOCKWATCH_COLLECTOR`.
     #[serde(default)]
     pub collector: String,
+    /// Mutual TLS with the collector; required for an `https://` collector.
+    #[serde(default)]
+    pub tls: Option<UplinkTls>,
+    /// Plaintext to an `http://` collector: unencrypted, and the collector cannot
+    /// authenticate this agent. Only for a loopback demo or a network you trust; logged
+    /// loudly at start. Default false.
+    #[serde(default)]
+    pub insecure: bool,
     /// Default probe interval. Default 60s.
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
@@ -82,6 +90,24 @@ pub struct AgentConfig {
     /// Default: none (results carry no egress address).
     #[serde(default)]
     pub egress_echo_url: Option<String>,
+}
+
+/// `[tls]`: the files `blockwatch-collector ca issue-agent` writes. They are re-read on every
+/// reconnection, so a renewed certificate is used without a restart.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkTls {
+    /// The fleet CA certificate (PEM): the only authority the collector's certificate may
+    /// come from.
+    pub ca_file: PathBuf,
+    /// This agent's certificate (PEM).
+    pub cert_file: PathBuf,
+    /// This agent's private key (PEM).
+    pub key_file: PathBuf,
+    /// The name to verify the collector's certificate against. Default: the collector URL's
+    /// host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// Confirm-on-failure.
@@ -201,6 +227,9 @@ impl AgentConfig {
         cfg.apply_env(|k| std::env::var(k).ok());
         let mut problems = cfg.validate().err().unwrap_or_default();
         problems.extend(cfg.credentials(|k| std::env::var(k).ok()).err().unwrap_or_default());
+        if let Err(why) = crate::uplink::tls_config(&cfg) {
+            problems.push(why);
+        }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: path.to_owned(), problems });
         }
@@ -234,7 +263,7 @@ impl AgentConfig {
     }
 
     /// The control target's URL: `control`, or else the collector's host and port as
-    /// `tcp://` (the collector speaks plaintext gRPC by default, so a connect is the check).
+    /// `tcp://` (a connect is the check: the collector's TLS wants a client certificate).
     /// The error names the key it is about.
     pub fn control_url(&self) -> Result<String, String> {
         if let Some(url) = &self.control {

@@ -8,6 +8,7 @@ const GOOD: &str = r#"
     agent_id = "eu-west-1"
     region = "eu-west"
     collector = "http://127.0.0.1:7400"
+    insecure = true
     interval = "30s"
     [[target]]
     id = "openai"
@@ -173,8 +174,10 @@ fn every_type_error_at_once_and_required_keys_from_the_environment() {
         AgentConfig::parse("agent_id = 1\nregion = 2\ninterval = \"soon\"\ncollector = \"http://c:1\"\n").unwrap_err();
     assert!(e.starts_with("line 1: agent_id: invalid type: integer `1`, expected a string; line 2: region:"), "{e}");
     assert!(e.contains("; line 3: interval: "), "{e}");
-    let mut c =
-        AgentConfig::parse("[[target]]\nid = \"openai\"\nurl = \"https://api.openai.com/v1/models\"\n").unwrap();
+    let mut c = AgentConfig::parse(
+        "insecure = true\n[[target]]\nid = \"openai\"\nurl = \"https://api.openai.com/v1/models\"\n",
+    )
+    .unwrap();
     assert_eq!(
         c.validate().unwrap_err(),
         [
@@ -195,13 +198,18 @@ fn every_type_error_at_once_and_required_keys_from_the_environment() {
 }
 
 #[test]
-fn an_https_collector_is_refused_rather_than_sent_in_plaintext() {
+fn the_collector_url_and_tls_must_agree() {
     let mut c = AgentConfig::parse(GOOD).unwrap();
+    let tls = UplinkTls { ca_file: "ca".into(), cert_file: "crt".into(), key_file: "key".into(), server_name: None };
+    let problem = |c: &AgentConfig| c.validate().unwrap_err().join("; ");
     c.collector = "https://collector.example:7400".into();
-    assert_eq!(
-        c.validate().unwrap_err(),
-        [
-            "collector \"https://collector.example:7400\": TLS to the collector is not supported yet; use an http:// URL on a network you trust"
-        ]
-    );
+    assert!(problem(&c).contains("insecure = true is for http://"), "{}", problem(&c));
+    c.insecure = false;
+    assert!(problem(&c).contains("needs [tls] ca_file"), "{}", problem(&c));
+    c.tls = Some(tls);
+    c.validate().unwrap();
+    c.collector = "http://collector.example:7400".into();
+    assert!(problem(&c).contains("must be https://"), "{}", problem(&c));
+    c.tls = None;
+    assert!(problem(&c).contains("insecure = true on a network you trust"), "{}", problem(&c));
 }

@@ -32,17 +32,27 @@ impl AgentConfig {
             p.push(format!("region {:?}: {rule}", self.region));
         }
         if required("collector", "BLOCKWATCH_COLLECTOR", &self.collector, &mut p) {
-            match blockwatch_proto::url::endpoint(&self.collector) {
-                Err(why) => p.push(format!("collector {:?}: {why}", self.collector)),
-                // The uplink speaks plaintext HTTP/2 only: an https:// URL would promise an
-                // encryption it does not get, so it is refused rather than silently sent in
-                // the clear.
-                Ok(u) if u.scheme == blockwatch_proto::url::Scheme::Https => p.push(format!(
-                    "collector {:?}: TLS to the collector is not supported yet; use an http:// URL on a \
-                     network you trust",
-                    self.collector
-                )),
-                Ok(_) => {}
+            use blockwatch_proto::url::Scheme;
+            let c = &self.collector;
+            match blockwatch_proto::url::endpoint(c) {
+                Err(why) => p.push(format!("collector {c:?}: {why}")),
+                Ok(u) => match (u.scheme, &self.tls, self.insecure) {
+                    (Scheme::Https, Some(_), false) | (Scheme::Http, None, true) => {}
+                    (Scheme::Https, _, true) => {
+                        p.push(format!("collector {c:?}: insecure = true is for http:// collectors only"))
+                    }
+                    (Scheme::Https, None, false) => p.push(format!(
+                        "collector {c:?}: needs [tls] ca_file, cert_file and key_file (from `blockwatch-collector \
+                         ca issue-agent`)"
+                    )),
+                    (Scheme::Http, Some(_), _) => {
+                        p.push(format!("collector {c:?}: [tls] is set, so the collector URL must be https://"))
+                    }
+                    _ => p.push(format!(
+                        "collector {c:?}: plaintext, and the collector could not tell this agent from an impostor: \
+                         use https:// with [tls], or set insecure = true on a network you trust"
+                    )),
+                },
             }
         }
         if self.interval < Duration::from_secs(1) {

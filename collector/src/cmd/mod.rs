@@ -1,8 +1,10 @@
 //! Command-line interface: one file per command.
 
+mod ca;
 mod export;
 mod replay;
 mod serve;
+mod token;
 
 use std::path::PathBuf;
 
@@ -23,6 +25,16 @@ pub enum Command {
         /// Collector config file (TOML).
         #[arg(long)]
         config: PathBuf,
+    },
+    /// Manage the fleet CA: agent certificates, revocation.
+    Ca {
+        #[command(subcommand)]
+        command: ca::CaCommand,
+    },
+    /// Manage bearer tokens for the HTTP API.
+    Token {
+        #[command(subcommand)]
+        command: token::TokenCommand,
     },
     /// Run the detector over a JSONL trace and write its events as JSONL.
     Replay {
@@ -57,6 +69,8 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve::run(&config),
+        Command::Ca { command } => ca::run(command),
+        Command::Token { command } => token::run(command),
         Command::Replay { input, output, config } => replay::run(&input, &output, config.as_deref()),
         Command::Export { config, data_dir, format, output } => {
             export::run(config.as_deref(), data_dir, format, output.as_deref())

@@ -19,7 +19,12 @@ use futures_util::Stream;
 use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::listen::PeerInfo;
 use crate::store::Store;
+use crate::tls::{AgentIdentity, ServerTls};
+
+/// A certificate this close to expiry is warned about at registration and in `/v1/agents`.
+pub const ROTATE_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86_400);
 
 /// Messages queued towards one agent (acks, plans). When full, the stream's reader waits:
 /// an agent that does not read its acks stops being read.
@@ -39,6 +44,8 @@ pub struct AgentInfo {
     pub dropped_total: u64,
     /// Results refused as malformed or out of bounds.
     pub refused_total: u64,
+    /// The certificate it registered with (mutual TLS only).
+    pub cert: Option<Arc<AgentIdentity>>,
     /// When a refusal of this agent's results was last logged (one line a minute at most).
     last_refusal_logged: time::Millis,
 }
@@ -122,6 +129,9 @@ pub struct Ingest {
     limits: Limits,
     streams: Arc<Streams>,
     stop: watch::Sender<bool>,
+    /// With mutual TLS: the current configuration (its revoked serials). `None`: plaintext,
+    /// agents unauthenticated.
+    tls: Option<watch::Receiver<ServerTls>>,
 }
 
 impl Ingest {
@@ -132,6 +142,7 @@ impl Ingest {
         cfg: &crate::config::CollectorConfig,
         plan: watch::Receiver<Option<Plan>>,
         streams: Arc<Streams>,
+        tls: Option<watch::Receiver<ServerTls>>,
     ) -> Ingest {
         Ingest {
             store,
@@ -144,7 +155,44 @@ impl Ingest {
             limits: cfg.limits.clone(),
             streams,
             stop: watch::channel(false).0,
+            tls,
         }
+    }
+
+    /// With mutual TLS, the identity the connection's certificate proves, which `agent_id`
+    /// (and `region`, when given) must match; `Ok(None)` on a plaintext port.
+    fn authenticate(
+        &self,
+        peer: Option<&PeerInfo>,
+        agent_id: &str,
+        region: Option<&str>,
+    ) -> Result<Option<Arc<AgentIdentity>>, Status> {
+        let Some(tls) = &self.tls else { return Ok(None) };
+        let Some(id) = peer.and_then(|p| p.identity.clone()) else {
+            return Err(Status::unauthenticated("no verified client certificate on this connection"));
+        };
+        if tls.borrow().revoked.contains(&id.serial) {
+            return Err(revoked(&id));
+        }
+        if id.agent_id != agent_id {
+            let remote = peer.and_then(|p| p.remote);
+            tracing::warn!(certificate = %id.agent_id, claimed = %agent_id, ?remote, "refused a claim of another agent's id");
+            return Err(Status::permission_denied(format!(
+                "this connection's certificate is agent {:?}'s; it cannot speak for agent {agent_id:?}",
+                id.agent_id
+            )));
+        }
+        if let Some(region) = region
+            && region != id.region
+        {
+            let remote = peer.and_then(|p| p.remote);
+            tracing::warn!(agent_id, certificate = %id.region, claimed = %region, ?remote, "refused a claim of another region");
+            return Err(Status::permission_denied(format!(
+                "agent {agent_id:?}'s certificate is for region {:?}, not {region:?}",
+                id.region
+            )));
+        }
+        Ok(Some(id))
     }
 
     /// Ends every open Report stream (agents reconnect elsewhere or later).
@@ -198,6 +246,39 @@ fn already_connected(agent_id: &str) -> Status {
     ))
 }
 
+fn revoked(id: &AgentIdentity) -> Status {
+    Status::permission_denied(format!("certificate {} of agent {:?} is revoked", id.serial, id.agent_id))
+}
+
+/// Whether `cert` expires within `ROTATE_WARNING` of `now`.
+pub fn expires_soon(cert: &AgentIdentity, now: time::Millis) -> bool {
+    cert.not_after.saturating_mul(1000) - now < ROTATE_WARNING.as_millis() as i64
+}
+
+/// Resolves when the stream's certificate is revoked (the CA directory reloaded with its
+/// serial listed) or expires; never on a plaintext port.
+async fn until_invalid(tls: Option<watch::Receiver<ServerTls>>, cert: Option<Arc<AgentIdentity>>) -> Status {
+    let (Some(mut tls), Some(cert)) = (tls, cert) else { return std::future::pending().await };
+    let left = u64::try_from(cert.not_after.saturating_mul(1000) - time::now()).unwrap_or(0);
+    let expiry = tokio::time::sleep(std::time::Duration::from_millis(left));
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            changed = tls.changed() => {
+                if changed.is_err() {
+                    return std::future::pending().await;
+                }
+                if tls.borrow_and_update().revoked.contains(&cert.serial) {
+                    return revoked(&cert);
+                }
+            }
+            _ = &mut expiry => {
+                return Status::unauthenticated(format!("certificate {} of agent {:?} expired", cert.serial, cert.agent_id));
+            }
+        }
+    }
+}
+
 fn msg(kind: collector_message::Kind) -> Result<CollectorMessage, Status> {
     Ok(CollectorMessage { kind: Some(kind) })
 }
@@ -216,6 +297,7 @@ impl std::ops::Deref for FleetService {
 #[tonic::async_trait]
 impl Fleet for FleetService {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
         let req = request.into_inner();
         if let Err(rule) = blockwatch_proto::id::check(&req.agent_id) {
             return Err(Status::invalid_argument(format!("agent_id {:?}: {rule}", req.agent_id)));
@@ -230,6 +312,7 @@ impl Fleet for FleetService {
                 req.agent_id
             )));
         }
+        let cert = self.authenticate(peer.as_ref(), &req.agent_id, Some(&req.region))?;
         if req.version.len() > self.limits.max_field_bytes {
             return Err(Status::invalid_argument(format!(
                 "version of {} bytes: at most {}",
@@ -259,11 +342,22 @@ impl Fleet for FleetService {
                 spooled: 0,
                 dropped_total: previous.map_or(0, |a| a.dropped_total),
                 refused_total: previous.map_or(0, |a| a.refused_total),
+                cert: cert.clone(),
                 last_refusal_logged: 0,
             };
             agents.insert(req.agent_id.clone(), info);
         }
         tracing::info!(agent_id = %req.agent_id, region = %req.region, version = %req.version, "agent registered");
+        if let Some(c) = &cert
+            && expires_soon(c, time::now())
+        {
+            tracing::warn!(
+                agent_id = %req.agent_id,
+                serial = %c.serial,
+                expires = %time::format_rfc3339(c.not_after.saturating_mul(1000)),
+                "agent certificate expires within 30 days: issue a new one (`blockwatch-collector ca issue-agent`)"
+            );
+        }
         // An agent still on a plan from before a restart without `[plan]` goes back to its own.
         let plan = match self.plan.borrow().clone() {
             None if req.plan_version != 0 => Some(crate::plan::withdrawn()),
@@ -279,6 +373,7 @@ impl Fleet for FleetService {
     type ReportStream = ReportStream;
 
     async fn report(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<ReportStream>, Status> {
+        let peer = request.extensions().get::<PeerInfo>().cloned();
         let mut inbound = request.into_inner();
         let agent_id = match inbound.message().await? {
             Some(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }) => h.agent_id,
@@ -288,6 +383,7 @@ impl Fleet for FleetService {
         if let Err(rule) = blockwatch_proto::id::check(&agent_id) {
             return Err(Status::invalid_argument(format!("hello agent_id {rule}")));
         }
+        let cert = self.authenticate(peer.as_ref(), &agent_id, None)?;
         let region = self.agents.lock().ok().and_then(|a| a.get(&agent_id).map(|i| i.region.clone()));
         let Some(region) = region else {
             return Err(Status::failed_precondition(format!(
@@ -300,7 +396,7 @@ impl Fleet for FleetService {
         }
         let this = Arc::clone(&self.0);
         tokio::spawn(async move {
-            let ended = this.serve_stream(&agent_id, &region, inbound, &tx).await;
+            let ended = this.serve_stream(&agent_id, &region, cert, inbound, &tx).await;
             this.streams.close(&agent_id, &tx);
             if let Err(status) = ended {
                 tracing::warn!(agent_id = %agent_id, error = %status.message(), "report stream ended with an error");
@@ -316,9 +412,12 @@ impl Ingest {
         &self,
         agent_id: &str,
         region: &str,
+        cert: Option<Arc<AgentIdentity>>,
         mut inbound: Streaming<AgentMessage>,
         tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
     ) -> Result<(), Status> {
+        let invalidated = until_invalid(self.tls.clone(), cert);
+        tokio::pin!(invalidated);
         let mut plan = self.plan.clone();
         plan.mark_unchanged();
         let mut plan_open = true;
@@ -330,6 +429,10 @@ impl Ingest {
             let message = tokio::select! {
                 m = inbound.message() => m?,
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(()),
+                status = &mut invalidated => {
+                    tracing::warn!(agent_id, error = %status.message(), "closed a report stream");
+                    return Err(status);
+                }
                 changed = plan.changed(), if plan_open => {
                     if changed.is_err() {
                         plan_open = false;
