@@ -16,6 +16,8 @@ fn config(dir: &Path) -> CollectorConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: dir.to_path_buf(),
+        // No agent connects: the test drives the store and the detector directly.
+        insecure: true,
         ..Default::default()
     }
 }

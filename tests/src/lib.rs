@@ -244,6 +244,40 @@ pub fn uplink(dir: &Path, addr: SocketAddr, id: &str, region: &str) -> String {
     )
 }
 
+/// An agent config for the real binary: `targets` targets (`t0`, `t1`, …) on `provider`,
+/// probed every second from `source`, no confirmations, spool in `dir/spool-ID`, reaching
+/// the collector at `collector` through [`uplink`].
+pub fn agent_toml(
+    id: &str,
+    region: &str,
+    collector: SocketAddr,
+    provider: &provider::Provider,
+    dir: &Path,
+    source: &str,
+    targets: usize,
+) -> String {
+    let mut s = format!(
+        "agent_id = \"{id}\"\nregion = \"{region}\"\n{}interval = \"1s\"\ntimeout = \"900ms\"\n\
+         source_address = \"{source}\"\nspool_dir = \"{}\"\nca_file = \"{}\"\n[confirm]\ncount = 0\n",
+        uplink(dir, collector, id, region),
+        dir.join(format!("spool-{id}")).display(),
+        provider.ca_file.display()
+    );
+    for i in 0..targets {
+        s.push_str(&format!(
+            "[[target]]\nid = \"t{i}\"\nurl = \"{}\"\nprovider = \"openai\"\nlocal = true\n",
+            provider.url_at(&format!("/t{i}/v1/models"))
+        ));
+    }
+    s
+}
+
+/// Opens an agent's spool after it stopped: (pending, last sequence number handed out).
+pub fn spool_state(dir: &Path, id: &str) -> (u64, u64) {
+    let spool = blockwatch_agent::spool::Spool::open(&dir.join(format!("spool-{id}")), 64 << 20).expect("open spool");
+    (spool.stats().pending, spool.last_seq())
+}
+
 /// CPU time (user and system) a process has used so far, from `/proc/PID/stat`.
 pub fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");

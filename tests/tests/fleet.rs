@@ -9,37 +9,6 @@ use blockwatch_tests::fake_collector::{AckMode, FakeCollector, rss_kib};
 use blockwatch_tests::provider::Provider;
 use blockwatch_tests::*;
 
-fn agent_toml(
-    id: &str,
-    region: &str,
-    collector: SocketAddr,
-    provider: &Provider,
-    dir: &Path,
-    source: &str,
-    targets: usize,
-) -> String {
-    let mut s = format!(
-        "agent_id = \"{id}\"\nregion = \"{region}\"\n{}interval = \"1s\"\ntimeout = \"900ms\"\n\
-         source_address = \"{source}\"\nspool_dir = \"{}\"\nca_file = \"{}\"\n[confirm]\ncount = 0\n",
-        uplink(dir, collector, id, region),
-        dir.join(format!("spool-{id}")).display(),
-        provider.ca_file.display()
-    );
-    for i in 0..targets {
-        s.push_str(&format!(
-            "[[target]]\nid = \"t{i}\"\nurl = \"{}\"\nprovider = \"openai\"\nlocal = true\n",
-            provider.url_at(&format!("/t{i}/v1/models"))
-        ));
-    }
-    s
-}
-
-/// Opens an agent's spool after it stopped: (pending, last sequence number handed out).
-fn spool_state(dir: &Path, id: &str) -> (u64, u64) {
-    let spool = blockwatch_agent::spool::Spool::open(&dir.join(format!("spool-{id}")), 64 << 20).expect("open spool");
-    (spool.stats().pending, spool.last_seq())
-}
-
 #[test]
 fn kill9_and_collector_outage_lose_nothing_and_store_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
