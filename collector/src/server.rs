@@ -97,7 +97,8 @@ impl Collector {
         };
         let dir = cfg.data_dir.clone();
         let (det_tx, det_rx) = std::sync::mpsc::sync_channel(DETECTOR_QUEUE);
-        let store = tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx)))
+        let min_free = cfg.limits.min_free_disk_mb.saturating_mul(1 << 20);
+        let store = tokio::task::spawn_blocking(move || Store::open_feeding(&dir, Some(det_tx), min_free))
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
         let rebuilt = {

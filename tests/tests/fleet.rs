@@ -1,8 +1,6 @@
 //! The agent fleet under stress: kill -9 at random moments, a collector that goes away, a
 //! collector that never acknowledges or acknowledges slowly, central plans, three regions.
 
-use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use blockwatch_tests::fake_collector::{AckMode, FakeCollector, rss_kib};

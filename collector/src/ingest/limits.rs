@@ -41,6 +41,10 @@ pub struct Limits {
     pub max_connections_per_address: usize,
     /// Most concurrent gRPC streams on one connection. Default 16 (an agent uses two).
     pub max_streams_per_connection: u32,
+    /// Free space kept on the store's filesystem, in MiB: below it results are refused
+    /// (`UNAVAILABLE`, agents keep them spooled) until space returns, so the store never
+    /// meets a full disk mid-write. Default 128; 0 turns the check off.
+    pub min_free_disk_mb: u64,
 }
 
 impl Default for Limits {
@@ -57,6 +61,7 @@ impl Default for Limits {
             max_connections: 512,
             max_connections_per_address: 32,
             max_streams_per_connection: 16,
+            min_free_disk_mb: 128,
         }
     }
 }
@@ -79,6 +84,7 @@ impl Limits {
         range("max_connections", self.max_connections as u64, 1, 1_000_000);
         range("max_connections_per_address", self.max_connections_per_address as u64, 1, 1_000_000);
         range("max_streams_per_connection", u64::from(self.max_streams_per_connection), 2, 100_000);
+        range("min_free_disk_mb", self.min_free_disk_mb, 0, 1 << 30);
         if self.max_future > Duration::from_secs(24 * 3600) {
             p.push("limits.max_future: must be at most 24h".into());
         }

@@ -43,6 +43,11 @@ pub enum StoreError {
     Open { path: PathBuf, cause: String },
     #[error("store write failed: {0}")]
     Write(String),
+    #[error(
+        "disk nearly full: {free_mib} MiB free for the store, limits.min_free_disk_mb = {reserve_mib} kept in reserve; \
+         nothing is acknowledged until space returns"
+    )]
+    DiskFull { free_mib: u64, reserve_mib: u64 },
     #[error("store read failed: {0}")]
     Read(String),
     #[error("store record {key} is corrupt")]
@@ -90,12 +95,13 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_feeding(dir, None)
+        Store::open_feeding(dir, None, 0)
     }
 
     /// Like [`Store::open`], and every committed batch of new results is sent to `feed`, in
-    /// store order.
-    pub fn open_feeding(dir: &Path, feed: Option<Feed>) -> Result<Store, StoreError> {
+    /// store order. With `min_free` bytes, results are refused (`StoreError::DiskFull`) while
+    /// less is free on the store's filesystem.
+    pub fn open_feeding(dir: &Path, feed: Option<Feed>, min_free: u64) -> Result<Store, StoreError> {
         let open_err = |e: fjall::Error| StoreError::Open { path: dir.to_owned(), cause: describe(&e) };
         let db = Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).open().map_err(open_err)?;
         let ks = Keyspaces {
@@ -106,7 +112,8 @@ impl Store {
             db,
         };
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
-        let handle = writer::spawn(ks.clone(), rx, feed).map_err(|e| StoreError::Open {
+        let space = writer::Space { dir: dir.to_owned(), min_free };
+        let handle = writer::spawn(ks.clone(), rx, feed, space).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             cause: format!("cannot start the writer thread: {e}"),
         })?;

@@ -81,7 +81,7 @@ async fn concurrent_writers_never_store_an_id_twice() {
 async fn the_feed_sees_store_order_with_receive_times_that_never_go_back() {
     let dir = tempfile::tempdir().unwrap();
     let (tx, rx) = std::sync::mpsc::sync_channel(1024);
-    let store = Store::open_feeding(dir.path(), Some(tx)).unwrap();
+    let store = Store::open_feeding(dir.path(), Some(tx), 0).unwrap();
     let mut tasks = Vec::new();
     for w in 0..6i64 {
         let store = store.clone();

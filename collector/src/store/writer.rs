@@ -37,15 +37,40 @@ pub struct WriteOutcome {
     pub duplicates: Vec<String>,
 }
 
+/// The free space the writer keeps on the store's filesystem.
+pub(super) struct Space {
+    pub dir: std::path::PathBuf,
+    /// Bytes; 0: no check.
+    pub min_free: u64,
+}
+
+/// How often a refusal for lack of space is logged, at most.
+const DISK_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Space {
+    /// `Some(free bytes)` when less than the reserve is free. A filesystem that cannot be
+    /// asked passes.
+    fn short(&self) -> Option<u64> {
+        if self.min_free == 0 {
+            return None;
+        }
+        let st = rustix::fs::statvfs(&self.dir).ok()?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        (free < self.min_free).then_some(free)
+    }
+}
+
 pub(super) fn spawn(
     ks: Keyspaces,
     rx: mpsc::Receiver<Request>,
     feed: Option<Feed>,
+    space: Space,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("store-writer".into()).spawn(move || run(ks, rx, feed))
+    std::thread::Builder::new().name("store-writer".into()).spawn(move || run(ks, rx, feed, space))
 }
 
-fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
+fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>, space: Space) {
+    let mut disk_logged: Option<std::time::Instant> = None;
     let mut next_result = super::last_key(&ks.results) + 1;
     // Receive times never go backwards in store order, so replaying the store in order gives
     // the detector exactly what it saw live.
@@ -73,6 +98,23 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>) {
         }
         if group.is_empty() {
             continue;
+        }
+        // Refused before fjall sees a write it cannot finish: a failed journal write would
+        // stop the store for good, while this passes as soon as space returns.
+        if let Some(free) = space.short() {
+            let err = StoreError::DiskFull { free_mib: free >> 20, reserve_mib: space.min_free >> 20 };
+            if disk_logged.is_none_or(|t| t.elapsed() >= DISK_LOG_EVERY) {
+                disk_logged = Some(std::time::Instant::now());
+                tracing::error!(dir = %space.dir.display(), error = %err, "refusing results");
+            }
+            for (_, _, reply) in group {
+                let _ =
+                    reply.send(Err(StoreError::DiskFull { free_mib: free >> 20, reserve_mib: space.min_free >> 20 }));
+            }
+            continue;
+        }
+        if disk_logged.take().is_some() {
+            tracing::info!(dir = %space.dir.display(), "disk space is back; accepting results again");
         }
         let mut batch = ks.db.batch().durability(Some(PersistMode::SyncAll));
         let mut seen = HashSet::new();
