@@ -147,24 +147,30 @@ impl Detector {
         if !self.failing_now(c, newest - (RECENT_WINDOW * iv) as Millis, received) {
             return;
         }
-        // Failures among the provider's own error answers are the provider's trouble.
+        // Failures among the provider's own error answers are the provider's trouble: an
+        // outage when most regions share it, nothing to report when only this one does.
         let busy: u32 = cps.iter().map(|p| p.busy).sum();
-        if busy * 2 >= cps.iter().map(|p| p.fails).sum::<u32>() {
-            return;
-        }
+        let provider_trouble = busy * 2 >= cps.iter().map(|p| p.fails).sum::<u32>();
 
         let (failing, ok, regions) = self.other_regions(c, onset, iv, received);
         let cell = &self.cells[c as usize];
         let t = cell.target;
         let window = self.cfg.outage_window * iv;
-        if failing > 0 && f64::from(failing) >= self.cfg.outage_fraction * f64::from(failing + ok) {
+        // The provider's own location refusal is specific to where it is sent, however the
+        // provider fares elsewhere: an outage in other regions, or the same refusal in many
+        // at once (an enforcement wave), does not make it an outage.
+        if !is_geo && failing > 0 && f64::from(failing) >= self.cfg.outage_fraction * f64::from(failing + ok) {
             self.cells[c as usize].outage_seen = cell.now_t;
             self.open_outage(t, c, onset, received, regions, iv, out);
             return;
         }
+        if provider_trouble {
+            return;
+        }
         // A failure that was part of an outage a moment ago is the tail of that outage,
         // unless it outlives it by a full persistence.
-        if cell.outage_seen != NEVER
+        if !is_geo
+            && cell.outage_seen != NEVER
             && cell.outage_seen as f64 >= onset as f64 - window
             && ((cell.now_t - cell.outage_seen) as f64) < self.cfg.network_persistence * iv
         {
@@ -357,6 +363,52 @@ impl Detector {
         }
     }
 
+    /// A provider answering its own errors (5xx) in most regions at once, for a network
+    /// persistence, is an outage: reported as one (`outage_started`), never a block.
+    pub(super) fn maybe_troubled_outage(
+        &mut self,
+        t: u32,
+        c: u32,
+        now: Millis,
+        received: Millis,
+        out: &mut Vec<Event>,
+    ) {
+        let (mut troubled, mut fine, mut iv, mut lanes) = (Vec::new(), 0u32, 0.0, 0u32);
+        for &oc in &self.targets[t as usize].cells {
+            let split = self
+                .split(oc, received, |lane| if lane.provider_troubled() { Vote::Agree(1.0) } else { Vote::Dissent });
+            for &l in &split.agree {
+                iv += self.lanes[l as usize].interval;
+                lanes += 1;
+            }
+            if split.agree.len() > split.dissent as usize {
+                troubled.push(self.cells[oc as usize].region);
+            } else if !split.agree.is_empty() || split.dissent > 0 {
+                fine += 1;
+            }
+        }
+        let widespread = troubled.len() >= 2
+            && troubled.len() as f64 >= self.cfg.outage_fraction * (troubled.len() as f64 + f64::from(fine));
+        let target = &mut self.targets[t as usize];
+        if !widespread {
+            target.troubled_since = NEVER;
+            return;
+        }
+        if target.troubled_since == NEVER {
+            target.troubled_since = now;
+        }
+        let iv = iv / f64::from(lanes.max(1));
+        let since = target.troubled_since;
+        // Two of the last four answers were errors when it first held: the trouble began
+        // about a probe interval before.
+        if ((now - since) as f64) >= self.cfg.network_persistence * iv {
+            let onset = since - iv as Millis;
+            self.cells[c as usize].outage_seen = self.cells[c as usize].now_t;
+            troubled.retain(|&r| r != self.cells[c as usize].region);
+            self.open_outage(t, c, onset, received, troubled, iv, out);
+        }
+    }
+
     /// Closes the outage of target `t` once none of its regions has a failing lane.
     pub(super) fn maybe_end_outage(&mut self, t: u32, now: Millis, received: Millis, out: &mut Vec<Event>) {
         let Some(outage) = &self.targets[t as usize].outage else { return };
@@ -364,13 +416,17 @@ impl Detector {
         for &c in &self.targets[t as usize].cells {
             let cell = &self.cells[c as usize];
             if outage.regions.contains(&cell.region)
-                && cell.lanes.iter().any(|&l| self.lanes[l as usize].flagged(threshold))
+                && cell.lanes.iter().any(|&l| {
+                    let lane = &self.lanes[l as usize];
+                    lane.flagged(threshold) || lane.provider_troubled()
+                })
             {
                 return;
             }
         }
         let names = outage.regions.iter().map(|&r| self.region_names.name(r).to_string()).collect();
         self.targets[t as usize].outage = None;
+        self.targets[t as usize].troubled_since = NEVER;
         out.push(Event {
             kind: EventKind::OutageEnded,
             target: self.target_names.name(t).to_string(),

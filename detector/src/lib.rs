@@ -156,6 +156,9 @@ struct Block {
 struct Target {
     cells: Vec<u32>,
     outage: Option<Outage>,
+    /// Since when the provider has been answering errors in most regions (`NEVER`: it is
+    /// not): an outage once that has lasted.
+    troubled_since: Millis,
 }
 
 /// An open provider outage.
@@ -264,6 +267,9 @@ impl Detector {
                 self.maybe_request_confirmation(l, class, obs.received_at);
             }
         }
+        if class == Class::Busy && self.targets[t as usize].outage.is_none() {
+            self.maybe_troubled_outage(t, cell, obs.started_at, obs.received_at, out);
+        }
         if class == Class::Ok && self.targets[t as usize].outage.is_some() {
             self.maybe_end_outage(t, obs.started_at, obs.received_at, out);
         }
@@ -326,7 +332,7 @@ impl Detector {
         let (r, _) = self.region_names.get_or_insert(obs.region);
         let (t, new_t) = self.target_names.get_or_insert(obs.target);
         if new_t {
-            self.targets.push(Target { cells: Vec::new(), outage: None });
+            self.targets.push(Target { cells: Vec::new(), outage: None, troubled_since: lane::NEVER });
         }
         let (a, new_a) = self.agent_names.get_or_insert(obs.agent_id);
         if new_a {

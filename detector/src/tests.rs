@@ -167,6 +167,33 @@ fn provider_outage_everywhere_is_not_a_block() {
 }
 
 #[test]
+fn a_server_error_outage_everywhere_is_reported_as_an_outage() {
+    let recs = fleet(REGIONS, TARGETS, 200, |_, _, t, k| {
+        if t == "openai" && (80..110).contains(&k) { Outcome::HttpServerError } else { Outcome::Ok }
+    });
+    let ev = run(&recs);
+    assert!(of_kind(&ev, EventKind::BlockStarted).is_empty(), "{ev:?}");
+    let started = of_kind(&ev, EventKind::OutageStarted);
+    assert_eq!(started.len(), 1, "{ev:?}");
+    assert_eq!((started[0].target.as_str(), started[0].region.as_str()), ("openai", "*"));
+    assert_eq!(of_kind(&ev, EventKind::OutageEnded).len(), 1, "{ev:?}");
+}
+
+#[test]
+fn a_geo_refusal_while_the_provider_fails_elsewhere_is_a_block() {
+    // openai's origin answers 5xx everywhere but hk, which gets the location refusal.
+    let recs = fleet(REGIONS, TARGETS, 200, |r, _, t, k| match (r, t) {
+        ("hk", "openai") if k >= 80 => Outcome::HttpGeoBlocked,
+        (_, "openai") if (80..120).contains(&k) => Outcome::HttpServerError,
+        _ => Outcome::Ok,
+    });
+    let ev = run(&recs);
+    let blocks = of_kind(&ev, EventKind::BlockStarted);
+    assert_eq!(blocks.len(), 1, "{ev:?}");
+    assert_eq!((blocks[0].target.as_str(), blocks[0].region.as_str()), ("openai", "hk"));
+}
+
+#[test]
 fn server_errors_and_rate_limits_are_not_blocks() {
     let recs = fleet(REGIONS, TARGETS, 200, |r, a, t, k| match (r, t) {
         ("cn", "deepseek") if (40..80).contains(&k) => Outcome::HttpRateLimited,

@@ -1,5 +1,7 @@
 //! Vantage problems: an agent failing most of its targets at once has lost its own network
 //! (or its ISP filters everything); its results are then no evidence about any one target.
+//! Unless its control target still answers: then the network works and the targets are
+//! refused, each a block (a national firewall cutting off every provider at once).
 
 use blockwatch_proto::time::Millis;
 
@@ -21,7 +23,7 @@ impl Detector {
         }
 
         let newest = agent.lanes.iter().map(|&(_, l)| self.lanes[l as usize].last_t).max().unwrap_or(now);
-        let (mut active, mut flagged, mut control_down) = (0u32, 0u32, false);
+        let (mut active, mut flagged, mut control_down, mut control_up) = (0u32, 0u32, false, false);
         let mut starts = Vec::new();
         let mut interval = 0.0;
         for &(_, l) in &agent.lanes {
@@ -31,14 +33,17 @@ impl Detector {
             }
             active += 1;
             interval += lane.interval;
+            // A control target still answering says the agent's own network works: its
+            // failing targets are refused, whatever else they have in common.
+            control_up |= lane.control && !lane.vantage_flag;
             if lane.vantage_flag {
                 flagged += 1;
                 starts.push(lane.f_start);
                 control_down |= lane.control;
             }
         }
-        let down =
-            control_down || (flagged >= 2 && f64::from(flagged) >= self.cfg.vantage_fraction * f64::from(active));
+        let down = control_down
+            || (!control_up && flagged >= 2 && f64::from(flagged) >= self.cfg.vantage_fraction * f64::from(active));
         let interval = interval / f64::from(active.max(1));
 
         let agent = &mut self.agents[a as usize];

@@ -57,6 +57,12 @@ pub enum Family {
     SingleAgentIsp,
     LateArrival,
     LiftAndRollout,
+    /// A region loses every provider at once, each its own way (resets, forged DNS, a black
+    /// hole), while its agents' control target still answers: one block per target.
+    CountryFirewall,
+    /// A provider's origin fails (5xx) in every region but one, which gets the provider's
+    /// location refusal from the same moment: a block there, an outage elsewhere.
+    GeoDuringOutage,
 }
 
 pub const FAMILIES: &[Family] = &[
@@ -71,6 +77,8 @@ pub const FAMILIES: &[Family] = &[
     Family::SingleAgentIsp,
     Family::LateArrival,
     Family::LiftAndRollout,
+    Family::CountryFirewall,
+    Family::GeoDuringOutage,
 ];
 
 /// Knobs of one generated trace.
@@ -89,6 +97,9 @@ pub struct Params {
     pub duplicates: f64,
     /// Blip length, in intervals (min, max).
     pub blip_intervals: (f64, f64),
+    /// Every agent also probes a control target (id `control`, flagged `control`), which
+    /// fails only when the agent's own network does.
+    pub controls: bool,
     pub seed: u64,
 }
 
@@ -105,6 +116,9 @@ impl Params {
             noise: rng.range(0.003, 0.03),
             duplicates: 0.005,
             blip_intervals: (2.5, 4.5),
+            // Fleets with and without control targets, so both rules stay checked.
+            controls: matches!(family, Family::CountryFirewall)
+                || (family == Family::VantageDown && seed.is_multiple_of(2)),
             seed,
         }
     }
@@ -120,6 +134,8 @@ pub struct Record {
     pub started_at: i64,
     pub received_at: i64,
     pub outcome: &'static str,
+    /// A result of the agent's control target.
+    pub control: bool,
 }
 
 /// A labelled block.
@@ -144,6 +160,7 @@ pub struct Trace {
 const REGIONS: &[&str] =
     &["eu-west", "hk", "cn-north", "us-east", "ir-tehran", "ru-central", "ap-southeast", "cn-south"];
 const TARGETS: &[&str] = &["openai", "anthropic", "deepseek", "gemini", "mistral", "dashscope"];
+const CONTROL: &str = "control";
 const NOISE: &[&str] = &["tcp_timeout", "tcp_timeout", "dns_timeout", "tls_timeout", "tcp_reset", "http_server_error"];
 const T0: i64 = 1_721_781_668_000;
 
@@ -372,6 +389,35 @@ pub fn generate(p: &Params) -> Trace {
             add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, None, "rst");
             offline.push((a, off, back));
         }
+        Family::CountryFirewall => {
+            let r = rng.below(n_regions);
+            let s = at(rng.range(0.35, 0.6));
+            let e = if rng.chance(0.5) { Some(s + (duration as f64 * rng.range(0.1, 0.2)) as i64) } else { None };
+            let sigs = ["rst", "dns", "blackhole"];
+            let first = rng.below(sigs.len());
+            for t in 0..n_targets {
+                add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, e, sigs[(first + t) % sigs.len()]);
+            }
+        }
+        Family::GeoDuringOutage => {
+            let t = rng.below(n_targets);
+            let r = rng.below(n_regions);
+            let s = at(rng.range(0.35, 0.6));
+            let len = (rng.range(20.0, 40.0) * iv as f64) as i64;
+            for other in (0..n_regions).filter(|&o| o != r) {
+                let skew = (rng.range(0.0, 1.0) * iv as f64) as i64;
+                overlays.push(Overlay {
+                    regions: Some(vec![other]),
+                    agents: None,
+                    targets: Some(vec![t]),
+                    start: s + skew,
+                    end: s + skew + len,
+                    rate: 0.97,
+                    outcomes: vec!["http_server_error"],
+                });
+            }
+            add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, None, "geo");
+        }
         Family::LiftAndRollout => {
             let t1 = rng.below(n_targets);
             let r1 = rng.below(n_regions);
@@ -392,20 +438,26 @@ pub fn generate(p: &Params) -> Trace {
     }
 
     let mut records = Vec::new();
+    // The control target, when there is one, is the last: only overlays on every target (an
+    // agent's own network) reach it.
+    let probed = if p.controls { n_targets + 1 } else { n_targets };
     for a in 0..n_agents {
         let r = region_of(a);
         let agent_id = format!("{}-{}", REGIONS[r], a % p.agents_per_region + 1);
-        for t in 0..n_targets {
+        for t in 0..probed {
+            let control = t == n_targets;
+            let name = if control { CONTROL } else { TARGETS[t] };
             let mut ts = start + (rng.f64() * iv as f64) as i64;
             let mut seq = 0;
             while ts < end {
                 seq += 1;
-                let outcome = match overlays.iter().find(|o| o.applies(r, a, t, ts)) {
-                    Some(o) if rng.chance(o.rate) => rng.pick(&o.outcomes),
-                    Some(_) => "ok",
-                    None if rng.chance(noise[a]) => rng.pick(NOISE),
-                    None => "ok",
-                };
+                let outcome =
+                    match overlays.iter().find(|o| o.applies(r, a, t, ts) && (!control || o.targets.is_none())) {
+                        Some(o) if rng.chance(o.rate) => rng.pick(&o.outcomes),
+                        Some(_) => "ok",
+                        None if rng.chance(noise[a]) => rng.pick(NOISE),
+                        None => "ok",
+                    };
                 let took =
                     if outcome.ends_with("timeout") { rng.range(5000.0, 10000.0) } else { rng.range(150.0, 600.0) };
                 let mut received = ts + took as i64 + rng.range(10.0, 300.0) as i64;
@@ -415,13 +467,14 @@ pub fn generate(p: &Params) -> Trace {
                     received = back + rng.range(0.0, 20_000.0) as i64;
                 }
                 let rec = Record {
-                    probe_id: format!("{agent_id}/{}/{seq}", TARGETS[t]),
+                    probe_id: format!("{agent_id}/{name}/{seq}"),
                     agent_id: agent_id.clone(),
                     region: REGIONS[r].into(),
-                    target: TARGETS[t].into(),
+                    target: name.into(),
                     started_at: ts,
                     received_at: received,
                     outcome,
+                    control,
                 };
                 if rng.chance(p.duplicates) {
                     let mut dup = rec.clone();
@@ -449,7 +502,7 @@ impl Record {
             started_at: self.started_at,
             received_at: self.received_at,
             outcome,
-            control: false,
+            control: self.control,
             confirmation: false,
         }
     }
@@ -496,6 +549,7 @@ impl Trace {
                 started_at: format_rfc3339(r.started_at),
                 received_at: Some(format_rfc3339(r.received_at)),
                 outcome: r.outcome.to_string(),
+                control: r.control,
                 ..Default::default()
             })
             .collect()
