@@ -68,7 +68,7 @@ pub(crate) fn publish(
         Err(_) => tracing::error!("event log unavailable; events not persisted"),
     }
     for e in out.drain(..) {
-        tracing::info!(kind = ?e.kind, target = %e.target, region = %e.region, agent = e.agent_id.as_deref().unwrap_or("-"),
+        tracing::info!(kind = e.kind.name(), target = %e.target, region = %e.region, agent = e.agent_id.as_deref().unwrap_or("-"),
             onset = %blockwatch_proto::time::format_rfc3339(e.onset), "event");
         let _ = events.send(e);
     }

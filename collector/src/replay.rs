@@ -18,6 +18,8 @@ pub struct ReplayStats {
     pub duplicates: u64,
     /// Results older than the detector's per-lane history, ignored.
     pub stale: u64,
+    /// Results dated more than 15 minutes after their receipt, ignored.
+    pub future: u64,
     /// Events written.
     pub events: u64,
 }
@@ -59,6 +61,7 @@ pub fn replay(
             Ingest::Accepted => stats.accepted += 1,
             Ingest::Duplicate => stats.duplicates += 1,
             Ingest::Stale => stats.stale += 1,
+            Ingest::Future => stats.future += 1,
         }
         for e in events.drain(..) {
             output.write_all(e.to_json_line().as_bytes()).map_err(ReplayError::Write)?;
@@ -130,7 +133,7 @@ mod tests {
         let input = format!("{LINE}\n\n{LINE}\n   \n");
         let mut out = Vec::new();
         let stats = replay(input.as_bytes(), &mut out, DetectorConfig::default()).expect("replays");
-        assert_eq!(stats, ReplayStats { lines: 2, accepted: 1, duplicates: 1, stale: 0, events: 0 });
+        assert_eq!(stats, ReplayStats { lines: 2, accepted: 1, duplicates: 1, stale: 0, future: 0, events: 0 });
         assert!(out.is_empty());
     }
 

@@ -73,7 +73,10 @@ impl Detector {
     pub(super) fn evaluate_start(&mut self, c: u32, received: Millis, out: &mut Vec<Event>) {
         let strong = self.cfg.lane_threshold;
         let split = self.split(c, received, |lane| {
-            if lane.leaning() && (lane.last_failed() || lane.sf >= strong) {
+            if !lane.ever_answered {
+                // Never reached the target: no change to see, whatever it fails with.
+                Vote::Undecided
+            } else if lane.leaning() && (lane.last_failed() || lane.sf >= strong) {
                 Vote::Agree(lane.sf)
             } else if lane.leaning() {
                 Vote::Undecided

@@ -26,6 +26,22 @@ pub enum EventKind {
     AgentBack,
 }
 
+impl EventKind {
+    /// The kind as the event log, the API and the logs name it (`block_started`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::BlockStarted => "block_started",
+            EventKind::BlockEnded => "block_ended",
+            EventKind::OutageStarted => "outage_started",
+            EventKind::OutageEnded => "outage_ended",
+            EventKind::VantageDown => "vantage_down",
+            EventKind::VantageUp => "vantage_up",
+            EventKind::AgentSilent => "agent_silent",
+            EventKind::AgentBack => "agent_back",
+        }
+    }
+}
+
 /// Why the detector decided: who saw what, and how strongly.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Evidence {

@@ -55,6 +55,10 @@ pub(crate) struct Lane {
     pub agent: u32,
     pub cell: u32,
     pub control: bool,
+    /// The provider has answered this lane at least once (ok, or its own error): without
+    /// that, a failing lane has no "before" and its failures are no change (a vantage that
+    /// never worked, such as an agent missing the CA its targets need).
+    pub ever_answered: bool,
     buf: VecDeque<Entry>,
     cap: usize,
     /// Inferred probe interval (ms).
@@ -127,11 +131,13 @@ impl Lane {
             vantage_flag: false,
             late_received: NEVER,
             clean_since: NEVER,
+            ever_answered: false,
         }
     }
 
     /// Slots a result in by `started_at`, recognising re-sends.
     pub(crate) fn insert(&mut self, e: Entry, received: Millis, confirmation: bool) -> Insert {
+        self.ever_answered |= matches!(e.class, Class::Ok | Class::Busy);
         let Some(back) = self.buf.back().copied() else {
             self.buf.push_back(e);
             self.last_t = e.t;

@@ -114,7 +114,14 @@ pub enum Ingest {
     Duplicate,
     /// Older than the history the detector keeps for its lane: ignored.
     Stale,
+    /// Dated more than `FUTURE_LIMIT` (15 minutes) after it was received (a clock far off): ignored, so
+    /// one such result cannot hold its (target, region) in the future.
+    Future,
 }
+
+/// How far after its receipt a result may say it started and still count: agents' clocks are
+/// minutes off at worst; beyond this the date is wrong, not the clock a little fast.
+pub const FUTURE_LIMIT: Millis = 15 * 60 * 1000;
 
 /// An agent: its lanes, learned baseline and vantage state.
 struct Agent {
@@ -217,6 +224,9 @@ impl Detector {
 
     /// Takes one result; appends any events it decides to `out`.
     pub fn observe(&mut self, obs: &Observation<'_>, out: &mut Vec<Event>) -> Ingest {
+        if obs.started_at.saturating_sub(obs.received_at) > FUTURE_LIMIT {
+            return Ingest::Future;
+        }
         let (a, t, l) = self.find_lane(obs);
         let class = Class::of(obs.outcome);
         let entry = Entry {

@@ -71,7 +71,7 @@ fn obs(r: &Rec) -> Observation<'_> {
         started_at: r.t,
         received_at: r.recv,
         outcome: r.outcome,
-        control: false,
+        control: r.target == "control",
         confirmation: false,
     }
 }
@@ -191,6 +191,72 @@ fn a_geo_refusal_while_the_provider_fails_elsewhere_is_a_block() {
     let blocks = of_kind(&ev, EventKind::BlockStarted);
     assert_eq!(blocks.len(), 1, "{ev:?}");
     assert_eq!((blocks[0].target.as_str(), blocks[0].region.as_str()), ("openai", "hk"));
+}
+
+#[test]
+fn a_result_dated_far_ahead_cannot_hold_a_cell_in_the_future() {
+    let mut recs = fleet(REGIONS, TARGETS, 200, |r, _, t, k| {
+        if r == "hk" && t == "openai" && k >= 120 { Outcome::HttpGeoBlocked } else { Outcome::Ok }
+    });
+    // One result of hk's openai cell, early on, dated two hours after it was received.
+    let i = recs.iter().position(|r| r.region == "hk" && r.target == "openai").unwrap();
+    let mut ahead = recs[i].clone();
+    ahead.id = "hk-0/ahead".into();
+    ahead.t = ahead.recv + 2 * 3_600_000;
+    recs.insert(i + 1, ahead.clone());
+    let mut d = Detector::new(DetectorConfig::default());
+    let mut ev = Vec::new();
+    for r in &recs {
+        let got = d.observe(&obs(r), &mut ev);
+        if r.id == ahead.id {
+            assert_eq!(got, Ingest::Future);
+        }
+    }
+    let blocks = of_kind(&ev, EventKind::BlockStarted);
+    assert_eq!(blocks.len(), 1, "{ev:?}");
+}
+
+#[test]
+fn a_vantage_that_never_reached_its_targets_is_no_block() {
+    // hk's agents start without the CA their targets need: every probe fails its TLS check
+    // from the first one; the control target answers.
+    let targets = &["openai", "anthropic", "deepseek", "control"];
+    let recs =
+        fleet(
+            REGIONS,
+            targets,
+            120,
+            |r, _, t, _| {
+                if r == "hk" && t != "control" { Outcome::TlsCertInvalid } else { Outcome::Ok }
+            },
+        );
+    let ev = run(&recs);
+    assert!(of_kind(&ev, EventKind::BlockStarted).is_empty(), "{ev:?}");
+}
+
+#[test]
+fn a_country_firewall_seen_against_a_control_target_is_one_block_per_target() {
+    // From k = 60 hk loses every provider, each its own way; its control target answers.
+    let targets = &["openai", "anthropic", "deepseek", "control"];
+    let recs = fleet(REGIONS, targets, 150, |r, _, t, k| match (r, t) {
+        ("hk", "openai") if k >= 60 => Outcome::TlsReset,
+        ("hk", "anthropic") if k >= 60 => Outcome::DnsBogon,
+        ("hk", "deepseek") if k >= 60 => Outcome::TcpTimeout,
+        _ => Outcome::Ok,
+    });
+    let ev = run(&recs);
+    let mut blocked: Vec<&str> =
+        of_kind(&ev, EventKind::BlockStarted).iter().filter(|e| e.region == "hk").map(|e| e.target.as_str()).collect();
+    blocked.sort_unstable();
+    assert_eq!(blocked, ["anthropic", "deepseek", "openai"], "{ev:?}");
+    assert!(of_kind(&ev, EventKind::VantageDown).is_empty(), "{ev:?}");
+}
+
+#[test]
+fn kind_names_are_the_serialized_names() {
+    for k in [EventKind::BlockStarted, EventKind::OutageEnded, EventKind::VantageDown, EventKind::AgentBack] {
+        assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
+    }
 }
 
 #[test]
