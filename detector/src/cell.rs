@@ -147,7 +147,11 @@ impl Detector {
         }
         // Still failing now, across the region: not the tail of a blip that one agent's
         // stray failure seems to extend.
-        if !self.failing_now(c, newest - (RECENT_WINDOW * iv) as Millis, received) {
+        // The run's failure rate: a throttle failing half its probes is still failing when
+        // a quarter of the newest results fail; a blip's tail of stray failures is not.
+        let run_rate = f64::from(cps.iter().map(|p| p.fails).sum::<u32>())
+            / f64::from(cps.iter().map(|p| p.fails + p.oks).sum::<u32>().max(1));
+        if !self.failing_now(c, newest - (RECENT_WINDOW * iv) as Millis, received, run_rate) {
             return;
         }
         // Failures among the provider's own error answers are the provider's trouble: an
@@ -184,15 +188,46 @@ impl Detector {
             / f64::from(cps.iter().map(|p| p.fails + p.oks).sum::<u32>().max(1)))
         .clamp(RATE_RANGE.0, RATE_RANGE.1);
         self.cells[c as usize].block = Some(Block { onset, rate });
+        self.set_block_rate(c, Some(rate));
         let mut ev = self.cell_evidence(&split, &cps, onset, persisted / iv, iv);
         ev.regions_failing = failing;
         ev.regions_ok = ok;
         out.push(self.cell_event(c, EventKind::BlockStarted, onset, received, ev));
     }
 
+    /// Tests recovery in cell `c`'s lanes against `rate` (the block's failure rate), or
+    /// against the agents' usual alternative once the block is over.
+    fn set_block_rate(&mut self, c: u32, rate: Option<f64>) {
+        for i in 0..self.cells[c as usize].lanes.len() {
+            let l = self.cells[c as usize].lanes[i] as usize;
+            let agent = self.lanes[l].agent as usize;
+            self.lanes[l].block_rate = rate;
+            let llr = self.agents[agent].baseline.llr();
+            self.lanes[l].recompute(llr);
+        }
+    }
+
     /// Whether blocked cell `c` has recovered; emits `block_ended`.
     pub(super) fn evaluate_end(&mut self, c: u32, received: Millis, out: &mut Vec<Event>) {
-        let Some(block) = self.cells[c as usize].block else { return };
+        let Some(mut block) = self.cells[c as usize].block else { return };
+        // The block's failure rate as measured since it began, when it proves lower than
+        // the first runs showed (a throttle): recovery is judged against that.
+        let (mut fails, mut total) = (0u32, 0u32);
+        for &l in &self.cells[c as usize].lanes {
+            let lane = &self.lanes[l as usize];
+            if lane.f_start != NEVER && lane.f_start <= block.onset + (lane.interval as Millis) {
+                fails += lane.f_fails;
+                total += lane.f_fails + lane.f_oks;
+            }
+        }
+        if total >= 20 {
+            let measured = (f64::from(fails) / f64::from(total)).clamp(RATE_RANGE.0, RATE_RANGE.1);
+            if measured < block.rate - 0.1 {
+                block.rate = measured;
+                self.cells[c as usize].block = Some(block);
+                self.set_block_rate(c, Some(measured));
+            }
+        }
         let threshold = self.cfg.end_threshold;
         let split = self.split(c, received, |lane| {
             if lane.recovered(threshold, block.onset) { Vote::Agree(lane.sr) } else { Vote::Dissent }
@@ -220,6 +255,7 @@ impl Detector {
             return;
         }
         self.cells[c as usize].block = None;
+        self.set_block_rate(c, None);
         self.cells[c as usize].ended = onset;
         for i in 0..self.cells[c as usize].lanes.len() {
             let l = self.cells[c as usize].lanes[i];
@@ -229,9 +265,9 @@ impl Detector {
         out.push(self.cell_event(c, EventKind::BlockEnded, onset, received, ev));
     }
 
-    /// At least as many failing as succeeding results after `since` among the reporting
-    /// lanes of cell `c`.
-    fn failing_now(&self, c: u32, since: Millis, received: Millis) -> bool {
+    /// Failing results after `since` among the reporting lanes of cell `c`, at least half as
+    /// often as the run being tested failed.
+    fn failing_now(&self, c: u32, since: Millis, received: Millis, run_rate: f64) -> bool {
         let (mut fails, mut oks) = (0, 0);
         for &l in &self.cells[c as usize].lanes {
             let lane = &self.lanes[l as usize];
@@ -241,7 +277,8 @@ impl Detector {
                 oks += o;
             }
         }
-        fails >= oks
+        // At least half the run's own rate (for a run failing every probe: half of them).
+        f64::from(fails) >= 0.5 * run_rate.min(1.0) * f64::from(fails + oks) && fails > 0
     }
 
     /// Whether a lane of cell `c` counts now (see [`Detector::split`]).

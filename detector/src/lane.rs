@@ -59,6 +59,10 @@ pub(crate) struct Lane {
     /// that, a failing lane has no "before" and its failures are no change (a vantage that
     /// never worked, such as an agent missing the CA its targets need).
     pub ever_answered: bool,
+    /// While its cell is blocked: the block's failure rate, which recovery is tested
+    /// against (a throttled target failing half its probes shows runs of successes that
+    /// are no recovery).
+    pub block_rate: Option<f64>,
     buf: VecDeque<Entry>,
     cap: usize,
     /// Inferred probe interval (ms).
@@ -132,6 +136,7 @@ impl Lane {
             late_received: NEVER,
             clean_since: NEVER,
             ever_answered: false,
+            block_rate: None,
         }
     }
 
@@ -249,7 +254,13 @@ impl Lane {
         }
 
         let before = self.sr;
-        self.sr = (self.sr + llr.recovery(e.class)).min(self.sr_cap);
+        let rec = match self.block_rate {
+            // Only a block failing less often than "blocked" usually means (a throttle, a
+            // partial block) makes a success weaker evidence of recovery.
+            Some(rate) if rate < llr.p1 => llr.with_p1(rate).recovery(e.class),
+            _ => llr.recovery(e.class),
+        };
+        self.sr = (self.sr + rec).min(self.sr_cap);
         if self.sr <= 0.0 {
             self.sr = 0.0;
             self.r_start = NEVER;
@@ -294,6 +305,21 @@ impl Lane {
 
     /// Results up to `t` are no evidence for a new block (they belonged to a block that
     /// ended, or to the agent's own outage): the onset statistic starts afresh.
+    /// Moves every time the lane holds by `by` (its agent's clock was found to be off) and
+    /// recomputes its statistics.
+    pub(crate) fn shift(&mut self, by: Millis, llr: &Llr) {
+        for e in self.buf.iter_mut() {
+            e.t += by;
+        }
+        if self.last_t != NEVER {
+            self.last_t += by;
+        }
+        if self.clean_since != NEVER {
+            self.clean_since += by;
+        }
+        self.recompute(llr);
+    }
+
     pub(crate) fn forget_until(&mut self, t: Millis) {
         self.clean_since = self.clean_since.max(t);
         self.reset_onset();

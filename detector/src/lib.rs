@@ -133,7 +133,19 @@ struct Agent {
     down: bool,
     down_since: Millis,
     down_reported: bool,
+    /// Its clock: when it was first heard from, the least `received_at - started_at` seen,
+    /// and the offset applied to its `started_at` (see `learn_clock`).
+    first_received: Millis,
+    min_lag: Millis,
+    skew: Millis,
 }
+
+/// An agent's clock is corrected only when it is off by more than this: below it, lags are
+/// latency and probe time, not a clock.
+pub const SKEW_MIN: Millis = 60_000;
+/// How long an agent must have been heard from (receive time) before its clock is judged: a
+/// spool flushed at start-up looks like a slow clock for as long as it lasts.
+pub const SKEW_SETTLE: Millis = 15 * 60_000;
 
 /// One target in one region, where blocks are decided.
 struct Cell {
@@ -228,9 +240,12 @@ impl Detector {
             return Ingest::Future;
         }
         let (a, t, l) = self.find_lane(obs);
+        self.learn_clock(a, obs);
+        // Event time on the collector's clock: the agent's `started_at` less its clock's offset.
+        let started_at = obs.started_at - self.agents[a as usize].skew;
         let class = Class::of(obs.outcome);
         let entry = Entry {
-            t: obs.started_at,
+            t: started_at,
             id: id_hash(obs.probe_id),
             outcome: u8::try_from(obs.outcome as i32).unwrap_or(0),
             class,
@@ -256,13 +271,13 @@ impl Detector {
             }
         };
         let cell = lane.cell;
-        self.update_vantage(a, l, obs.started_at, obs.received_at, out);
+        self.update_vantage(a, l, started_at, obs.received_at, out);
         if self.agents[a as usize].down {
             let lane = &mut self.lanes[l as usize];
-            lane.clean_since = lane.clean_since.max(obs.started_at);
+            lane.clean_since = lane.clean_since.max(started_at);
         }
         let c = &mut self.cells[cell as usize];
-        c.now_t = c.now_t.max(obs.started_at);
+        c.now_t = c.now_t.max(started_at);
         if self.lanes[l as usize].control {
             return Ingest::Accepted;
         }
@@ -278,12 +293,43 @@ impl Detector {
             }
         }
         if class == Class::Busy && self.targets[t as usize].outage.is_none() {
-            self.maybe_troubled_outage(t, cell, obs.started_at, obs.received_at, out);
+            self.maybe_troubled_outage(t, cell, started_at, obs.received_at, out);
         }
         if class == Class::Ok && self.targets[t as usize].outage.is_some() {
-            self.maybe_end_outage(t, obs.started_at, obs.received_at, out);
+            self.maybe_end_outage(t, started_at, obs.received_at, out);
         }
         Ingest::Accepted
+    }
+
+    /// Learns how far agent `a`'s clock is off. A result cannot be received before it
+    /// started, nor does an agent in steady state deliver every result minutes late, so the
+    /// least `received_at - started_at` it has shown is its clock's offset plus a latency of
+    /// seconds. Past `SKEW_MIN` (and once the agent has been heard from for `SKEW_SETTLE`),
+    /// its times are corrected by it, and what its lanes hold already is moved to match.
+    fn learn_clock(&mut self, a: u32, obs: &Observation<'_>) {
+        let agent = &mut self.agents[a as usize];
+        if agent.first_received == NEVER {
+            agent.first_received = obs.received_at;
+        }
+        agent.min_lag = agent.min_lag.min(obs.received_at.saturating_sub(obs.started_at));
+        if obs.received_at - agent.first_received < SKEW_SETTLE {
+            return;
+        }
+        let skew = if agent.min_lag.abs() > SKEW_MIN { -agent.min_lag } else { 0 };
+        if (skew - agent.skew).abs() <= SKEW_MIN / 2 {
+            return;
+        }
+        let by = agent.skew - skew;
+        agent.skew = skew;
+        let lanes: Vec<u32> = agent.lanes.iter().map(|&(_, l)| l).collect();
+        for l in lanes {
+            let llr = self.agents[a as usize].baseline.llr();
+            let lane = &mut self.lanes[l as usize];
+            lane.shift(by, llr);
+            let c = lane.cell as usize;
+            let newest = self.cells[c].lanes.iter().map(|&o| self.lanes[o as usize].last_t).max().unwrap_or(NEVER);
+            self.cells[c].now_t = newest;
+        }
     }
 
     /// Asks the region's agents to probe a suspected block now: on a geo refusal, or once a
@@ -353,6 +399,9 @@ impl Detector {
                 down: false,
                 down_since: NEVER,
                 down_reported: false,
+                first_received: NEVER,
+                min_lag: Millis::MAX,
+                skew: 0,
             });
         }
         (a, t, r)

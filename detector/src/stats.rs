@@ -81,6 +81,8 @@ pub(crate) struct Llr {
     pub rec_geo: f64,
     /// The baseline these were computed from.
     pub p0: f64,
+    /// The failure rate "blocked" stands for.
+    pub p1: f64,
     /// The geo baseline these were computed from.
     pub p_geo: f64,
 }
@@ -96,6 +98,7 @@ impl Llr {
             rec_fail: (p0 / p1).ln(),
             rec_geo: (p_geo / p1).ln(),
             p0,
+            p1,
             p_geo,
         }
     }

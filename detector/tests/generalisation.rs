@@ -85,29 +85,44 @@ fn assert_quality(s: &Score) {
     assert!(s.onset(0.5) <= 0.5, "median onset error {:.2}", s.onset(0.5));
 }
 
-/// The families of the issue-12 kind (a country-wide firewall seen against control targets,
-/// a geo refusal during an outage elsewhere), held to its goals: precision and recall 0.98,
-/// at most one false end per pool, a geo refusal found within two intervals.
+/// The families of fleets in the world as it is: a country-wide firewall seen against control
+/// targets, a geo refusal during an outage elsewhere or hidden under one, throttling, curfews,
+/// skewed agent clocks.
+const REGIONAL: &[Family] = &[
+    Family::CountryFirewall,
+    Family::GeoDuringOutage,
+    Family::HiddenUnderOutage,
+    Family::Throttling,
+    Family::Curfew,
+    Family::ClockSkew,
+];
+
+fn of(sets: &[Params], families: &[Family]) -> Vec<Params> {
+    sets.iter().filter(|p| families.contains(&p.family)).cloned().collect()
+}
+
+/// Those families, held to their goals: precision and recall 0.98, at most one false end per
+/// pool, p95 delay 7 intervals (throttling aside: a block failing half its probes takes
+/// longer to tell from noise, and is held to being found once and ended once), a geo refusal
+/// found within two intervals of when it could be seen.
 fn assert_regional(sets: &[Params]) {
-    let new: Vec<Params> = sets
-        .iter()
-        .filter(|p| matches!(p.family, Family::CountryFirewall | Family::GeoDuringOutage))
-        .cloned()
-        .collect();
-    let s = evaluate(&new);
+    let s = evaluate(&of(sets, REGIONAL));
     assert!(s.precision() >= 0.98, "precision {:.3}", s.precision());
     assert!(s.recall() >= 0.98, "recall {:.3}", s.recall());
     assert!(s.end_fp <= 1, "false ends {}", s.end_fp);
     assert!(s.end_recall() >= 0.9, "end recall {:.2}", s.end_recall());
-    assert!(s.delay(0.95) <= 7.0, "p95 delay {:.2}", s.delay(0.95));
-    let geo: Vec<Params> = new.iter().filter(|p| p.family == Family::GeoDuringOutage).cloned().collect();
-    let g = evaluate(&geo);
-    assert!(g.delay(0.95) <= 2.0, "geo-during-outage p95 delay {:.2}", g.delay(0.95));
+    let quick: Vec<Family> = REGIONAL.iter().copied().filter(|f| *f != Family::Throttling).collect();
+    let q = evaluate(&of(sets, &quick));
+    assert!(q.delay(0.95) <= 7.0, "p95 delay {:.2}", q.delay(0.95));
+    let g = evaluate(&of(sets, &[Family::GeoDuringOutage, Family::HiddenUnderOutage]));
+    assert!(g.delay(0.95) <= 2.0, "geo p95 delay {:.2}", g.delay(0.95));
+    let c = evaluate(&of(sets, &[Family::ClockSkew]));
+    assert!(c.onset(0.5) <= 0.5, "skewed clocks: median onset error {:.2}", c.onset(0.5));
 }
 
 /// The older families, held to the goals of the samples.
 fn classic(sets: &[Params]) -> Vec<Params> {
-    sets.iter().filter(|p| !matches!(p.family, Family::CountryFirewall | Family::GeoDuringOutage)).cloned().collect()
+    sets.iter().filter(|p| !REGIONAL.contains(&p.family)).cloned().collect()
 }
 
 fn assert_geo_fast(sets: &[Params]) {
@@ -169,6 +184,10 @@ fn noise_from_a_third_to_three_times() {
         let s = evaluate(&sets);
         assert!(s.precision() >= 0.98, "noise x{noise}: precision {:.3}", s.precision());
         assert!(s.recall() >= 0.98, "noise x{noise}: recall {:.3}", s.recall());
-        assert!(s.end_recall() >= 0.95, "noise x{noise}: end recall {:.2}", s.end_recall());
+        // A throttle's end is a change from failing half the probes to failing few: with the
+        // noise raised its estimate strays past two intervals more often (README, limits);
+        // every other family's ends are held to 0.95.
+        let steady = evaluate(&sets.iter().filter(|p| p.family != Family::Throttling).cloned().collect::<Vec<_>>());
+        assert!(steady.end_recall() >= 0.95, "noise x{noise}: end recall {:.2}", steady.end_recall());
     }
 }

@@ -63,6 +63,15 @@ pub enum Family {
     /// A provider's origin fails (5xx) in every region but one, which gets the provider's
     /// location refusal from the same moment: a block there, an outage elsewhere.
     GeoDuringOutage,
+    /// A geo block that begins while an outage hides it everywhere (the blocked region sees
+    /// the same 5xx): it can be seen only once the outage ends (`visible`).
+    HiddenUnderOutage,
+    /// 40-65 % of one target's probes time out in one region for hours: one block.
+    Throttling,
+    /// The same (target, region) blocked for a stretch three times (nights): three blocks.
+    Curfew,
+    /// A network block while some agents' clocks are minutes ahead or behind.
+    ClockSkew,
 }
 
 pub const FAMILIES: &[Family] = &[
@@ -79,6 +88,10 @@ pub const FAMILIES: &[Family] = &[
     Family::LiftAndRollout,
     Family::CountryFirewall,
     Family::GeoDuringOutage,
+    Family::HiddenUnderOutage,
+    Family::Throttling,
+    Family::Curfew,
+    Family::ClockSkew,
 ];
 
 /// Knobs of one generated trace.
@@ -145,6 +158,8 @@ pub struct TruthBlock {
     pub region: String,
     pub start: i64,
     pub end: Option<i64>,
+    /// When the block could first be seen, if an outage hid its start.
+    pub visible: Option<i64>,
 }
 
 /// A generated trace with its labels.
@@ -212,6 +227,8 @@ pub fn generate(p: &Params) -> Trace {
     let mut blocks: Vec<TruthBlock> = Vec::new();
     // (agent, offline from, back at): results spooled and flushed late.
     let mut offline: Vec<(usize, i64, i64)> = Vec::new();
+    // How far each agent's clock is off (its `started_at` minus the true time).
+    let mut skew: Vec<i64> = vec![0; n_agents];
     let at = |frac: f64| start + (duration as f64 * frac) as i64;
     let block_rate = |rng: &mut Rng| if rng.chance(0.6) { 1.0 } else { rng.range(0.75, 0.95) };
 
@@ -233,7 +250,13 @@ pub fn generate(p: &Params) -> Trace {
             rate,
             outcomes: signature_outcomes(sig),
         });
-        blocks.push(TruthBlock { target: TARGETS[t].into(), region: REGIONS[r].into(), start: s, end: e });
+        blocks.push(TruthBlock {
+            target: TARGETS[t].into(),
+            region: REGIONS[r].into(),
+            start: s,
+            end: e,
+            visible: None,
+        });
     };
 
     match p.family {
@@ -418,6 +441,74 @@ pub fn generate(p: &Params) -> Trace {
             }
             add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, None, "geo");
         }
+        Family::HiddenUnderOutage => {
+            let t = rng.below(n_targets);
+            let r = rng.below(n_regions);
+            let s = at(rng.range(0.35, 0.5));
+            let len = (rng.range(15.0, 30.0) * iv as f64) as i64;
+            overlays.push(Overlay {
+                regions: None,
+                agents: None,
+                targets: Some(vec![t]),
+                start: s,
+                end: s + len,
+                rate: 0.97,
+                outcomes: vec!["http_server_error"],
+            });
+            // The block begins inside the outage and shows once it is over.
+            let b = s + (len as f64 * rng.range(0.3, 0.7)) as i64;
+            add_block(&mut rng, &mut overlays, &mut blocks, r, t, b, None, "geo");
+            blocks.last_mut().expect("just added").visible = Some(s + len);
+        }
+        Family::Throttling => {
+            let t = rng.below(n_targets);
+            let r = rng.below(n_regions);
+            let s = at(rng.range(0.2, 0.4));
+            let e = s + (duration as f64 * rng.range(0.25, 0.4)) as i64;
+            overlays.push(Overlay {
+                regions: Some(vec![r]),
+                agents: None,
+                targets: Some(vec![t]),
+                start: s,
+                end: e,
+                rate: rng.range(0.4, 0.65),
+                outcomes: vec!["tcp_timeout", "tls_timeout"],
+            });
+            blocks.push(TruthBlock {
+                target: TARGETS[t].into(),
+                region: REGIONS[r].into(),
+                start: s,
+                end: Some(e),
+                visible: None,
+            });
+        }
+        Family::Curfew => {
+            let t = rng.below(n_targets);
+            let r = rng.below(n_regions);
+            let sig = rng.pick(&["rst", "blackhole", "dns"]);
+            let mut s = at(rng.range(0.05, 0.1));
+            for _ in 0..3 {
+                let e = s + (duration as f64 * rng.range(0.08, 0.12)) as i64;
+                add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, Some(e), sig);
+                s = e + (duration as f64 * rng.range(0.15, 0.2)) as i64;
+            }
+        }
+        Family::ClockSkew => {
+            let t = rng.below(n_targets);
+            let r = rng.below(n_regions);
+            let s = at(rng.range(0.4, 0.7));
+            let sig = rng.pick(&["rst", "geo", "blackhole"]);
+            add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, None, sig);
+            // A third of the agents run minutes ahead or behind, one of them in the blocked
+            // region.
+            for (a, off) in skew.iter_mut().enumerate() {
+                if region_of(a) == r && a % p.agents_per_region == 0 || rng.chance(0.33) {
+                    let minutes = rng.range(2.0, 8.0);
+                    let sign = if rng.chance(0.5) { 1.0 } else { -1.0 };
+                    *off = (sign * minutes * 60_000.0) as i64;
+                }
+            }
+        }
         Family::LiftAndRollout => {
             let t1 = rng.below(n_targets);
             let r1 = rng.below(n_regions);
@@ -471,7 +562,7 @@ pub fn generate(p: &Params) -> Trace {
                     agent_id: agent_id.clone(),
                     region: REGIONS[r].into(),
                     target: name.into(),
-                    started_at: ts,
+                    started_at: ts + skew[a],
                     received_at: received,
                     outcome,
                     control,
@@ -525,7 +616,12 @@ impl Trace {
         let blocks = self
             .blocks
             .iter()
-            .map(|b| TruthBlock { start: b.start + by_ms, end: b.end.map(|e| e + by_ms), ..b.clone() })
+            .map(|b| TruthBlock {
+                start: b.start + by_ms,
+                end: b.end.map(|e| e + by_ms),
+                visible: b.visible.map(|v| v + by_ms),
+                ..b.clone()
+            })
             .collect();
         Trace {
             name: format!("{}+{by_ms}", self.name),
@@ -572,11 +668,12 @@ impl Trace {
             .iter()
             .map(|b| {
                 format!(
-                    r#"{{"target":"{}","region":"{}","start":"{}","end":{},"signature":""}}"#,
+                    r#"{{"target":"{}","region":"{}","start":"{}","end":{},"signature":""{}}}"#,
                     b.target,
                     b.region,
                     format_rfc3339(b.start),
-                    b.end.map_or("null".to_string(), |e| format!("\"{}\"", format_rfc3339(e)))
+                    b.end.map_or("null".to_string(), |e| format!("\"{}\"", format_rfc3339(e))),
+                    b.visible.map_or(String::new(), |v| format!(r#","visible":"{}""#, format_rfc3339(v)))
                 )
             })
             .collect();

@@ -113,16 +113,19 @@ pub fn score(trace: &Trace, events: &[Event]) -> Score {
         };
         used.insert(i);
         s.tp += 1;
+        let shown = b.visible.unwrap_or(b.start);
         let seen = trace
             .records
             .iter()
-            .filter(|r| r.target == b.target && r.region == b.region && r.started_at >= b.start)
+            .filter(|r| r.target == b.target && r.region == b.region && r.started_at >= shown)
             .map(|r| r.received_at)
             .min()
-            .unwrap_or(b.start);
-        let delay = (started[i].detected_at as f64 - st.max(seen as f64)) / iv;
+            .unwrap_or(shown);
+        // Counted from when the block could be seen (an outage may have hidden its start).
+        let v = shown as f64;
+        let delay = (started[i].detected_at as f64 - v.max(seen as f64)) / iv;
         s.delays.push(delay);
-        s.onset_err.push((started[i].onset as f64 - st) / iv);
+        s.onset_err.push((started[i].onset as f64 - v) / iv);
         if delay > 6.0 {
             s.notes.push(format!("{}: slow {}@{} delay {:.2}", trace.name, b.target, b.region, delay));
         }
