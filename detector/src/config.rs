@@ -2,11 +2,11 @@
 //! (probe intervals inferred per lane, failure baselines learned per agent, log-likelihood
 //! ratios), so the defaults carry across fleets and probe intervals.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Configuration of the [`Detector`](super::Detector). Unknown keys are rejected; every
 /// missing key takes the default documented on its field.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
     /// Results kept per (agent, target) lane, newest by `started_at`: the window in which

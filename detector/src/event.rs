@@ -98,10 +98,83 @@ fn rfc3339<S: Serializer>(ms: &Millis, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format_rfc3339(*ms))
 }
 
+/// An event as the log and the API carry it: its fields and a sentence saying them.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    event: &'a Event,
+    summary: String,
+}
+
 impl Event {
-    /// The event as one line of JSON (no trailing newline).
+    /// The event as one line of JSON (no trailing newline), with its `summary`.
     pub fn to_json_line(&self) -> String {
         // Serializing plain strings, numbers and vectors cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        serde_json::to_string(&Line { event: self, summary: self.summary() }).unwrap_or_default()
+    }
+
+    /// The event in words, for people paging through alerts and logs.
+    pub fn summary(&self) -> String {
+        let ev = &self.evidence;
+        let since = format_rfc3339(self.onset);
+        let agents = if ev.agents.is_empty() { String::new() } else { format!(" ({})", ev.agents.join(", ")) };
+        let how = match (ev.dominant_outcome.as_str(), ev.signature.as_str()) {
+            ("", _) => String::new(),
+            (o, "") => format!(" with {o}"),
+            (o, sig) => format!(" with {o} (signature {sig})"),
+        };
+        let iv = if ev.interval_ms > 0 { format!(", probed every {}s", ev.interval_ms / 1000) } else { String::new() };
+        match self.kind {
+            EventKind::BlockStarted => format!(
+                "{target} is refused in {region} since {since}: {n} agent(s){agents} failing {f} of {t} probes{how}, \
+                 {dis} agent(s) of the region disagreeing, {rf} other region(s) failing and {ro} fine; held for \
+                 {p:.1} probe intervals{iv}",
+                target = self.target,
+                region = self.region,
+                n = ev.agents.len(),
+                f = ev.failing,
+                t = ev.failing + ev.ok,
+                dis = ev.dissenting_agents,
+                rf = ev.regions_failing,
+                ro = ev.regions_ok,
+                p = ev.persisted_intervals,
+            ),
+            EventKind::BlockEnded => format!(
+                "{} reachable again in {} since {since}: {} agent(s){agents} succeeding",
+                self.target,
+                self.region,
+                ev.agents.len()
+            ),
+            EventKind::OutageStarted => {
+                format!(
+                    "{} failing in most regions at once since {since} ({}): the provider, not a block",
+                    self.target,
+                    ev.regions.join(", ")
+                )
+            }
+            EventKind::OutageEnded => format!("{} outage over at {since} ({})", self.target, ev.regions.join(", ")),
+            EventKind::VantageDown => format!(
+                "agent {} in {} lost its own network since {since}: {} of {} targets failing; its results are no evidence until it is back",
+                self.agent_id.as_deref().unwrap_or("?"),
+                self.region,
+                ev.failing,
+                ev.failing + ev.ok
+            ),
+            EventKind::VantageUp => {
+                format!(
+                    "agent {} in {} reaches its targets again",
+                    self.agent_id.as_deref().unwrap_or("?"),
+                    self.region
+                )
+            }
+            EventKind::AgentSilent => format!(
+                "agent {} in {} has not been heard from since {since}",
+                self.agent_id.as_deref().unwrap_or("?"),
+                self.region
+            ),
+            EventKind::AgentBack => {
+                format!("agent {} in {} is heard from again", self.agent_id.as_deref().unwrap_or("?"), self.region)
+            }
+        }
     }
 }

@@ -55,9 +55,10 @@ pub(crate) struct Lane {
     pub agent: u32,
     pub cell: u32,
     pub control: bool,
-    /// The provider has answered this lane at least once (ok, or its own error): without
-    /// that, a failing lane has no "before" and its failures are no change (a vantage that
-    /// never worked, such as an agent missing the CA its targets need).
+    /// The provider has answered this lane at least once (ok, its own error, or its own
+    /// location refusal, which is a block however long it has been there): without that, a
+    /// failing lane has no "before" and its failures are no change (a vantage that never
+    /// worked, such as an agent missing the CA its targets need).
     pub ever_answered: bool,
     /// While its cell is blocked: the block's failure rate, which recovery is tested
     /// against (a throttled target failing half its probes shows runs of successes that
@@ -142,7 +143,7 @@ impl Lane {
 
     /// Slots a result in by `started_at`, recognising re-sends.
     pub(crate) fn insert(&mut self, e: Entry, received: Millis, confirmation: bool) -> Insert {
-        self.ever_answered |= matches!(e.class, Class::Ok | Class::Busy);
+        self.ever_answered |= matches!(e.class, Class::Ok | Class::Busy | Class::Geo);
         let Some(back) = self.buf.back().copied() else {
             self.buf.push_back(e);
             self.last_t = e.t;

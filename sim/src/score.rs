@@ -18,6 +18,8 @@ pub struct Score {
     pub end_expected: usize,
     pub end_tp: usize,
     pub end_fp: usize,
+    /// For each end found: from the true end to the decision, in probe intervals.
+    pub end_delays: Vec<f64>,
     pub notes: Vec<String>,
 }
 
@@ -31,6 +33,7 @@ impl Score {
         self.end_expected += o.end_expected;
         self.end_tp += o.end_tp;
         self.end_fp += o.end_fp;
+        self.end_delays.extend(&o.end_delays);
         self.notes.extend(o.notes.iter().cloned());
     }
     pub fn precision(&self) -> f64 {
@@ -48,9 +51,12 @@ impl Score {
     pub fn onset(&self, q: f64) -> f64 {
         pct(&self.onset_err.iter().map(|x| x.abs()).collect::<Vec<_>>(), q)
     }
+    pub fn end_delay(&self, q: f64) -> f64 {
+        pct(&self.end_delays, q)
+    }
     pub fn summary(&self) -> String {
         format!(
-            "blocks {} tp {} fp {} fn {} precision {:.3} recall {:.3} delay median {:.2} p95 {:.2} onset median {:.2} p95 {:.2} end recall {:.2} ({}/{}) false ends {}",
+            "blocks {} tp {} fp {} fn {} precision {:.3} recall {:.3} delay median {:.2} p95 {:.2} onset median {:.2} p95 {:.2} end recall {:.2} ({}/{}) false ends {} end delay median {:.2} p95 {:.2}",
             self.tp + self.fn_,
             self.tp,
             self.fp,
@@ -64,7 +70,9 @@ impl Score {
             self.end_recall(),
             self.end_tp,
             self.end_expected,
-            self.end_fp
+            self.end_fp,
+            self.end_delay(0.5),
+            self.end_delay(0.95)
         )
     }
 }
@@ -157,6 +165,7 @@ pub fn score(trace: &Trace, events: &[Event]) -> Score {
             Some(i) => {
                 used_end.insert(i);
                 s.end_tp += 1;
+                s.end_delays.push((ended[i].detected_at - e) as f64 / iv);
             }
             None => s.notes.push(format!(
                 "{}: missed end {}@{} at +{:.1}iv",
