@@ -7,7 +7,6 @@
 //! also use the routes that act (`POST`).
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -62,13 +61,8 @@ pub fn read(path: &Path) -> Result<Vec<TokenEntry>, TokenError> {
 }
 
 fn write(path: &Path, tokens: &[TokenEntry]) -> Result<(), TokenError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
     let text = serde_json::to_string_pretty(tokens).map_err(|e| TokenError::Invalid(e.to_string()))? + "\n";
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::fleet_ca::write_atomic(path, &text, true).map_err(|(path, source)| TokenError::Io { path, source })
 }
 
 /// Creates a token named `name` with `role` in the tokens file; returns the token, which is

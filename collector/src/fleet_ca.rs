@@ -286,17 +286,27 @@ impl FleetCa {
 /// Writes through a temporary file and a rename, so a reader (the collector polling the
 /// revocation list) sees the old file or the new one, never half of one. Keys are 0600.
 fn write_file(path: &Path, text: &str, secret: bool) -> Result<(), CaError> {
+    write_atomic(path, text, secret).map_err(|(path, source)| CaError::Io { path, source })
+}
+
+/// Writes `text` to `path` through `path.tmp`, synced, then renamed over it: readers see
+/// the old file or the new one. Mode 0600 when `secret`, else 0644. The error names the
+/// file it is about.
+pub(crate) fn write_atomic(path: &Path, text: &str, secret: bool) -> Result<(), (PathBuf, std::io::Error)> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
+    fn at(p: &Path) -> impl FnOnce(std::io::Error) -> (PathBuf, std::io::Error) + '_ {
+        move |e| (p.to_owned(), e)
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(if secret { 0o600 } else { 0o644 })
         .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+        .map_err(at(&tmp))?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(at(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(at(path))
 }
 
 fn check_days(days: u32) -> Result<(), CaError> {

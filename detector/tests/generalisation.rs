@@ -9,7 +9,7 @@ use blockwatch_detector::{Detector, DetectorConfig, Event};
 use blockwatch_proto::Outcome;
 
 use sim::score::{Score, score};
-use sim::{FAMILIES, Family, Params, Trace, generate};
+use sim::{FAMILIES, Family, Params, REGIONAL, Trace, generate};
 
 fn run(trace: &Trace) -> Vec<Event> {
     let mut d = Detector::new(DetectorConfig::default());
@@ -84,18 +84,6 @@ fn assert_quality(s: &Score) {
     assert!(s.delay(0.95) <= 6.0, "p95 delay {:.2}", s.delay(0.95));
     assert!(s.onset(0.5) <= 0.5, "median onset error {:.2}", s.onset(0.5));
 }
-
-/// The families of fleets in the world as it is: a country-wide firewall seen against control
-/// targets, a geo refusal during an outage elsewhere or hidden under one, throttling, curfews,
-/// skewed agent clocks.
-const REGIONAL: &[Family] = &[
-    Family::CountryFirewall,
-    Family::GeoDuringOutage,
-    Family::HiddenUnderOutage,
-    Family::Throttling,
-    Family::Curfew,
-    Family::ClockSkew,
-];
 
 fn of(sets: &[Params], families: &[Family]) -> Vec<Params> {
     sets.iter().filter(|p| families.contains(&p.family)).cloned().collect()

@@ -94,6 +94,17 @@ pub const FAMILIES: &[Family] = &[
     Family::ClockSkew,
 ];
 
+/// The families of fleets in the world as it is (control targets, outages hiding blocks,
+/// throttles, curfews, skewed clocks), held to their own goals in the grid.
+pub const REGIONAL: &[Family] = &[
+    Family::CountryFirewall,
+    Family::GeoDuringOutage,
+    Family::HiddenUnderOutage,
+    Family::Throttling,
+    Family::Curfew,
+    Family::ClockSkew,
+];
+
 /// Knobs of one generated trace.
 #[derive(Debug, Clone)]
 pub struct Params {
