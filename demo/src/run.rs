@@ -265,6 +265,7 @@ fn print_event(out: &mut (dyn std::io::Write + Send), ev: &Event, began: Option<
             (ev.detected_at - b) as f64 / 1000.0
         )?;
     }
+    writeln!(out, "    in words                        {}", ev.summary())?;
     writeln!(out, "    evidence                        {}\n", serde_json::to_string(&ev.evidence).unwrap_or_default())
 }
 

@@ -123,7 +123,11 @@ impl Event {
             (o, "") => format!(" with {o}"),
             (o, sig) => format!(" with {o} (signature {sig})"),
         };
-        let iv = if ev.interval_ms > 0 { format!(", probed every {}s", ev.interval_ms / 1000) } else { String::new() };
+        let iv = if ev.interval_ms > 0 {
+            format!(", probed every {:.0}s", ev.interval_ms as f64 / 1000.0)
+        } else {
+            String::new()
+        };
         match self.kind {
             EventKind::BlockStarted => format!(
                 "{target} is refused in {region} since {since}: {n} agent(s){agents} failing {f} of {t} probes{how}, \
