@@ -150,7 +150,9 @@ impl Collector {
         let (api_listener, api_addr) = bind(cfg.api_listen).await?;
         let api_listener = match (&cfg.api.tls_cert_file, &cfg.api.tls_key_file) {
             (Some(cert), Some(key)) => {
-                let (_keep, tls) = watch::channel(crate::tls::load_api(cert, key)?);
+                // The API's certificate is read once: a channel whose value never changes (its
+                // sender may go; receivers keep the value).
+                let (_, tls) = watch::channel(crate::tls::load_api(cert, key)?);
                 let incoming = crate::listen::accept(api_listener, API_CONNECTIONS, API_CONNECTIONS, Some(tls));
                 crate::api::ApiListener::Tls(crate::listen::Incoming(incoming))
             }

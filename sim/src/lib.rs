@@ -213,6 +213,33 @@ impl Overlay {
     }
 }
 
+/// A provider outage of target `t` in `regions`: from `s` for `len`, each region's start up
+/// to an interval apart, 97 % of probes failing with `outcomes`.
+#[allow(clippy::too_many_arguments)]
+fn outage(
+    rng: &mut Rng,
+    overlays: &mut Vec<Overlay>,
+    regions: impl Iterator<Item = usize>,
+    t: usize,
+    s: i64,
+    len: i64,
+    iv: i64,
+    outcomes: &[&'static str],
+) {
+    for r in regions {
+        let skew = (rng.range(0.0, 1.0) * iv as f64) as i64;
+        overlays.push(Overlay {
+            regions: Some(vec![r]),
+            agents: None,
+            targets: Some(vec![t]),
+            start: s + skew,
+            end: s + skew + len,
+            rate: 0.97,
+            outcomes: outcomes.to_vec(),
+        });
+    }
+}
+
 fn signature_outcomes(sig: &str) -> Vec<&'static str> {
     match sig {
         "geo" => vec!["http_geo_blocked"],
@@ -308,18 +335,7 @@ pub fn generate(p: &Params) -> Trace {
                         "tcp_timeout",
                     ]
                 };
-                for r in 0..n_regions {
-                    let skew = (rng.range(0.0, 1.0) * iv as f64) as i64;
-                    overlays.push(Overlay {
-                        regions: Some(vec![r]),
-                        agents: None,
-                        targets: Some(vec![t]),
-                        start: s + skew,
-                        end: s + skew + len,
-                        rate: 0.97,
-                        outcomes: outcomes.clone(),
-                    });
-                }
+                outage(&mut rng, &mut overlays, 0..n_regions, t, s, len, iv, &outcomes);
             }
         }
         Family::VantageDown | Family::SingleAgentIsp => {
@@ -438,18 +454,7 @@ pub fn generate(p: &Params) -> Trace {
             let r = rng.below(n_regions);
             let s = at(rng.range(0.35, 0.6));
             let len = (rng.range(20.0, 40.0) * iv as f64) as i64;
-            for other in (0..n_regions).filter(|&o| o != r) {
-                let skew = (rng.range(0.0, 1.0) * iv as f64) as i64;
-                overlays.push(Overlay {
-                    regions: Some(vec![other]),
-                    agents: None,
-                    targets: Some(vec![t]),
-                    start: s + skew,
-                    end: s + skew + len,
-                    rate: 0.97,
-                    outcomes: vec!["http_server_error"],
-                });
-            }
+            outage(&mut rng, &mut overlays, (0..n_regions).filter(|&o| o != r), t, s, len, iv, &["http_server_error"]);
             add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, None, "geo");
         }
         Family::HiddenUnderOutage => {
