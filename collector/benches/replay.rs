@@ -34,14 +34,21 @@ fn main() {
     p.regions = 5;
     p.targets = 4;
     p.probes = env("BW_BENCH_PROBES", 2000);
+    measure(&p, rounds, &format!("{} agents x {} targets", p.regions * p.agents_per_region, p.targets));
+    // A day of a big fleet with everything happening at once.
+    let fleet = sim::Params::new(sim::Family::Fleet, 60, 2, 1);
+    println!();
+    measure(&fleet, rounds, "a day of 30 regions x 1-2 agents x 7 targets and a control");
+}
+
+/// Prints every figure for the trace of `p`.
+fn measure(p: &sim::Params, rounds: usize, what: &str) {
     let t = Instant::now();
-    let trace = sim::generate(&p);
+    let trace = sim::generate(p);
     let text = trace.to_jsonl();
     let n = trace.records.len();
     println!(
-        "trace: {n} results ({} agents x {} targets, {:.0} MB), generated in {:.1}s; best of {rounds} rounds",
-        p.regions * p.agents_per_region,
-        p.targets,
+        "trace: {n} results ({what}, {:.0} MB), generated in {:.1}s; best of {rounds} rounds",
         text.len() as f64 / 1e6,
         t.elapsed().as_secs_f64()
     );

@@ -7,6 +7,7 @@ use blockwatch_proto::time::Millis;
 
 use super::event::{Event, EventKind, Evidence};
 use super::lane::{ChangePoint, NEVER};
+use super::sample::{Sample, most_common};
 use super::stats::signature;
 use super::{Block, Detector, Outage, median};
 
@@ -17,6 +18,18 @@ const RATE_RANGE: (f64, f64) = (0.5, 0.98);
 /// Window, in probe intervals, over which a region must still be failing when a block is
 /// declared.
 const RECENT_WINDOW: f64 = 1.5;
+
+/// Probe ids an event names as examples.
+const SAMPLE_IDS: usize = 5;
+
+/// The other regions of a target, as [`Detector::other_regions`] counts them.
+struct Others {
+    failing: u32,
+    ok: u32,
+    regions: Vec<u32>,
+    recovered: u32,
+    recovered_at: Millis,
+}
 
 /// One lane's view of the change being tested.
 enum Vote {
@@ -159,7 +172,15 @@ impl Detector {
         let busy: u32 = cps.iter().map(|p| p.busy).sum();
         let provider_trouble = busy * 2 >= cps.iter().map(|p| p.fails).sum::<u32>();
 
-        let (failing, ok, regions) = self.other_regions(c, onset, iv, received);
+        let Others { mut failing, mut ok, regions, recovered, recovered_at } =
+            self.other_regions(c, onset, iv, received);
+        // Regions that were in an outage with this one and are fine again do not make this
+        // region's failure the outage's once it has outlived them: a block that began under
+        // the outage shows when it is over.
+        if recovered > 0 && self.outlived(&split.agree, c, recovered_at, received, run_rate, iv) {
+            failing -= recovered;
+            ok += recovered;
+        }
         let cell = &self.cells[c as usize];
         let t = cell.target;
         let window = self.cfg.outage_window * iv;
@@ -187,11 +208,12 @@ impl Detector {
         let rate = (f64::from(cps.iter().map(|p| p.fails).sum::<u32>())
             / f64::from(cps.iter().map(|p| p.fails + p.oks).sum::<u32>().max(1)))
         .clamp(RATE_RANGE.0, RATE_RANGE.1);
-        self.cells[c as usize].block = Some(Block { onset, rate });
+        self.cells[c as usize].block = Some(Block { onset, rate, stale: false });
         self.set_block_rate(c, Some(rate));
         let mut ev = self.cell_evidence(&split, &cps, onset, persisted / iv, iv);
         ev.regions_failing = failing;
         ev.regions_ok = ok;
+        self.add_samples(&split.agree, onset, &mut ev);
         out.push(self.cell_event(c, EventKind::BlockStarted, onset, received, ev));
     }
 
@@ -265,6 +287,40 @@ impl Detector {
         out.push(self.cell_event(c, EventKind::BlockEnded, onset, received, ev));
     }
 
+    /// Blocks none of whose agents has reported for `stale_after` probe intervals: each gets
+    /// one `block_stale` (onset: the newest result its agents sent).
+    pub(super) fn sweep_stale(&mut self, received: Millis, out: &mut Vec<Event>) {
+        for c in 0..self.cells.len() {
+            let cell = &self.cells[c];
+            if cell.block.is_none_or(|b| b.stale) {
+                continue;
+            }
+            let (mut newest, mut iv, mut agents) = (NEVER, 0.0f64, Vec::new());
+            for &l in &cell.lanes {
+                let lane = &self.lanes[l as usize];
+                if lane.control {
+                    continue;
+                }
+                if lane.last_t != NEVER && lane.fresh(received, self.cfg.stale_after) {
+                    newest = NEVER;
+                    break;
+                }
+                newest = newest.max(lane.last_t);
+                iv = iv.max(lane.interval);
+                agents.push(self.agent_names.name(lane.agent).to_string());
+            }
+            if newest == NEVER {
+                continue;
+            }
+            agents.sort();
+            if let Some(b) = self.cells[c].block.as_mut() {
+                b.stale = true;
+            }
+            let ev = Evidence { agents, interval_ms: iv as i64, ..Evidence::default() };
+            out.push(self.cell_event(c as u32, EventKind::BlockStale, newest, received, ev));
+        }
+    }
+
     /// Failing results after `since` among the reporting lanes of cell `c`, at least half as
     /// often as the run being tested failed.
     fn failing_now(&self, c: u32, since: Millis, received: Millis, run_rate: f64) -> bool {
@@ -330,11 +386,14 @@ impl Detector {
 
     /// Counts the other regions probing the target of cell `c` that fail at once with it
     /// (their failure began within the outage window of `onset`), and those that are fine.
-    /// Regions with an open block of their own count as neither.
-    fn other_regions(&self, c: u32, onset: Millis, iv: f64, received: Millis) -> (u32, u32, Vec<u32>) {
+    /// Regions with an open block of their own count as neither. Regions counted as failing
+    /// only because they were part of an outage a moment ago (they are fine now) are also
+    /// counted in `recovered`, with the latest moment one of them was in it.
+    fn other_regions(&self, c: u32, onset: Millis, iv: f64, received: Millis) -> Others {
         let cell = &self.cells[c as usize];
         let window = self.cfg.outage_window * iv;
         let (mut failing, mut ok, mut regions) = (0, 0, Vec::new());
+        let (mut recovered, mut recovered_at) = (0, NEVER);
         for &oc in &self.targets[cell.target as usize].cells {
             let other = &self.cells[oc as usize];
             if oc == c || other.block.is_some() {
@@ -342,9 +401,12 @@ impl Detector {
             }
             let recent_outage = other.outage_seen != NEVER && other.outage_seen as f64 >= onset as f64 - window;
             let threshold = self.cfg.lane_threshold;
-            // A region the provider is answering with errors is in the same trouble.
+            // A region the provider is answering with errors is in the same trouble. One
+            // that answers again (its last two probes) is not failing now, however high its
+            // statistic still stands.
             let split = self.split(oc, received, |lane| {
-                if (lane.flagged(threshold) && lane.f_start as f64 >= onset as f64 - window) || lane.provider_troubled()
+                if (lane.flagged(threshold) && lane.leaning() && lane.f_start as f64 >= onset as f64 - window)
+                    || lane.provider_troubled()
                 {
                     Vote::Agree(lane.sf)
                 } else {
@@ -352,14 +414,19 @@ impl Detector {
                 }
             });
             let known = split.agree.len() + split.dissent as usize;
-            if recent_outage || (!split.agree.is_empty() && split.agree.len() > split.dissent as usize) {
+            let failing_now = !split.agree.is_empty() && split.agree.len() > split.dissent as usize;
+            if recent_outage || failing_now {
                 failing += 1;
                 regions.push(other.region);
+                if !failing_now {
+                    recovered += 1;
+                    recovered_at = recovered_at.max(other.outage_seen);
+                }
             } else if known > 0 {
                 ok += 1;
             }
         }
-        (failing, ok, regions)
+        Others { failing, ok, regions, recovered, recovered_at }
     }
 
     /// Records cell `c` as part of an outage of target `t`, emitting `outage_started` for a
@@ -387,6 +454,8 @@ impl Detector {
                     }
                 }
             }
+            // A failure that began before the last outage ended is that outage's tail.
+            None if onset <= target.outage_ended => {}
             None => {
                 let names = regions.iter().map(|&r| self.region_names.name(r).to_string()).collect();
                 target.outage = Some(Outage { regions });
@@ -467,6 +536,7 @@ impl Detector {
         let names = outage.regions.iter().map(|&r| self.region_names.name(r).to_string()).collect();
         self.targets[t as usize].outage = None;
         self.targets[t as usize].troubled_since = NEVER;
+        self.targets[t as usize].outage_ended = now;
         out.push(Event {
             kind: EventKind::OutageEnded,
             target: self.target_names.name(t).to_string(),
@@ -476,6 +546,21 @@ impl Detector {
             detected_at: received,
             evidence: Evidence { regions: names, ..Evidence::default() },
         });
+    }
+
+    /// Whether cell `c` has gone on failing on its own since `since` (when the other regions
+    /// of an outage were last in it): its failures after that moment last a network
+    /// persistence in one family, and fail at least half as often as the run did. A blip
+    /// just after the outage is no such failure.
+    fn outlived(&self, lanes: &[u32], c: u32, since: Millis, received: Millis, run_rate: f64, iv: f64) -> bool {
+        let mut firsts: Vec<Millis> =
+            lanes.iter().filter_map(|&l| self.lanes[l as usize].first_failure_after(since)).collect();
+        if firsts.len() < lanes.len() || firsts.is_empty() {
+            return false;
+        }
+        let own_start = median(&mut firsts);
+        self.persisted_in_family(lanes, own_start, self.cfg.network_persistence * iv)
+            && self.failing_now(c, since, received, run_rate)
     }
 
     /// Whether the agreeing lanes' failures of their dominant family (since `onset`) span
@@ -529,6 +614,16 @@ impl Detector {
             interval_ms: iv as i64,
             ..Evidence::default()
         }
+    }
+
+    /// What the agreeing lanes' failing probes since `onset` answered: the commonest HTTP
+    /// status and provider code, and a few probe ids, newest first.
+    fn add_samples(&self, lanes: &[u32], onset: Millis, ev: &mut Evidence) {
+        let mut kept: Vec<&Sample> = lanes.iter().flat_map(|&l| self.lanes[l as usize].samples.since(onset)).collect();
+        kept.sort_by(|a, b| b.t.cmp(&a.t).then_with(|| a.probe_id.cmp(&b.probe_id)));
+        ev.http_status = most_common(kept.iter().map(|s| s.http_status), &0).unwrap_or(0);
+        ev.provider_code = most_common(kept.iter().map(|s| s.provider_code.as_str()), &"").unwrap_or("").to_string();
+        ev.sample_probe_ids = kept.iter().take(SAMPLE_IDS).map(|s| s.probe_id.clone()).collect();
     }
 
     fn cell_event(&self, c: u32, kind: EventKind, onset: Millis, received: Millis, evidence: Evidence) -> Event {

@@ -70,6 +70,9 @@ pub struct DetectorConfig {
     /// Probe intervals without a result after which an agent no longer counts for a
     /// (target, region). Default 3.
     pub silent_after: f64,
+    /// Probe intervals without a result from any agent of a blocked (target, region) after
+    /// which the block is stale (`block_stale`: its evidence stopped). Default 10.
+    pub stale_after: f64,
 }
 
 impl Default for DetectorConfig {
@@ -97,6 +100,7 @@ impl Default for DetectorConfig {
             vantage_fraction: 0.75,
             max_gap: 2.5,
             silent_after: 3.0,
+            stale_after: 10.0,
         }
     }
 }

@@ -11,6 +11,10 @@ pub enum EventKind {
     BlockStarted,
     /// A block of a (target, region) ended.
     BlockEnded,
+    /// Every agent that could tell about a blocked (target, region) has stopped reporting:
+    /// the block's evidence stopped, its state is unknown until results come again (then it
+    /// ends, or carries on, without another start).
+    BlockStale,
     /// A target failed in most regions at once: the provider, not a block.
     OutageStarted,
     /// Every region that failed in an outage is back.
@@ -27,11 +31,25 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// Every kind, in the order the README lists them.
+    pub const ALL: [EventKind; 9] = [
+        EventKind::BlockStarted,
+        EventKind::BlockEnded,
+        EventKind::BlockStale,
+        EventKind::OutageStarted,
+        EventKind::OutageEnded,
+        EventKind::VantageDown,
+        EventKind::VantageUp,
+        EventKind::AgentSilent,
+        EventKind::AgentBack,
+    ];
+
     /// The kind as the event log, the API and the logs name it (`block_started`).
     pub fn name(self) -> &'static str {
         match self {
             EventKind::BlockStarted => "block_started",
             EventKind::BlockEnded => "block_ended",
+            EventKind::BlockStale => "block_stale",
             EventKind::OutageStarted => "outage_started",
             EventKind::OutageEnded => "outage_ended",
             EventKind::VantageDown => "vantage_down",
@@ -73,6 +91,19 @@ pub struct Evidence {
     /// Regions involved, for outages.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub regions: Vec<String>,
+    /// The HTTP status most often answered by the failing probes (0: no answer, omitted).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub http_status: u16,
+    /// The provider's error code most often in those answers (`unsupported_country_region_territory`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub provider_code: String,
+    /// A few of the failing probes, newest first: their ids find them in `/v1/results`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sample_probe_ids: Vec<String>,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 /// One decision of the detector.
@@ -118,10 +149,27 @@ impl Event {
         let ev = &self.evidence;
         let since = format_rfc3339(self.onset);
         let agents = if ev.agents.is_empty() { String::new() } else { format!(" ({})", ev.agents.join(", ")) };
-        let how = match (ev.dominant_outcome.as_str(), ev.signature.as_str()) {
+        // "with tls_reset (signature rst)", "with http_geo_blocked (signature geo, HTTP 403,
+        // provider code unsupported_country_region_territory)".
+        let mut facts = Vec::new();
+        if !ev.signature.is_empty() {
+            facts.push(format!("signature {}", ev.signature));
+        }
+        if ev.http_status != 0 {
+            facts.push(format!("HTTP {}", ev.http_status));
+        }
+        if !ev.provider_code.is_empty() {
+            facts.push(format!("provider code {}", ev.provider_code));
+        }
+        let how = match (ev.dominant_outcome.as_str(), facts.is_empty()) {
             ("", _) => String::new(),
-            (o, "") => format!(" with {o}"),
-            (o, sig) => format!(" with {o} (signature {sig})"),
+            (o, true) => format!(" with {o}"),
+            (o, false) => format!(" with {o} ({})", facts.join(", ")),
+        };
+        let samples = if ev.sample_probe_ids.is_empty() {
+            String::new()
+        } else {
+            format!("; for example probes {}", ev.sample_probe_ids.join(", "))
         };
         let iv = if ev.interval_ms > 0 {
             format!(", probed every {:.0}s", ev.interval_ms as f64 / 1000.0)
@@ -132,7 +180,7 @@ impl Event {
             EventKind::BlockStarted => format!(
                 "{target} is refused in {region} since {since}: {n} agent(s){agents} failing {f} of {t} probes{how}, \
                  {dis} agent(s) of the region disagreeing, {rf} other region(s) failing and {ro} fine; held for \
-                 {p:.1} probe intervals{iv}",
+                 {p:.1} probe intervals{iv}{samples}",
                 target = self.target,
                 region = self.region,
                 n = ev.agents.len(),
@@ -148,6 +196,10 @@ impl Event {
                 self.target,
                 self.region,
                 ev.agents.len()
+            ),
+            EventKind::BlockStale => format!(
+                "{} in {}: no results from its agents{agents} since {since}; the block's state is unknown until they report again",
+                self.target, self.region
             ),
             EventKind::OutageStarted => {
                 format!(

@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use blockwatch_proto::time::Millis;
 
+use super::sample::Samples;
 use super::stats::{Class, Llr};
 
 /// One result as the lane keeps it.
@@ -64,6 +65,8 @@ pub(crate) struct Lane {
     /// against (a throttled target failing half its probes shows runs of successes that
     /// are no recovery).
     pub block_rate: Option<f64>,
+    /// The newest failing results, whole, for the evidence.
+    pub samples: Samples,
     buf: VecDeque<Entry>,
     cap: usize,
     /// Inferred probe interval (ms).
@@ -138,6 +141,7 @@ impl Lane {
             clean_since: NEVER,
             ever_answered: false,
             block_rate: None,
+            samples: Samples::default(),
         }
     }
 
@@ -318,6 +322,7 @@ impl Lane {
         if self.clean_since != NEVER {
             self.clean_since += by;
         }
+        self.samples.shift(by);
         self.recompute(llr);
     }
 
@@ -451,7 +456,6 @@ impl Lane {
         (fails, oks)
     }
 
-    /// Failure outcomes at or after `since`, for the evidence.
     /// Start of the newest failure at or after `since` whose family (`signature`) is
     /// `family`.
     pub(crate) fn newest_failure_of(&self, since: Millis, family: &str) -> Option<Millis> {
@@ -463,6 +467,13 @@ impl Lane {
             .map(|e| e.t)
     }
 
+    /// Start of the first failure after `since`.
+    pub(crate) fn first_failure_after(&self, since: Millis) -> Option<Millis> {
+        let from = self.buf.partition_point(|e| e.t <= since);
+        self.buf.range(from..).find(|e| e.class.is_failure()).map(|e| e.t)
+    }
+
+    /// Failure outcomes at or after `since`, for the evidence.
     pub(crate) fn failures_since(&self, since: Millis) -> impl Iterator<Item = u8> + '_ {
         let from = self.buf.partition_point(|e| e.t < since);
         self.buf.range(from..).filter(|e| e.class.is_failure()).map(|e| e.outcome)

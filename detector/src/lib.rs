@@ -16,6 +16,7 @@ mod config;
 mod event;
 mod intern;
 mod lane;
+mod sample;
 mod stats;
 mod vantage;
 
@@ -55,6 +56,10 @@ pub struct Observation<'a> {
     pub control: bool,
     /// An extra, off-schedule probe the agent ran to confirm a failure.
     pub confirmation: bool,
+    /// The HTTP status the provider answered, 0 when there was no answer.
+    pub http_status: u16,
+    /// The provider's error code from the answer's body, empty when none.
+    pub provider_code: &'a str,
 }
 
 impl<'a> Observation<'a> {
@@ -70,6 +75,8 @@ impl<'a> Observation<'a> {
             outcome: l.outcome,
             control: l.control,
             confirmation: l.confirmation,
+            http_status: l.http_status,
+            provider_code: &l.provider_code,
         }
     }
 
@@ -89,6 +96,8 @@ impl<'a> Observation<'a> {
             outcome: r.outcome(),
             control: r.control,
             confirmation: r.confirmation,
+            http_status: u16::try_from(r.http_status).unwrap_or(0),
+            provider_code: &r.provider_code,
         })
     }
 }
@@ -122,6 +131,9 @@ pub enum Ingest {
 /// How far after its receipt a result may say it started and still count: agents' clocks are
 /// minutes off at worst; beyond this the date is wrong, not the clock a little fast.
 pub const FUTURE_LIMIT: Millis = 15 * 60 * 1000;
+
+/// How often (receive time) blocked cells are checked for agents that all went silent.
+const STALE_SWEEP: Millis = 30_000;
 
 /// An agent: its lanes, learned baseline and vantage state.
 struct Agent {
@@ -169,6 +181,8 @@ struct Block {
     onset: Millis,
     /// Failure rate during the block (what recovery is weighed against).
     rate: f64,
+    /// Its agents all stopped reporting (`block_stale` said so).
+    stale: bool,
 }
 
 /// A target and the regions probing it.
@@ -178,6 +192,8 @@ struct Target {
     /// Since when the provider has been answering errors in most regions (`NEVER`: it is
     /// not): an outage once that has lasted.
     troubled_since: Millis,
+    /// When the last outage ended: a new one begins after it.
+    outage_ended: Millis,
 }
 
 /// An open provider outage.
@@ -200,6 +216,8 @@ pub struct Detector {
     lane_index: HashMap<u64, u32, BuildHasherDefault<FxHasher>>,
     /// Confirmation requests not yet taken; `None` when nobody takes them (replay).
     requests: Option<Vec<ConfirmRequest>>,
+    /// `received_at` of the last look for blocks whose agents all went silent.
+    stale_swept: Millis,
 }
 
 impl Detector {
@@ -216,6 +234,7 @@ impl Detector {
             cells: Vec::new(),
             lane_index: HashMap::default(),
             requests: None,
+            stale_swept: NEVER,
         }
     }
 
@@ -270,6 +289,9 @@ impl Detector {
                 true
             }
         };
+        if class.is_failure() {
+            lane.samples.keep(started_at, obs.probe_id, obs.http_status, obs.provider_code);
+        }
         let cell = lane.cell;
         self.update_vantage(a, l, started_at, obs.received_at, out);
         if self.agents[a as usize].down {
@@ -278,8 +300,16 @@ impl Detector {
         }
         let c = &mut self.cells[cell as usize];
         c.now_t = c.now_t.max(started_at);
+        if obs.received_at.saturating_sub(self.stale_swept) >= STALE_SWEEP {
+            self.stale_swept = obs.received_at;
+            self.sweep_stale(obs.received_at, out);
+        }
         if self.lanes[l as usize].control {
             return Ingest::Accepted;
+        }
+        if let Some(b) = self.cells[cell as usize].block.as_mut() {
+            // Evidence again: the block carries on (or ends) as results say.
+            b.stale = false;
         }
         // A start needs a failure, an end a success; a late result can change either.
         if self.cells[cell as usize].block.is_some() {
@@ -388,7 +418,12 @@ impl Detector {
         let (r, _) = self.region_names.get_or_insert(obs.region);
         let (t, new_t) = self.target_names.get_or_insert(obs.target);
         if new_t {
-            self.targets.push(Target { cells: Vec::new(), outage: None, troubled_since: lane::NEVER });
+            self.targets.push(Target {
+                cells: Vec::new(),
+                outage: None,
+                troubled_since: lane::NEVER,
+                outage_ended: lane::NEVER,
+            });
         }
         let (a, new_a) = self.agent_names.get_or_insert(obs.agent_id);
         if new_a {

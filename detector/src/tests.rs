@@ -73,6 +73,9 @@ fn obs(r: &Rec) -> Observation<'_> {
         outcome: r.outcome,
         control: r.target == "control",
         confirmation: false,
+        // What a provider refusing the location answers; the rest has no answer to show.
+        http_status: if r.outcome == Outcome::HttpGeoBlocked { 403 } else { 0 },
+        provider_code: if r.outcome == Outcome::HttpGeoBlocked { "unsupported_country_region_territory" } else { "" },
     }
 }
 
@@ -108,6 +111,17 @@ fn geo_block_is_confirmed_within_an_interval() {
     assert!(e.detected_at - start <= 2 * IV, "slow: {}", e.detected_at - start);
     assert_eq!(e.evidence.signature, "geo");
     assert!(of_kind(&ev, EventKind::BlockEnded).is_empty());
+    // What the provider answered, and which probes to look up.
+    assert_eq!(
+        (e.evidence.http_status, e.evidence.provider_code.as_str()),
+        (403, "unsupported_country_region_territory")
+    );
+    let ids = &e.evidence.sample_probe_ids;
+    assert!(!ids.is_empty() && ids.len() <= 5, "{ids:?}");
+    assert!(ids.iter().all(|id| id.starts_with("hk-") && id.contains("/openai/")), "{ids:?}");
+    let summary = e.summary();
+    assert!(summary.contains("HTTP 403, provider code unsupported_country_region_territory"), "{summary}");
+    assert!(summary.contains(&format!("for example probes {}", ids[0])), "{summary}");
 }
 
 #[test]
@@ -253,8 +267,49 @@ fn a_country_firewall_seen_against_a_control_target_is_one_block_per_target() {
 }
 
 #[test]
+fn a_block_whose_agents_all_go_silent_becomes_stale_once() {
+    // hk is geo-blocked from k = 100; its agents fall silent from k = 150 to 220, then
+    // report the same refusal again.
+    let recs: Vec<Rec> = fleet(REGIONS, TARGETS, 300, |r, _, t, k| {
+        if r == "hk" && t == "openai" && k >= 100 { Outcome::HttpGeoBlocked } else { Outcome::Ok }
+    })
+    .into_iter()
+    .filter(|r| !(r.region == "hk" && (T0 + 150 * IV..T0 + 220 * IV).contains(&r.t)))
+    .collect();
+    let ev = run(&recs);
+    let stale = of_kind(&ev, EventKind::BlockStale);
+    assert_eq!(stale.len(), 1, "{ev:?}");
+    let s = stale[0];
+    assert_eq!((s.target.as_str(), s.region.as_str()), ("openai", "hk"));
+    assert_eq!(s.evidence.agents, ["hk-0", "hk-1"]);
+    // Onset: the last result heard; decided about ten intervals later.
+    assert!((T0 + 149 * IV..T0 + 150 * IV).contains(&s.onset), "onset {}", s.onset - T0);
+    let waited = (s.detected_at - s.onset) as f64 / IV as f64;
+    assert!((10.0..=11.5).contains(&waited), "stale after {waited:.1} intervals");
+    assert!(s.summary().contains("no results from its agents (hk-0, hk-1)"), "{}", s.summary());
+    // The refusal carries on when they are back: the same block, not a new one.
+    assert_eq!(of_kind(&ev, EventKind::BlockStarted).len(), 1, "{ev:?}");
+    assert!(of_kind(&ev, EventKind::BlockEnded).is_empty());
+    // Silent regions without a block are no business of this event.
+    assert!(ev.iter().all(|e| e.target == "openai" || e.kind != EventKind::BlockStale));
+}
+
+#[test]
+fn a_stale_block_that_comes_back_reachable_ends() {
+    let recs: Vec<Rec> = fleet(REGIONS, TARGETS, 300, |r, _, t, k| {
+        if r == "hk" && t == "openai" && (100..180).contains(&k) { Outcome::HttpGeoBlocked } else { Outcome::Ok }
+    })
+    .into_iter()
+    .filter(|r| !(r.region == "hk" && (T0 + 150 * IV..T0 + 200 * IV).contains(&r.t)))
+    .collect();
+    let ev = run(&recs);
+    let kinds: Vec<EventKind> = ev.iter().filter(|e| e.region == "hk").map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::BlockStarted, EventKind::BlockStale, EventKind::BlockEnded], "{ev:?}");
+}
+
+#[test]
 fn kind_names_are_the_serialized_names() {
-    for k in [EventKind::BlockStarted, EventKind::OutageEnded, EventKind::VantageDown, EventKind::AgentBack] {
+    for k in EventKind::ALL {
         assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{}\"", k.name()));
     }
 }

@@ -6,6 +6,7 @@
 use blockwatch_proto::time::Millis;
 
 use super::event::{Event, EventKind, Evidence};
+use super::lane::NEVER;
 use super::{Detector, median};
 
 impl Detector {
@@ -25,6 +26,8 @@ impl Detector {
         let newest = agent.lanes.iter().map(|&(_, l)| self.lanes[l as usize].last_t).max().unwrap_or(now);
         let (mut active, mut flagged, mut control_down, mut control_up) = (0u32, 0u32, false, false);
         let mut starts = Vec::new();
+        let mut lasts = Vec::new();
+        let mut control_run = (NEVER, NEVER);
         let mut interval = 0.0;
         for &(_, l) in &agent.lanes {
             let lane = &self.lanes[l as usize];
@@ -39,17 +42,25 @@ impl Detector {
             if lane.vantage_flag {
                 flagged += 1;
                 starts.push(lane.f_start);
-                control_down |= lane.control;
+                lasts.push(lane.f_last);
+                if lane.control {
+                    control_down = true;
+                    control_run = (lane.f_start, lane.f_last);
+                }
             }
         }
-        let down = control_down
+        // A failing control says the network is down when the targets fail with it (half of
+        // them at least): a control alone failing is its own trouble, or a flaky agent's luck.
+        let down = (control_down && f64::from(flagged) >= 0.5 * f64::from(active))
             || (!control_up && flagged >= 2 && f64::from(flagged) >= self.cfg.vantage_fraction * f64::from(active));
         let interval = interval / f64::from(active.max(1));
 
         let agent = &mut self.agents[a as usize];
         if down && !agent.down {
             agent.down = true;
-            agent.down_since = median(&mut starts);
+            // With a control failing, the network went when the control did: the targets
+            // may have been refused for long before (a firewall), which is no part of it.
+            agent.down_since = if control_down { control_run.0 } else { median(&mut starts) };
             agent.down_reported = false;
         } else if !down && agent.down {
             agent.down = false;
@@ -64,9 +75,15 @@ impl Detector {
             }
             return;
         }
+        // Reported once the failures themselves have lasted (the upper median of the failing
+        // lanes' newest failure), not merely the flags, which outlive a burst by a probe or two.
+        lasts.sort_unstable();
+        let failing_until =
+            if control_down { control_run.1 } else { lasts.get(lasts.len() / 2).copied().unwrap_or(NEVER) };
         if agent.down
             && !agent.down_reported
-            && (newest - agent.down_since) as f64 >= self.cfg.network_persistence * interval
+            && failing_until != NEVER
+            && (failing_until - agent.down_since) as f64 >= self.cfg.network_persistence * interval
         {
             agent.down_reported = true;
             let since = agent.down_since;

@@ -8,7 +8,7 @@ use blockwatch_sim as sim;
 use blockwatch_detector::{Detector, DetectorConfig, Event};
 use blockwatch_proto::Outcome;
 
-use sim::score::{Score, score};
+use sim::score::{Score, score, score_split};
 use sim::{FAMILIES, Family, Params, REGIONAL, Trace, generate};
 
 fn run(trace: &Trace) -> Vec<Event> {
@@ -178,4 +178,40 @@ fn noise_from_a_third_to_three_times() {
         let steady = evaluate(&sets.iter().filter(|p| p.family != Family::Throttling).cloned().collect::<Vec<_>>());
         assert!(steady.end_recall() >= 0.95, "noise x{noise}: end recall {:.2}", steady.end_recall());
     }
+}
+
+/// A day of a 30-region fleet with everything at once (`Family::Fleet`, ~520k results per
+/// seed): the goals of the samples, every outage and dead vantage reported. Half its regions
+/// have one agent, and a lone agent in a partial block needs more evidence (the
+/// single-agent threshold), so the p95 delay is held to 10 intervals here, not 7. Throttles
+/// (a share of probes timing out) are held to their own delay: a lone agent failing half
+/// its probes needs ten or so of them to be told from bad luck.
+#[test]
+fn a_day_of_a_thirty_region_fleet() {
+    let (mut total, mut throttles) = (Score::default(), Score::default());
+    for seed in 1..=4 {
+        let trace = generate(&Params::new(Family::Fleet, 60, 2, seed));
+        dump(&trace);
+        let events = run(&trace);
+        let (thr, rest) = score_split(&trace, &events, |b| b.signature == "throttle");
+        println!("{} ({} results): {}", trace.name, trace.records.len(), rest.summary());
+        total.add(&rest);
+        throttles.add(&thr);
+    }
+    for n in total.notes.iter().chain(&throttles.notes) {
+        println!("  {n}");
+    }
+    println!("ALL but throttles: {}", total.summary());
+    println!("throttles: {}", throttles.summary());
+    assert!(total.precision() >= 0.98, "precision {:.3}", total.precision());
+    assert!(total.recall() >= 0.98, "recall {:.3}", total.recall());
+    assert!(total.end_recall() >= 0.95, "end recall {:.2}", total.end_recall());
+    assert!(total.end_fp <= 1, "false ends {}", total.end_fp);
+    assert!(total.delay(0.5) <= 6.0, "median delay {:.2}", total.delay(0.5));
+    assert!(total.delay(0.95) <= 10.0, "p95 delay {:.2}", total.delay(0.95));
+    assert!(total.onset(0.5) <= 0.5, "median onset error {:.2}", total.onset(0.5));
+    assert!(total.outages.recall() >= 0.95 && total.outages.false_ <= 1, "outages {:?}", total.outages);
+    assert!(total.vantages.recall() >= 0.95 && total.vantages.false_ <= 1, "vantages {:?}", total.vantages);
+    assert!(throttles.recall() == 1.0 && throttles.fp == 0 && throttles.end_fp == 0, "{}", throttles.summary());
+    assert!(throttles.delay(1.0) <= 20.0, "throttle delay {:.2}", throttles.delay(1.0));
 }

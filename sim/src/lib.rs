@@ -43,7 +43,8 @@ impl Rng {
     }
 }
 
-/// The scenario families of the samples.
+/// The scenario families of the samples. [`Family::Fleet`] is not among [`FAMILIES`]: a day of
+/// half a million results is a test of its own, not a cell of the grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
     GeoBlock,
@@ -72,6 +73,11 @@ pub enum Family {
     Curfew,
     /// A network block while some agents' clocks are minutes ahead or behind.
     ClockSkew,
+    /// A day of a big fleet: 30 regions (half with one agent, half with two), 7 targets and a
+    /// control, with everything at once: geo, network and forged blocks, a country firewall,
+    /// a throttle, two provider outages (timeouts, 5xx), two dead vantages, rate limits,
+    /// blips and two flaky agents. Outages and vantage problems are labelled too.
+    Fleet,
 }
 
 pub const FAMILIES: &[Family] = &[
@@ -130,6 +136,21 @@ pub struct Params {
 impl Params {
     pub fn new(family: Family, interval_s: i64, agents: usize, seed: u64) -> Params {
         let mut rng = Rng::new(seed.wrapping_mul(31).wrapping_add(7));
+        if family == Family::Fleet {
+            return Params {
+                family,
+                interval_ms: interval_s * 1000,
+                agents_per_region: 2,
+                regions: 30,
+                targets: 7,
+                probes: (86_400 / interval_s.max(1)) as usize,
+                noise: rng.range(0.003, 0.02),
+                duplicates: 0.005,
+                blip_intervals: (2.5, 4.5),
+                controls: true,
+                seed,
+            };
+        }
         Params {
             family,
             interval_ms: interval_s * 1000,
@@ -171,6 +192,8 @@ pub struct TruthBlock {
     pub end: Option<i64>,
     /// When the block could first be seen, if an outage hid its start.
     pub visible: Option<i64>,
+    /// `geo`, `rst`, `blackhole`, `dns`, or `throttle` (timeouts on part of the probes).
+    pub signature: &'static str,
 }
 
 /// A generated trace with its labels.
@@ -181,11 +204,45 @@ pub struct Trace {
     pub end: i64,
     pub records: Vec<Record>,
     pub blocks: Vec<TruthBlock>,
+    /// Labelled provider outages, where the family labels them: target and span.
+    pub outages: Vec<(String, i64, i64)>,
+    /// Labelled vantage problems, where the family labels them: agent id and span.
+    pub vantages: Vec<(String, i64, i64)>,
 }
 
-const REGIONS: &[&str] =
-    &["eu-west", "hk", "cn-north", "us-east", "ir-tehran", "ru-central", "ap-southeast", "cn-south"];
-const TARGETS: &[&str] = &["openai", "anthropic", "deepseek", "gemini", "mistral", "dashscope"];
+const REGIONS: &[&str] = &[
+    "eu-west",
+    "hk",
+    "cn-north",
+    "us-east",
+    "ir-tehran",
+    "ru-central",
+    "ap-southeast",
+    "cn-south",
+    "us-west",
+    "eu-central",
+    "eu-north",
+    "uk-south",
+    "ca-central",
+    "br-south",
+    "ar-central",
+    "mx-central",
+    "za-north",
+    "ng-west",
+    "eg-north",
+    "tr-west",
+    "ae-central",
+    "sa-central",
+    "in-west",
+    "in-south",
+    "pk-central",
+    "id-java",
+    "vn-north",
+    "kr-central",
+    "jp-east",
+    "au-east",
+];
+const TARGETS: &[&str] = &["openai", "anthropic", "deepseek", "gemini", "mistral", "dashscope", "xai"];
 const CONTROL: &str = "control";
 const NOISE: &[&str] = &["tcp_timeout", "tcp_timeout", "dns_timeout", "tls_timeout", "tcp_reset", "http_server_error"];
 const T0: i64 = 1_721_781_668_000;
@@ -240,6 +297,35 @@ fn outage(
     }
 }
 
+/// A throttle of target `t` in region `r` from `s` to `e`: 40-65 % of probes time out.
+fn throttle(
+    rng: &mut Rng,
+    overlays: &mut Vec<Overlay>,
+    blocks: &mut Vec<TruthBlock>,
+    r: usize,
+    t: usize,
+    s: i64,
+    e: i64,
+) {
+    overlays.push(Overlay {
+        regions: Some(vec![r]),
+        agents: None,
+        targets: Some(vec![t]),
+        start: s,
+        end: e,
+        rate: rng.range(0.4, 0.65),
+        outcomes: vec!["tcp_timeout", "tls_timeout"],
+    });
+    blocks.push(TruthBlock {
+        target: TARGETS[t].into(),
+        region: REGIONS[r].into(),
+        start: s,
+        end: Some(e),
+        visible: None,
+        signature: "throttle",
+    });
+}
+
 fn signature_outcomes(sig: &str) -> Vec<&'static str> {
     match sig {
         "geo" => vec!["http_geo_blocked"],
@@ -263,6 +349,10 @@ pub fn generate(p: &Params) -> Trace {
     let mut noise: Vec<f64> = (0..n_agents).map(|_| p.noise * rng.range(0.5, 1.5)).collect();
     let mut overlays: Vec<Overlay> = Vec::new();
     let mut blocks: Vec<TruthBlock> = Vec::new();
+    let mut outages: Vec<(String, i64, i64)> = Vec::new();
+    let mut vantages: Vec<(String, i64, i64)> = Vec::new();
+    // Agents that do not exist (a fleet's regions with one agent only).
+    let mut absent: Vec<bool> = vec![false; n_agents];
     // (agent, offline from, back at): results spooled and flushed late.
     let mut offline: Vec<(usize, i64, i64)> = Vec::new();
     // How far each agent's clock is off (its `started_at` minus the true time).
@@ -277,7 +367,7 @@ pub fn generate(p: &Params) -> Trace {
                      t: usize,
                      s: i64,
                      e: Option<i64>,
-                     sig: &str| {
+                     sig: &'static str| {
         let rate = block_rate(rng);
         overlays.push(Overlay {
             regions: Some(vec![r]),
@@ -294,6 +384,7 @@ pub fn generate(p: &Params) -> Trace {
             start: s,
             end: e,
             visible: None,
+            signature: sig,
         });
     };
 
@@ -481,22 +572,7 @@ pub fn generate(p: &Params) -> Trace {
             let r = rng.below(n_regions);
             let s = at(rng.range(0.2, 0.4));
             let e = s + (duration as f64 * rng.range(0.25, 0.4)) as i64;
-            overlays.push(Overlay {
-                regions: Some(vec![r]),
-                agents: None,
-                targets: Some(vec![t]),
-                start: s,
-                end: e,
-                rate: rng.range(0.4, 0.65),
-                outcomes: vec!["tcp_timeout", "tls_timeout"],
-            });
-            blocks.push(TruthBlock {
-                target: TARGETS[t].into(),
-                region: REGIONS[r].into(),
-                start: s,
-                end: Some(e),
-                visible: None,
-            });
+            throttle(&mut rng, &mut overlays, &mut blocks, r, t, s, e);
         }
         Family::Curfew => {
             let t = rng.below(n_targets);
@@ -525,6 +601,119 @@ pub fn generate(p: &Params) -> Trace {
                 }
             }
         }
+        Family::Fleet => {
+            let agents = p.agents_per_region;
+            for (a, gone) in absent.iter_mut().enumerate() {
+                *gone = agents > 1 && region_of(a) % 2 == 0 && a % agents != 0;
+            }
+            // Each region plays one part; the rest are bystanders.
+            let mut roles: Vec<usize> = (0..n_regions).collect();
+            for i in (1..roles.len()).rev() {
+                roles.swap(i, rng.below(i + 1));
+            }
+            let mut next = roles.into_iter();
+            let mut region = || next.next().unwrap_or(0);
+            let min = |m: f64| (m * iv as f64) as i64;
+            // Two geo refusals of the first target (one lifted later), one block of each
+            // network kind on targets of their own, a throttle.
+            for k in 0..2 {
+                let s = at(rng.range(0.1, 0.8));
+                let e = (k == 0).then(|| s + (duration as f64 * rng.range(0.05, 0.1)) as i64);
+                add_block(&mut rng, &mut overlays, &mut blocks, region(), 0, s, e, "geo");
+            }
+            for (t, sig) in [(1, "rst"), (2, "blackhole"), (3, "dns")] {
+                let s = at(rng.range(0.1, 0.8));
+                let e = rng.chance(0.5).then(|| s + (duration as f64 * rng.range(0.05, 0.15)) as i64);
+                add_block(&mut rng, &mut overlays, &mut blocks, region(), t, s, e, sig);
+            }
+            let (r, s) = (region(), at(rng.range(0.1, 0.5)));
+            let e = s + (duration as f64 * rng.range(0.15, 0.25)) as i64;
+            throttle(&mut rng, &mut overlays, &mut blocks, r, 4, s, e);
+            // A country firewall: every target of one region, each its own way.
+            let (r, s) = (region(), at(rng.range(0.3, 0.5)));
+            let e = rng.chance(0.5).then(|| s + (duration as f64 * rng.range(0.1, 0.2)) as i64);
+            for t in 0..n_targets {
+                add_block(&mut rng, &mut overlays, &mut blocks, r, t, s, e, ["rst", "dns", "blackhole"][t % 3]);
+            }
+            // Two provider outages everywhere, on the targets no block uses.
+            for (k, (t, outcomes)) in
+                [(5, vec!["tcp_timeout", "tcp_timeout", "tls_timeout"]), (6, vec!["http_server_error"])]
+                    .into_iter()
+                    .enumerate()
+            {
+                let s = at(rng.range(0.15 + 0.45 * k as f64, 0.35 + 0.45 * k as f64));
+                let len = min(rng.range(15.0, 30.0));
+                outage(&mut rng, &mut overlays, 0..n_regions, t, s, len, iv, &outcomes);
+                outages.push((TARGETS[t].into(), s, s + len + iv));
+                // A block of the target that begins under the outage, or too shortly before it
+                // to be told from a blip (a network persistence, 5 intervals), fails like every
+                // other region until the outage is over: only then can it be seen.
+                let hidden = |b: &TruthBlock| b.target == TARGETS[t] && b.start >= s - 5 * iv && b.start < s + len + iv;
+                for b in blocks.iter_mut().filter(|b| hidden(b)) {
+                    b.visible = Some(s + len + iv);
+                }
+            }
+            // Two dead vantages (their whole network, control included) in two-agent regions.
+            for _ in 0..2 {
+                let mut r = region();
+                while agents > 1 && r % 2 == 0 {
+                    r = region();
+                }
+                let a = r * agents + agents - 1;
+                let s = at(rng.range(0.1, 0.8));
+                let len = min(rng.range(60.0, 120.0));
+                overlays.insert(
+                    0,
+                    Overlay {
+                        regions: None,
+                        agents: Some(vec![a]),
+                        targets: None,
+                        start: s,
+                        end: s + len,
+                        rate: 1.0,
+                        outcomes: vec!["tcp_timeout", "tcp_timeout", "dns_timeout"],
+                    },
+                );
+                vantages.push((format!("{}-{}", REGIONS[r], agents), s, s + len));
+            }
+            // Rate limits: a region for half an hour, agents for minutes; network blips.
+            let (r, s) = (region(), at(rng.range(0.1, 0.9)));
+            overlays.push(Overlay {
+                regions: Some(vec![r]),
+                agents: None,
+                targets: Some(vec![rng.below(n_targets)]),
+                start: s,
+                end: s + min(30.0),
+                rate: 0.9,
+                outcomes: vec!["http_rate_limited"],
+            });
+            for _ in 0..10 {
+                let s = at(rng.range(0.0, 0.95));
+                overlays.push(Overlay {
+                    regions: None,
+                    agents: Some(vec![rng.below(n_agents)]),
+                    targets: Some(vec![rng.below(n_targets)]),
+                    start: s,
+                    end: s + min(rng.range(2.0, 6.0)),
+                    rate: 0.9,
+                    outcomes: vec!["http_rate_limited"],
+                });
+                let s = at(rng.range(0.0, 0.95));
+                overlays.push(Overlay {
+                    regions: Some(vec![rng.below(n_regions)]),
+                    agents: None,
+                    targets: Some(vec![rng.below(n_targets)]),
+                    start: s,
+                    end: s + min(rng.range(p.blip_intervals.0, p.blip_intervals.1)),
+                    rate: 1.0,
+                    outcomes: signature_outcomes(rng.pick(&["rst", "blackhole", "rst"])),
+                });
+            }
+            for _ in 0..2 {
+                let r = region();
+                noise[r * agents] = rng.range(0.1, 0.2);
+            }
+        }
         Family::LiftAndRollout => {
             let t1 = rng.below(n_targets);
             let r1 = rng.below(n_regions);
@@ -548,7 +737,7 @@ pub fn generate(p: &Params) -> Trace {
     // The control target, when there is one, is the last: only overlays on every target (an
     // agent's own network) reach it.
     let probed = if p.controls { n_targets + 1 } else { n_targets };
-    for a in 0..n_agents {
+    for a in (0..n_agents).filter(|&a| !absent[a]) {
         let r = region_of(a);
         let agent_id = format!("{}-{}", REGIONS[r], a % p.agents_per_region + 1);
         for t in 0..probed {
@@ -595,7 +784,7 @@ pub fn generate(p: &Params) -> Trace {
     }
     records.sort_by(|a, b| a.received_at.cmp(&b.received_at).then_with(|| a.probe_id.cmp(&b.probe_id)));
     let name = format!("{:?}-{}s-{}a-{}", p.family, p.interval_ms / 1000, p.agents_per_region, p.seed);
-    Trace { name, interval_ms: iv, start, end, records, blocks }
+    Trace { name, interval_ms: iv, start, end, records, blocks, outages, vantages }
 }
 
 impl Record {
@@ -611,6 +800,8 @@ impl Record {
             outcome,
             control: self.control,
             confirmation: false,
+            http_status: 0,
+            provider_code: "",
         }
     }
 }
@@ -645,6 +836,8 @@ impl Trace {
             end: self.end + by_ms,
             records,
             blocks,
+            outages: self.outages.iter().map(|(t, s, e)| (t.clone(), s + by_ms, e + by_ms)).collect(),
+            vantages: self.vantages.iter().map(|(a, s, e)| (a.clone(), s + by_ms, e + by_ms)).collect(),
             ..*self
         }
     }
@@ -684,11 +877,12 @@ impl Trace {
             .iter()
             .map(|b| {
                 format!(
-                    r#"{{"target":"{}","region":"{}","start":"{}","end":{},"signature":""{}}}"#,
+                    r#"{{"target":"{}","region":"{}","start":"{}","end":{},"signature":"{}"{}}}"#,
                     b.target,
                     b.region,
                     format_rfc3339(b.start),
                     b.end.map_or("null".to_string(), |e| format!("\"{}\"", format_rfc3339(e))),
+                    b.signature,
                     b.visible.map_or(String::new(), |v| format!(r#","visible":"{}""#, format_rfc3339(v)))
                 )
             })

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use blockwatch_detector::{Event, EventKind};
 
-use super::Trace;
+use super::{Trace, TruthBlock};
 
 /// Results of one or more traces.
 #[derive(Debug, Default, Clone)]
@@ -20,7 +20,31 @@ pub struct Score {
     pub end_fp: usize,
     /// For each end found: from the true end to the decision, in probe intervals.
     pub end_delays: Vec<f64>,
+    /// Provider outages labelled, reported (`outage_started` on the target within its span)
+    /// and reported falsely; only for traces that label them.
+    pub outages: Span,
+    /// The same for vantage problems (`vantage_down` of the agent).
+    pub vantages: Span,
     pub notes: Vec<String>,
+}
+
+/// Labelled spans of one kind against the events reporting them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Span {
+    pub labelled: usize,
+    pub found: usize,
+    pub false_: usize,
+}
+
+impl Span {
+    fn add(&mut self, o: &Span) {
+        self.labelled += o.labelled;
+        self.found += o.found;
+        self.false_ += o.false_;
+    }
+    pub fn recall(&self) -> f64 {
+        if self.labelled == 0 { 1.0 } else { self.found as f64 / self.labelled as f64 }
+    }
 }
 
 impl Score {
@@ -34,6 +58,8 @@ impl Score {
         self.end_tp += o.end_tp;
         self.end_fp += o.end_fp;
         self.end_delays.extend(&o.end_delays);
+        self.outages.add(&o.outages);
+        self.vantages.add(&o.vantages);
         self.notes.extend(o.notes.iter().cloned());
     }
     pub fn precision(&self) -> f64 {
@@ -55,6 +81,16 @@ impl Score {
         pct(&self.end_delays, q)
     }
     pub fn summary(&self) -> String {
+        let mut line = self.blocks_summary();
+        for (name, sp) in [("outages", self.outages), ("vantages", self.vantages)] {
+            if sp.labelled > 0 || sp.false_ > 0 {
+                line.push_str(&format!(" {name} {}/{} false {}", sp.found, sp.labelled, sp.false_));
+            }
+        }
+        line
+    }
+
+    fn blocks_summary(&self) -> String {
         format!(
             "blocks {} tp {} fp {} fn {} precision {:.3} recall {:.3} delay median {:.2} p95 {:.2} onset median {:.2} p95 {:.2} end recall {:.2} ({}/{}) false ends {} end delay median {:.2} p95 {:.2}",
             self.tp + self.fn_,
@@ -90,13 +126,27 @@ fn pct(xs: &[f64], q: f64) -> f64 {
 
 /// Scores the events of one trace.
 pub fn score(trace: &Trace, events: &[Event]) -> Score {
+    score_part(trace, &trace.blocks, events, true)
+}
+
+/// Scores the blocks `pick` chooses, with the events of their (target, region) cells, apart
+/// from the rest of the trace (every other block and event, outages and vantage problems):
+/// `(picked, rest)`.
+pub fn score_split(trace: &Trace, events: &[Event], pick: impl Fn(&TruthBlock) -> bool) -> (Score, Score) {
+    let (picked, rest): (Vec<TruthBlock>, Vec<TruthBlock>) = trace.blocks.iter().cloned().partition(|b| pick(b));
+    let in_picked = |e: &Event| picked.iter().any(|b| b.target == e.target && b.region == e.region);
+    let (mine, others): (Vec<Event>, Vec<Event>) = events.iter().cloned().partition(|e| in_picked(e));
+    (score_part(trace, &picked, &mine, false), score_part(trace, &rest, &others, true))
+}
+
+fn score_part(trace: &Trace, blocks: &[TruthBlock], events: &[Event], others: bool) -> Score {
     let iv = trace.interval_ms as f64;
     let tol = 2.0 * iv;
     let mut s = Score::default();
     let started: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::BlockStarted).collect();
     let ended: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::BlockEnded).collect();
     let mut used = HashSet::new();
-    let mut blocks = trace.blocks.clone();
+    let mut blocks = blocks.to_vec();
     blocks.sort_by_key(|b| b.start);
     for b in &blocks {
         let e = b.end.unwrap_or(trace.end) as f64;
@@ -152,7 +202,7 @@ pub fn score(trace: &Trace, events: &[Event]) -> Score {
         }
     }
     let mut used_end = HashSet::new();
-    for b in &trace.blocks {
+    for b in &blocks {
         let Some(e) = b.end else { continue };
         s.end_expected += 1;
         let cand = (0..ended.len())
@@ -176,6 +226,17 @@ pub fn score(trace: &Trace, events: &[Event]) -> Score {
             )),
         }
     }
+    if others && (!trace.outages.is_empty() || !trace.vantages.is_empty()) {
+        s.outages = spans(trace, events, EventKind::OutageStarted, &trace.outages, |e| &e.target, &mut s.notes);
+        s.vantages = spans(
+            trace,
+            events,
+            EventKind::VantageDown,
+            &trace.vantages,
+            |e| e.agent_id.as_deref().unwrap_or(""),
+            &mut s.notes,
+        );
+    }
     s.end_fp = ended.len() - used_end.len();
     for (i, ev) in ended.iter().enumerate() {
         if !used_end.contains(&i) {
@@ -189,4 +250,46 @@ pub fn score(trace: &Trace, events: &[Event]) -> Score {
         }
     }
     s
+}
+
+/// Labelled `(key, start, end)` spans against the events of `kind`, matched by `key_of` and an
+/// onset from five intervals before the span to its end.
+fn spans(
+    trace: &Trace,
+    events: &[Event],
+    kind: EventKind,
+    labels: &[(String, i64, i64)],
+    key_of: impl Fn(&Event) -> &str,
+    notes: &mut Vec<String>,
+) -> Span {
+    let slack = 5 * trace.interval_ms;
+    let evs: Vec<&Event> = events.iter().filter(|e| e.kind == kind).collect();
+    let mut used = HashSet::new();
+    let mut span = Span { labelled: labels.len(), ..Span::default() };
+    for (key, start, end) in labels {
+        let hit = (0..evs.len()).find(|&i| {
+            !used.contains(&i) && key_of(evs[i]) == key && evs[i].onset >= start - slack && evs[i].onset <= *end
+        });
+        match hit {
+            Some(i) => {
+                used.insert(i);
+                span.found += 1;
+            }
+            None => notes.push(format!("{}: missed {} {key}", trace.name, kind.name())),
+        }
+    }
+    for (i, e) in evs.iter().enumerate() {
+        if !used.contains(&i) {
+            span.false_ += 1;
+            notes.push(format!(
+                "{}: false {} {}@{} onset +{:.1}iv",
+                trace.name,
+                kind.name(),
+                key_of(e),
+                e.region,
+                (e.onset - trace.start) as f64 / trace.interval_ms as f64
+            ));
+        }
+    }
+    span
 }

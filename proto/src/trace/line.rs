@@ -34,6 +34,16 @@ struct RawLine<'a> {
     control: bool,
     #[serde(default)]
     confirmation: bool,
+    /// The HTTP status, as a number of any JSON form (see [`status_of`]); any other value
+    /// reads as none rather than losing the line.
+    #[serde(default, deserialize_with = "any_number")]
+    http_status: Option<f64>,
+    #[serde(borrow, default)]
+    provider_code: Option<Cow<'a, str>>,
+}
+
+fn any_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    Ok(serde_json::Value::deserialize(d)?.as_f64())
 }
 
 /// The fast path for the lines replay sees almost always: one flat JSON object whose strings
@@ -76,8 +86,8 @@ mod flat {
             Some(&self.s[start..i])
         }
 
-        /// A JSON number (skipped).
-        fn number(&mut self) -> Option<()> {
+        /// A JSON number, as its text.
+        fn number(&mut self) -> Option<&'a str> {
             let b = self.b;
             let digits = |i: &mut usize| {
                 let s = *i;
@@ -110,8 +120,9 @@ mod flat {
                     return None;
                 }
             }
+            let start = self.i;
             self.i = i;
-            Some(())
+            Some(&self.s[start..i])
         }
 
         fn word(&mut self, w: &[u8]) -> bool {
@@ -139,7 +150,7 @@ mod flat {
                 b'"' => self.string().map(|_| ()),
                 b't' | b'f' => self.bool().map(|_| ()),
                 b'n' => self.word(b"null").then_some(()),
-                _ => self.number(),
+                _ => self.number().map(|_| ()),
             }
         }
     }
@@ -155,6 +166,7 @@ mod flat {
         let (mut probe_id, mut agent_id, mut region, mut target, mut started_at) = (None, None, None, None, None);
         let (mut received_at, mut outcome, mut outcome_detail, mut control, mut confirmation) =
             (None, None, None, None, None);
+        let (mut http_status, mut provider_code) = (None, None);
         loop {
             let key = c.string()?;
             c.eat(b':')?;
@@ -175,6 +187,14 @@ mod flat {
                 }
                 "control" => set(&mut control, c.bool()?)?,
                 "confirmation" => set(&mut confirmation, c.bool()?)?,
+                "http_status" => {
+                    let v = if c.word(b"null") { None } else { Some(c.number()?.parse::<f64>().ok()?) };
+                    set(&mut http_status, v)?
+                }
+                "provider_code" => {
+                    let v = if c.word(b"null") { None } else { Some(c.string()?) };
+                    set(&mut provider_code, v)?
+                }
                 _ => c.skip()?,
             }
             if c.eat(b',').is_none() {
@@ -196,6 +216,8 @@ mod flat {
             outcome_detail: outcome_detail.flatten().map(Cow::Borrowed),
             control: control.unwrap_or(false),
             confirmation: confirmation.unwrap_or(false),
+            http_status: http_status.flatten(),
+            provider_code: provider_code.flatten().map(Cow::Borrowed),
         })
     }
 }
@@ -214,6 +236,18 @@ pub struct TraceLine<'a> {
     pub outcome: Outcome,
     pub control: bool,
     pub confirmation: bool,
+    /// The HTTP status, 0 when there was no response (or the line's is not a status).
+    pub http_status: u16,
+    /// The provider's error code from the body, empty when none.
+    pub provider_code: Cow<'a, str>,
+}
+
+/// A line's `http_status` as a status: a whole number that fits, else 0 (no status).
+fn status_of(v: Option<f64>) -> u16 {
+    match v {
+        Some(x) if x.fract() == 0.0 && (0.0..=f64::from(u16::MAX)).contains(&x) => x as u16,
+        _ => 0,
+    }
 }
 
 /// Why a line is not a trace record.
@@ -255,6 +289,8 @@ impl<'a> TraceLine<'a> {
             outcome,
             control: l.control,
             confirmation: l.confirmation,
+            http_status: status_of(l.http_status),
+            provider_code: l.provider_code.unwrap_or_default(),
         })
     }
 }
@@ -296,6 +332,8 @@ mod tests {
                 r#""provider_code":"unsupported_country","outcome_detail":"tls_alert","extra":null"#,
             ),
             with("eu-1/openai/1", "eu-1/ø/1"),
+            with(r#""http_status":401,"provider_code":"""#, r#""http_status":null,"provider_code":null"#),
+            with(r#""http_status":401"#, r#""http_status":4.03e2"#),
         ];
         for case in &plain {
             let fast = flat::parse(case).unwrap_or_else(|| panic!("fast path refused {case}"));
@@ -310,6 +348,7 @@ mod tests {
             with(r#""duration_ms":287"#, r#""duration_ms":1."#),
             with(r#""outcome":"ok""#, r#""outcome":3"#),
             with(r#""outcome":"ok","#, ""),
+            with(r#""http_status":401"#, r#""http_status":"401""#),
             with(r#""duration_ms":287"#, r#""control":"yes""#),
             with("eu-1/openai/1", "eu-1\topenai"),
             format!("{LINE} "),
@@ -323,6 +362,7 @@ mod tests {
         // serde_json still reads the unusual but valid ones.
         assert!(serde_json::from_str::<RawLine<'_>>(&others[0]).is_ok());
         assert!(serde_json::from_str::<RawLine<'_>>(&others[1]).is_ok());
+        assert_eq!(TraceLine::parse(&with(r#""http_status":401"#, r#""http_status":"401""#)).unwrap().http_status, 0);
     }
 
     #[test]
@@ -330,6 +370,11 @@ mod tests {
         let l = TraceLine::parse(LINE).unwrap();
         assert_eq!((l.probe_id.as_ref(), l.outcome), ("eu-1/openai/1", Outcome::Ok));
         assert_eq!(l.received_at - l.started_at, 533);
+        assert_eq!((l.http_status, l.provider_code.as_ref()), (401, ""));
+        for (odd, status) in [("-1", 0), ("401.5", 0), ("1e9", 0), ("4.29e2", 429)] {
+            let line = LINE.replace("401", odd);
+            assert_eq!(TraceLine::parse(&line).unwrap().http_status, status, "{odd}");
+        }
         let unreceived = LINE.replace(r#","received_at":"2024-07-24T00:41:10.842Z""#, "");
         let l = TraceLine::parse(&unreceived).unwrap();
         assert_eq!(l.received_at, l.started_at);
