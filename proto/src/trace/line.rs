@@ -155,6 +155,15 @@ mod flat {
         }
     }
 
+    /// A JSON number's value: plain digits (a status, always) without the float parser.
+    fn number_value(text: &str) -> Option<f64> {
+        if text.len() <= 9 && text.bytes().all(|b| b.is_ascii_digit()) {
+            Some(f64::from(text.bytes().fold(0u32, |n, b| n * 10 + u32::from(b - b'0'))))
+        } else {
+            text.parse().ok()
+        }
+    }
+
     /// Fills a key's slot; a key seen twice sends the line to serde_json.
     fn set<T>(slot: &mut Option<T>, v: T) -> Option<()> {
         slot.replace(v).is_none().then_some(())
@@ -188,7 +197,7 @@ mod flat {
                 "control" => set(&mut control, c.bool()?)?,
                 "confirmation" => set(&mut confirmation, c.bool()?)?,
                 "http_status" => {
-                    let v = if c.word(b"null") { None } else { Some(c.number()?.parse::<f64>().ok()?) };
+                    let v = if c.word(b"null") { None } else { Some(number_value(c.number()?)?) };
                     set(&mut http_status, v)?
                 }
                 "provider_code" => {
