@@ -31,6 +31,7 @@ use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use blockwatch_detector::EventKind;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -218,6 +219,11 @@ async fn events(
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if limit == 0 || limit > MAX_LIMIT {
         return bad_request(format!("limit={limit}: must be 1..={MAX_LIMIT}"));
+    }
+    if let Some(kind) = q.kind.as_deref().filter(|k| EventKind::ALL.iter().all(|known| known.name() != *k)) {
+        // A typo would otherwise answer an empty log, and a poller with it never fires.
+        let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
+        return bad_request(format!("kind={kind}: unknown event kind (one of {})", known.join(", ")));
     }
     let store = api.store.clone();
     let body = tokio::task::spawn_blocking(move || {

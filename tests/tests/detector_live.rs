@@ -139,6 +139,12 @@ fn live_equals_replay(family: Family, seed: u64) {
     let (status, body) = http_get(collector.api, "/v1/events?limit=0");
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("limit=0"), "{body}");
+    // A typo in a kind is an error naming it, not an empty log that never fires.
+    let (status, body) = http_get(collector.api, "/v1/events?kind=block_start");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("kind=block_start: unknown event kind") && body.contains("block_stale"), "{body}");
+    let (status, _) = http_get(collector.api, "/v1/events?kind=block_stale");
+    assert_eq!(status, 200);
     let (status, body) = http_get(collector.api, "/v1/events?colour=red");
     assert_eq!(status, 400);
     assert!(body.contains("colour"), "{body}");
