@@ -96,6 +96,9 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         None => None,
     };
     let catalogue = catalogue(args.catalogue.as_deref())?;
+    if !args.provider.is_empty() {
+        catalogue.named(&args.provider).map_err(|why| anyhow::anyhow!("--provider: {why}"))?;
+    }
     let provider = crate::targets::provider_for(&catalogue, &args.provider, &args.url, &[]);
     let agent_id = label(args.agent_id, "BLOCKWATCH_AGENT_ID", "probe");
     let region = label(args.region, "BLOCKWATCH_REGION", "local");

@@ -127,6 +127,18 @@ fn credential_mistakes_are_named() {
 }
 
 #[test]
+fn a_misspelt_provider_is_an_error_not_the_generic_one() {
+    let mut c = keyed("");
+    c.targets[0].provider = "opnai".into();
+    let p = c.validate().unwrap_err();
+    assert_eq!(p.len(), 1, "{p:?}");
+    assert!(p[0].starts_with("target \"openai\": unknown provider \"opnai\" (known: "), "{p:?}");
+    assert!(p[0].contains("openai") && p[0].contains("generic"), "{p:?}");
+    c.targets[0].provider = "openai".into();
+    assert!(c.validate().is_ok());
+}
+
+#[test]
 fn control_defaults_to_the_collector_and_is_checked() {
     let mut c = AgentConfig::parse(GOOD).unwrap();
     assert_eq!(c.control_url().unwrap(), "tcp://127.0.0.1:7400");

@@ -109,12 +109,20 @@ impl AgentConfig {
         }
     }
 
+    /// Targets' providers (each must be known) and credentials.
     fn credential_problems(&self, p: &mut Vec<String>) {
         // With a broken [[provider]] the hosts a key may go to are unknown; that problem is
         // reported above.
         let catalogue = self.catalogue().ok();
         for t in &self.targets {
             let what = format!("target {:?}", t.id);
+            if let Some(catalogue) = &catalogue
+                && !t.provider.is_empty()
+                && let Err(why) = catalogue.named(&t.provider)
+            {
+                p.push(format!("{what}: {why}"));
+                continue;
+            }
             if t.credential_env.is_some() && t.credential_file.is_some() {
                 p.push(format!("{what}: credential_env and credential_file exclude each other"));
             }

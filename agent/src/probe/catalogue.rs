@@ -112,6 +112,18 @@ impl Catalogue {
         self.providers.get(id).cloned()
     }
 
+    /// Every provider id, in order.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.providers.keys().map(String::as_str)
+    }
+
+    /// The provider with this id, or an error naming it and the known ones (a misspelt id
+    /// would otherwise fall back to the generic provider and see no block).
+    pub fn named(&self, id: &str) -> Result<Arc<Provider>, String> {
+        self.get(id)
+            .ok_or_else(|| format!("unknown provider {id:?} (known: {})", self.ids().collect::<Vec<_>>().join(", ")))
+    }
+
     /// The provider owning `host`, or the generic one.
     pub fn for_host(&self, host: &str) -> Arc<Provider> {
         self.providers
