@@ -78,6 +78,7 @@ impl Agent {
             extra_ca_pem,
             poison: cfg.poison.clone(),
             body_cap: BODY_CAP,
+            catalogue: Arc::clone(&catalogue),
         })
         .map_err(|e| match (e, &cfg.ca_file) {
             (crate::probe::EngineError::Ca(why), Some(path)) => StartError::CaFile { path: path.clone(), why },

@@ -55,7 +55,7 @@ proptest! {
     ) {
         let catalogue = Catalogue::builtin();
         let p = catalogue.get(provider).unwrap();
-        let v = classify(&p, keyed, status, &headers, &body);
+        let v = classify(&catalogue, &p, keyed, status, &headers, &body);
         prop_assert!(v.detail.len() <= 1024, "detail of {} bytes", v.detail.len());
         if status == 429 && v.outcome != Outcome::HttpGeoBlocked && v.outcome != Outcome::HttpEdgeBlocked {
             prop_assert!(v.outcome == Outcome::HttpRateLimited || v.outcome == Outcome::Ok, "{v:?}");

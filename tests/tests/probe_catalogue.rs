@@ -7,12 +7,13 @@ use blockwatch_tests::faultkit::{Canned, canned};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 fn verdict(id: &str, keyed: bool, c: Canned) -> (Outcome, String) {
-    let p = Catalogue::builtin().get(id).unwrap();
+    let cat = Catalogue::builtin();
+    let p = cat.get(id).unwrap();
     let mut headers = HeaderMap::new();
     for (k, v) in &c.headers {
         headers.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
     }
-    let v = classify(&p, keyed, c.status, &headers, &c.body);
+    let v = classify(&cat, &p, keyed, c.status, &headers, &c.body);
     (v.outcome, v.provider_code)
 }
 
@@ -74,7 +75,7 @@ fn config_files_add_and_override_providers() {
     assert_eq!(cat.for_host("api.acme.test").id(), "acme");
     assert_eq!(cat.for_host("eu.api.openai.com").id(), "openai");
     let acme = cat.get("acme").unwrap();
-    let v = classify(&acme, false, 451, &HeaderMap::new(), br#"{"msg":"Not in your Region"}"#);
+    let v = classify(&cat, &acme, false, 451, &HeaderMap::new(), br#"{"msg":"Not in your Region"}"#);
     assert_eq!((v.outcome, v.provider_code.as_str()), (Outcome::HttpGeoBlocked, "acme_region"));
 
     let typo = r#"{"id": "x", "endpoint": "/", "reachable": [401], "reachabel": [200]}"#;
@@ -91,8 +92,14 @@ fn answers_classify_per_provider() {
         verdict("openai", false, canned::openai_geo_blocked()),
         (Outcome::HttpGeoBlocked, "unsupported_country_region_territory".into())
     );
-    // The same geo answer from another provider's endpoint is not that provider's refusal.
-    assert_eq!(verdict("mistral", false, canned::openai_geo_blocked()).0, Outcome::HttpUnexpected);
+    // A known refusal is one whoever's URL it came from (a relay, a target with the wrong
+    // or no provider).
+    for other in ["mistral", "generic"] {
+        assert_eq!(
+            verdict(other, false, canned::openai_geo_blocked()),
+            (Outcome::HttpGeoBlocked, "unsupported_country_region_territory".into())
+        );
+    }
     assert_eq!(verdict("anthropic", false, canned::anthropic_overloaded()).0, Outcome::HttpServerError);
     assert_eq!(verdict("gemini", false, canned::gemini_keyless()).0, Outcome::Ok);
     assert_eq!(verdict("gemini", true, canned::gemini_geo_blocked()).0, Outcome::HttpGeoBlocked);
@@ -109,4 +116,64 @@ fn answers_classify_per_provider() {
     // The generic provider: any origin answer but 429/5xx is reachable.
     assert_eq!(verdict("generic", false, Canned::json(404, "{}")).0, Outcome::Ok);
     assert_eq!(verdict("generic", false, Canned::json(429, "{}")).0, Outcome::HttpRateLimited);
+}
+
+/// Everything a built-in signature states, a config entry can state too: statuses, codes,
+/// headers, all-of and any-of body texts, for refusals, edge pages and accepted answers.
+#[test]
+fn config_entries_express_every_kind_of_signature() {
+    let toml = r#"
+        id = "relay"
+        hosts = ["relay.example"]
+        endpoint = "/v1/models"
+        reachable = [401]
+        geo = [{ status = [400, 403], code = "FAILED_PRECONDITION", body_any = ["not available in your country", "location is not supported"], provider_code = "relay_geo" }]
+        edge = [{ headers = { "x-edge-verdict" = "deny" }, provider_code = "relay_edge" }]
+        accepted = [{ status = 402, body_contains = ["balance"], provider_code = "relay_balance" }]
+    "#;
+    let entry: ProviderConfig = toml::from_str(toml).unwrap();
+    let mut cat = Catalogue::builtin();
+    cat.extend(vec![entry]).unwrap();
+    let relay = cat.get("relay").unwrap();
+    let answer = |status: u16, headers: &[(&str, &str)], body: &str| {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        let v = classify(&cat, &relay, false, status, &h, body.as_bytes());
+        (v.outcome, v.provider_code)
+    };
+    let geo = r#"{"error":{"status":"FAILED_PRECONDITION","message":"Feature X is NOT available in your country."}}"#;
+    assert_eq!(answer(403, &[], geo), (Outcome::HttpGeoBlocked, "relay_geo".into()));
+    assert_eq!(answer(451, &[], geo).0, Outcome::HttpUnexpected, "status outside the list");
+    let other = r#"{"error":{"status":"FAILED_PRECONDITION","message":"Precondition failed."}}"#;
+    assert_eq!(answer(400, &[], other).0, Outcome::HttpUnexpected, "none of the wordings");
+    assert_eq!(
+        answer(418, &[("X-Edge-Verdict", "DENY by rule 7")], ""),
+        (Outcome::HttpEdgeBlocked, "relay_edge".into())
+    );
+    assert_eq!(answer(402, &[], "Low Balance"), (Outcome::Ok, "relay_balance".into()));
+
+    // A signature must say something, and whatever it says must be checkable.
+    for (bad, why) in [
+        (r#"geo = [{ provider_code = "x" }]"#, "without a condition"),
+        (r#"edge = [{ body_any = [""], provider_code = "x" }]"#, "empty body text"),
+        (r#"accepted = [{ status = 99, provider_code = "x" }]"#, "not an HTTP status"),
+        (r#"geo = [{ headers = { "bad header" = "" }, provider_code = "x" }]"#, "not an HTTP header name"),
+        (r#"geo = [{ status = 403, provider_code = "" }]"#, "provider_code"),
+    ] {
+        let text = format!("id = \"x\"\nendpoint = \"/\"\nreachable = [401]\n{bad}");
+        let entry: ProviderConfig = toml::from_str(&text).unwrap();
+        let err = Catalogue::builtin().extend(vec![entry]).unwrap_err().to_string();
+        assert!(err.contains(why), "{bad}: {err}");
+    }
+}
+
+/// The reported answers, classified as data (the same table the HTTPS test serves).
+#[test]
+fn reported_answers_classify_as_data() {
+    for shape in canned::real_world() {
+        let (outcome, code) = verdict(shape.provider, shape.keyed, shape.answer);
+        assert_eq!((outcome.name(), code.as_str()), (shape.outcome, shape.provider_code), "{}", shape.name);
+    }
 }

@@ -103,8 +103,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let agent_id = label(args.agent_id, "BLOCKWATCH_AGENT_ID", "probe");
     let region = label(args.region, "BLOCKWATCH_REGION", "local");
     let result = blockwatch_proto::process::runtime(Some(2))?.block_on(async {
-        let engine =
-            Engine::new(EngineConfig { nameservers, extra_ca_pem, poison: Vec::new(), body_cap: crate::BODY_CAP })?;
+        let engine = Engine::new(EngineConfig {
+            nameservers,
+            extra_ca_pem,
+            poison: Vec::new(),
+            body_cap: crate::BODY_CAP,
+            catalogue: std::sync::Arc::new(catalogue.clone()),
+        })?;
         let spec = ProbeSpec {
             url: args.url.clone(),
             provider: provider.clone(),

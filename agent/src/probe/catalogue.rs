@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use http::{HeaderName, HeaderValue};
 
-pub use super::entry::{AuthStyle, GENERIC, GeoSignature, LocationVisibility, ProviderConfig};
+pub use super::entry::{AuthStyle, GENERIC, GeoSignature, LocationVisibility, ProviderConfig, Signature};
 
 /// A checked catalogue entry. Cheap to share.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,10 +27,19 @@ impl Provider {
         if !config.endpoint.starts_with('/') {
             return Err(bad(format!("endpoint {:?} must start with /", config.endpoint)));
         }
-        let statuses =
-            config.reachable.iter().chain(&config.reachable_keyed).chain(config.geo.iter().map(|g| &g.status));
+        let signatures = [("geo", &config.geo), ("edge", &config.edge), ("accepted", &config.accepted)];
+        let statuses = config
+            .reachable
+            .iter()
+            .chain(&config.reachable_keyed)
+            .chain(signatures.iter().flat_map(|(_, sigs)| sigs.iter().flat_map(|s| &s.status)));
         if let Some(s) = statuses.into_iter().find(|s| !(100..=599).contains(*s)) {
             return Err(bad(format!("status {s} is not an HTTP status")));
+        }
+        for (kind, sigs) in signatures {
+            for (i, sig) in sigs.iter().enumerate() {
+                check_signature(sig).map_err(|why| bad(format!("{kind}[{i}]: {why}")))?;
+            }
         }
         for (k, v) in &config.headers {
             if HeaderName::from_bytes(k.as_bytes()).is_err() || HeaderValue::from_str(v).is_err() {
@@ -74,6 +83,35 @@ impl Provider {
     pub fn url_for(&self, host: &str) -> String {
         format!("https://{host}{}", self.config.endpoint)
     }
+}
+
+/// Longest provider code a signature may report (results carry it).
+pub const MAX_PROVIDER_CODE: usize = 128;
+
+fn check_signature(sig: &Signature) -> Result<(), String> {
+    if sig.provider_code.is_empty() || sig.provider_code.len() > MAX_PROVIDER_CODE {
+        return Err(format!("provider_code must be 1-{MAX_PROVIDER_CODE} bytes"));
+    }
+    if let Some(name) = sig.headers.keys().find(|k| HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()).is_err())
+    {
+        return Err(format!("header {name:?} is not an HTTP header name"));
+    }
+    let texts = sig.body_contains.iter().chain(&sig.body_any);
+    if texts.into_iter().any(String::is_empty) {
+        return Err("an empty body text matches every answer".into());
+    }
+    let conditions = !sig.status.is_empty()
+        || sig.code.is_some()
+        || !sig.headers.is_empty()
+        || !sig.body_contains.is_empty()
+        || !sig.body_any.is_empty();
+    if !conditions {
+        return Err(
+            "a signature without a condition (status, code, headers, body_contains, body_any) matches every answer"
+                .into(),
+        );
+    }
+    Ok(())
 }
 
 /// Problems with catalogue entries.

@@ -3,9 +3,11 @@
 
 use blockwatch_proto::Outcome;
 use http::HeaderMap;
+
+use super::entry::{GENERIC, ProviderConfig};
 use serde_json::Value;
 
-use super::catalogue::{GeoSignature, Provider};
+use super::catalogue::{Catalogue, Provider, Signature};
 
 /// What an answer means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,26 +20,79 @@ pub struct Verdict {
     pub detail: String,
 }
 
-/// Classifies an answer from `provider`'s endpoint. `keyed` says whether a credential was
-/// sent. Order matters: a documented geo signature wins, then an edge's own refusal page,
-/// then a keyed 401, then the provider's reachable statuses, then rate limits and server
-/// errors; anything left is unexpected.
-pub fn classify(provider: &Provider, keyed: bool, status: u16, headers: &HeaderMap, body: &[u8]) -> Verdict {
-    let cfg = provider.config();
-    let code = provider_code(headers, body);
-    let text = String::from_utf8_lossy(body);
-    let detail = format!("status {status}: {}", body_start(&text));
-    let verdict = |outcome, provider_code: String| Verdict { outcome, provider_code, detail: detail.clone() };
+/// The answer as the matchers see it: its code and its body lowercased once.
+struct Answer<'a> {
+    status: u16,
+    headers: &'a HeaderMap,
+    code: Option<String>,
+    lower: String,
+}
 
-    if let Some(sig) = cfg.geo.iter().find(|g| matches_signature(g, status, code.as_deref(), &text)) {
-        return verdict(Outcome::HttpGeoBlocked, sig.provider_code.clone());
+impl Answer<'_> {
+    fn matches(&self, sig: &Signature) -> bool {
+        (sig.status.is_empty() || sig.status.contains(&self.status))
+            && sig.code.as_deref().is_none_or(|want| self.code.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(want)))
+            && sig.headers.iter().all(|(name, want)| {
+                header(self.headers, name).is_some_and(|v| v.to_ascii_lowercase().contains(&want.to_ascii_lowercase()))
+            })
+            && sig.body_contains.iter().all(|t| self.lower.contains(&t.to_ascii_lowercase()))
+            && (sig.body_any.is_empty() || sig.body_any.iter().any(|t| self.lower.contains(&t.to_ascii_lowercase())))
     }
-    if let Some(edge_code) = edge_refusal(status, headers, &text) {
-        return verdict(Outcome::HttpEdgeBlocked, edge_code);
+
+    /// The first signature of one kind that matches, the target's own provider's first and
+    /// then every other entry's (a known refusal is one whoever's URL it came from), with
+    /// the provider owning it.
+    fn find<'c>(
+        &self,
+        catalogue: &'c Catalogue,
+        own: &'c Provider,
+        kind: fn(&ProviderConfig) -> &Vec<Signature>,
+    ) -> Option<(&'c str, &'c Signature)> {
+        let others = catalogue.iter().filter(|p| p.id() != own.id()).map(|p| &**p);
+        std::iter::once(own)
+            .chain(others)
+            .find_map(|p| kind(p.config()).iter().find(|s| self.matches(s)).map(|s| (p.id(), s)))
     }
-    let code = code.unwrap_or_default();
+}
+
+/// Classifies an answer from `provider`'s endpoint. `keyed` says whether a credential was
+/// sent. Order matters: a location refusal wins, then an edge's own refusal, then a keyed
+/// 401, then an answer that proves the place accepted, then the provider's reachable
+/// statuses, then rate limits and server errors; anything left is unexpected. Refusals and
+/// acceptances are the signatures of every catalogue entry, the target's own first.
+pub fn classify(
+    catalogue: &Catalogue,
+    provider: &Provider,
+    keyed: bool,
+    status: u16,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Verdict {
+    let cfg = provider.config();
+    let text = String::from_utf8_lossy(body);
+    let answer = Answer { status, headers, code: provider_code(headers, body), lower: text.to_ascii_lowercase() };
+    let detail = format!("status {status}: {}", body_start(&text));
+    let named = |owner: &str, what: &str| {
+        if owner == provider.id() { detail.clone() } else { format!("{owner} {what}, {detail}") }
+    };
+
+    if let Some((owner, sig)) = answer.find(catalogue, provider, |c| &c.geo) {
+        let detail = named(owner, "location refusal");
+        return Verdict { outcome: Outcome::HttpGeoBlocked, provider_code: sig.provider_code.clone(), detail };
+    }
+    if let Some((owner, sig)) = answer.find(catalogue, provider, |c| &c.edge) {
+        let detail = if owner == GENERIC { detail.clone() } else { named(owner, "edge refusal") };
+        return Verdict { outcome: Outcome::HttpEdgeBlocked, provider_code: sig.provider_code.clone(), detail };
+    }
+    let code = answer.code.clone().unwrap_or_default();
+    let verdict = |outcome, provider_code: String| Verdict { outcome, provider_code, detail: detail.clone() };
     if keyed && status == 401 {
         return verdict(Outcome::HttpAuthFailed, code);
+    }
+    if let Some((owner, sig)) = answer.find(catalogue, provider, |c| &c.accepted) {
+        // Reachable, with the reason kept: the place is served, the account is not.
+        let detail = named(owner, "answer that accepts the caller's place");
+        return Verdict { outcome: Outcome::Ok, provider_code: sig.provider_code.clone(), detail };
     }
     let reachable = if keyed { &cfg.reachable_keyed } else { &cfg.reachable };
     if reachable.contains(&status) {
@@ -45,42 +100,11 @@ pub fn classify(provider: &Provider, keyed: bool, status: u16, headers: &HeaderM
     }
     match status {
         429 => verdict(Outcome::HttpRateLimited, code),
-        // 529 is Anthropic's "overloaded"; like every 5xx it says nothing about a block.
+        // 529 is Anthropic's "overloaded" (which also comes as 500 `api_error`); like every
+        // 5xx it says nothing about a block.
         500..=599 => verdict(Outcome::HttpServerError, code),
         _ => verdict(Outcome::HttpUnexpected, code),
     }
-}
-
-fn matches_signature(sig: &GeoSignature, status: u16, code: Option<&str>, body: &str) -> bool {
-    let lower = body.to_ascii_lowercase();
-    sig.status == status
-        && sig.code.as_deref().is_none_or(|want| code == Some(want))
-        && sig.body_contains.iter().all(|s| lower.contains(&s.to_ascii_lowercase()))
-}
-
-/// An edge's own HTML refusal page (Cloudflare's 403 / error 1020 "Access denied"), told
-/// apart from a provider's JSON refusal by being HTML and carrying an edge marker.
-fn edge_refusal(status: u16, headers: &HeaderMap, body: &str) -> Option<String> {
-    if status != 403 || !is_html(headers, body) {
-        return None;
-    }
-    let lower = body.to_ascii_lowercase();
-    let cloudflare = headers.contains_key("cf-ray")
-        || header(headers, "server").is_some_and(|s| s.eq_ignore_ascii_case("cloudflare"))
-        || lower.contains("cloudflare");
-    if cloudflare {
-        let code = if lower.contains("1020") { "cloudflare_1020" } else { "cloudflare_403" };
-        Some(code.to_string())
-    } else if lower.contains("access denied") {
-        Some("edge_403".to_string())
-    } else {
-        None
-    }
-}
-
-fn is_html(headers: &HeaderMap, body: &str) -> bool {
-    header(headers, "content-type").is_some_and(|ct| ct.to_ascii_lowercase().contains("text/html"))
-        || body.trim_start().starts_with('<')
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

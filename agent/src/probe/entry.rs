@@ -48,21 +48,47 @@ impl AuthStyle {
     }
 }
 
-/// One way a provider says "not from your location".
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One shape of answer, as a catalogue entry states it: every condition given must hold
+/// (an empty one always holds). Matching is ASCII case-insensitive throughout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct GeoSignature {
-    /// HTTP status of the refusal.
-    pub status: u16,
-    /// The provider's error code as found in the JSON body (`error.code`, `error.status`,
-    /// `error.type`, `__type` or `x-amzn-errortype`); matches when absent.
-    #[serde(default)]
+pub struct Signature {
+    /// The answer's HTTP status, one (`403`) or any of several (`[400, 403]`); any status
+    /// when absent.
+    #[serde(default, deserialize_with = "one_or_many", skip_serializing_if = "Vec::is_empty")]
+    pub status: Vec<u16>,
+    /// The provider's error code as found in the body (`error.code`, `error.status`,
+    /// `error.type`, `__type` or `code`) or the `x-amzn-errortype` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub code: Option<String>,
-    /// Substrings that must all appear in the body (ASCII case-insensitive).
-    #[serde(default)]
+    /// Response headers that must be present, each with a value containing the given text
+    /// (`""` asks only for the header: `{ "cf-mitigated" = "challenge" }`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// Texts that must all appear in the body.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub body_contains: Vec<String>,
-    /// The provider code to report when this signature matches.
+    /// Texts of which at least one must appear in the body (the wordings of one refusal).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub body_any: Vec<String>,
+    /// The code a result reports when this signature matches.
     pub provider_code: String,
+}
+
+/// The older name of [`Signature`], from when only location refusals were stated.
+pub type GeoSignature = Signature;
+
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(u16),
+        Many(Vec<u16>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 /// A provider as written in a config file (and as the built-in entries are defined).
@@ -83,7 +109,15 @@ pub struct ProviderConfig {
     pub reachable_keyed: Vec<u16>,
     /// How the provider refuses a location.
     #[serde(default)]
-    pub geo: Vec<GeoSignature>,
+    pub geo: Vec<Signature>,
+    /// How an edge (CDN, WAF) in front of the provider refuses a client with its own page.
+    #[serde(default)]
+    pub edge: Vec<Signature>,
+    /// Answers that are not the reachable status but prove the caller's location is accepted
+    /// (an exhausted quota or credit: waiting does not clear it, and no refused caller gets
+    /// that far).
+    #[serde(default)]
+    pub accepted: Vec<Signature>,
     /// Whether such a refusal shows without a key.
     #[serde(default)]
     pub location_visibility: LocationVisibility,

@@ -31,7 +31,9 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::time::Instant;
 
-pub use catalogue::{AuthStyle, Catalogue, CatalogueError, GeoSignature, LocationVisibility, Provider, ProviderConfig};
+pub use catalogue::{
+    AuthStyle, Catalogue, CatalogueError, GeoSignature, LocationVisibility, Provider, ProviderConfig, Signature,
+};
 pub use credential::{Credential, CredentialError};
 pub use dns::is_bogon;
 pub use failure::{Failure, ooni};
@@ -58,11 +60,19 @@ pub struct EngineConfig {
     pub poison: Vec<IpAddr>,
     /// Most response body bytes read.
     pub body_cap: usize,
+    /// The catalogue whose signatures classify every answer (the target's provider first).
+    pub catalogue: Arc<Catalogue>,
 }
 
 impl Default for EngineConfig {
     fn default() -> EngineConfig {
-        EngineConfig { nameservers: Vec::new(), extra_ca_pem: None, poison: Vec::new(), body_cap: DEFAULT_BODY_CAP }
+        EngineConfig {
+            nameservers: Vec::new(),
+            extra_ca_pem: None,
+            poison: Vec::new(),
+            body_cap: DEFAULT_BODY_CAP,
+            catalogue: Arc::new(Catalogue::builtin()),
+        }
     }
 }
 
@@ -172,6 +182,7 @@ struct Inner {
     tls: Arc<ClientConfig>,
     poison: Vec<IpAddr>,
     body_cap: usize,
+    catalogue: Arc<Catalogue>,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -189,6 +200,7 @@ impl Engine {
                 tls: tls::client_config(cfg.extra_ca_pem.as_deref())?,
                 poison: cfg.poison,
                 body_cap: cfg.body_cap,
+                catalogue: cfg.catalogue,
             }),
         })
     }
@@ -244,7 +256,14 @@ impl Engine {
             rep.outcome = Outcome::Ok;
             return Ok(());
         };
-        let verdict = classify::classify(provider, rep.keyed, answer.status, &answer.headers, &answer.body);
+        let verdict = classify::classify(
+            &self.inner.catalogue,
+            provider,
+            rep.keyed,
+            answer.status,
+            &answer.headers,
+            &answer.body,
+        );
         rep.outcome = verdict.outcome;
         rep.provider_code = verdict.provider_code;
         rep.detail = verdict.detail;

@@ -46,6 +46,15 @@ impl Canned {
         }
     }
 
+    /// A plain-text answer.
+    pub fn text(status: u16, body: &str) -> Canned {
+        Canned {
+            status,
+            headers: vec![("content-type".into(), "text/plain; charset=UTF-8".into())],
+            body: Bytes::copy_from_slice(body.as_bytes()),
+        }
+    }
+
     /// Adds a header.
     pub fn with_header(mut self, name: &str, value: &str) -> Canned {
         self.headers.push((name.into(), value.into()));
