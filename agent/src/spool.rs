@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use blockwatch_proto::v1::ProbeResult;
 use prost::Message;
@@ -44,18 +45,22 @@ pub struct SpoolStats {
     pub last_drop: Option<(u64, u64)>,
 }
 
-struct State {
-    next_seq: u64,
-    stats: SpoolStats,
-}
-
 /// Store-and-forward queue of results.
+///
+/// Writers (append, remove: blocking tasks) take `writer` for their whole transaction,
+/// commit and fsync included, which keeps sequence numbers and counters in commit order.
+/// Readers of the counters (the uplink, from async code) never wait on a disk: the counters
+/// are published after each commit, `stats` locked only to copy them.
 pub struct Spool {
     db: Database,
     path: PathBuf,
     max_bytes: u64,
     epoch: u64,
-    state: Mutex<State>,
+    /// The next sequence number; held across each write transaction.
+    writer: Mutex<u64>,
+    /// The newest sequence number handed out (0 when none).
+    last_seq: AtomicU64,
+    stats: Mutex<SpoolStats>,
 }
 
 impl Spool {
@@ -92,7 +97,15 @@ impl Spool {
             (next_seq, epoch, stats)
         };
         txn.commit().map_err(|e| err(e.into()))?;
-        Ok(Spool { db, path, max_bytes, epoch, state: Mutex::new(State { next_seq, stats }) })
+        Ok(Spool {
+            db,
+            path,
+            max_bytes,
+            epoch,
+            writer: Mutex::new(next_seq),
+            last_seq: AtomicU64::new(next_seq - 1),
+            stats: Mutex::new(stats),
+        })
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> SpoolError {
@@ -106,24 +119,28 @@ impl Spool {
 
     /// The sequence number of the newest result ever appended (0 when none).
     pub fn last_seq(&self) -> u64 {
-        self.state.lock().map(|s| s.next_seq - 1).unwrap_or(0)
+        self.last_seq.load(Ordering::Acquire)
     }
 
-    /// Current counters.
+    /// Current counters, as of the last commit. Never waits on a write in progress.
     pub fn stats(&self) -> SpoolStats {
-        self.state.lock().map(|s| s.stats).unwrap_or_default()
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, stats: SpoolStats) {
+        *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
     }
 
     /// Gives `result` the next sequence number and probe id (`AGENT/EPOCH/SEQ`), writes it
     /// durably, and drops the oldest results if the spool is over its bound. Returns the
     /// sequence number. Blocking (fsync).
     pub fn append(&self, agent_id: &str, result: &mut ProbeResult) -> Result<u64, SpoolError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let seq = state.next_seq;
+        let mut next_seq = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let seq = *next_seq;
         result.seq = seq;
         result.probe_id = format!("{agent_id}/{:x}/{seq}", self.epoch);
         let bytes = result.encode_to_vec();
-        let mut stats = state.stats;
+        let mut stats = self.stats();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
@@ -155,8 +172,9 @@ impl Spool {
             meta.insert("dropped_total", stats.dropped_total).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))?;
-        state.next_seq = seq + 1;
-        state.stats = stats;
+        *next_seq = seq + 1;
+        self.last_seq.store(seq, Ordering::Release);
+        self.publish(stats);
         Ok(seq)
     }
 
@@ -204,8 +222,8 @@ impl Spool {
 
     /// Removes acknowledged results. Blocking (fsync).
     pub fn remove(&self, seqs: &[u64]) -> Result<(), SpoolError> {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut stats = state.stats;
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stats = self.stats();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
         {
             let mut pending = txn.open_table(PENDING).map_err(|e| self.err(e))?;
@@ -219,7 +237,7 @@ impl Spool {
             meta.insert("bytes", stats.bytes).map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))?;
-        state.stats = stats;
+        self.publish(stats);
         Ok(())
     }
 }
@@ -257,6 +275,22 @@ mod tests {
         assert_eq!(spool.append("a1", &mut result("t")).unwrap(), 6);
         let got = spool.pending(10, 0, &HashSet::new()).unwrap();
         assert_eq!(got.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 4, 5, 6]);
+    }
+
+    /// Counters are read without waiting for a write in progress (its commit and fsync).
+    #[test]
+    fn counters_are_read_while_a_write_is_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.append("a1", &mut result("t")).unwrap();
+        let writing = spool.writer.lock().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| tx.send((spool.stats().pending, spool.last_seq())).unwrap());
+            let got = rx.recv_timeout(std::time::Duration::from_secs(5)).expect("counters read during a write");
+            assert_eq!(got, (1, 1));
+            drop(writing);
+        });
     }
 
     #[test]

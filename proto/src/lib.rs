@@ -4,6 +4,7 @@
 //! Without the `grpc` feature this is plain data (prost messages, serde), so the pure
 //! detector can depend on it without pulling in an async runtime.
 
+pub mod bounds;
 pub mod config_file;
 pub mod error;
 pub mod id;

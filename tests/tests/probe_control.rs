@@ -53,7 +53,8 @@ async fn names_are_resolved_first() {
 async fn bad_tcp_urls_are_agent_errors() {
     let eng = Engine::new(EngineConfig::default()).unwrap();
     let rep = eng.probe(&spec("tcp://127.0.0.1".into(), provider("generic"), QUICK)).await;
-    check(&rep, Outcome::AgentError, "unknown_failure", ran_ip(false, false, false));
+    check(&rep, Outcome::AgentError, &rep.failure, ran_ip(false, false, false));
+    assert!(rep.failure.starts_with("unknown_failure: bad probe URL"), "{}", rep.failure);
     assert!(rep.detail.contains("tcp:// needs a port"), "{}", rep.detail);
     // fetch (the egress look-up's path) wants an answer, which tcp:// never gives.
     let err = eng.fetch(&spec("tcp://127.0.0.1:1".into(), provider("generic"), QUICK)).await.unwrap_err();

@@ -27,6 +27,8 @@ async fn dns_server() -> FaultServer {
         ("refused.test".to_string(), DnsAnswer::Refused),
         ("empty.test".to_string(), DnsAnswer::NoAnswer),
         ("silent.test".to_string(), DnsAnswer::Silent),
+        ("sinkhole.test".to_string(), DnsAnswer::Addresses(vec![v4(0, 0, 0, 0)])),
+        ("sinkhole6.test".to_string(), DnsAnswer::Addresses(vec!["::".parse().unwrap()])),
     ]);
     faultkit::serve_dns(LO, zone).await.unwrap()
 }
@@ -56,7 +58,7 @@ async fn nxdomain() {
 #[tokio::test]
 async fn servfail() {
     let rep = probe_name("servfail.test", false, QUICK).await;
-    check(&rep, Outcome::DnsServfail, "dns_server_failure", DNS_ONLY);
+    check(&rep, Outcome::DnsServfail, "dns_servfail_error", DNS_ONLY);
 }
 
 #[tokio::test]
@@ -110,4 +112,15 @@ async fn name_resolves_through_to_the_provider() {
     check(&rep, Outcome::Ok, "", Ran { dns: true, connect: true, tls: true, http: true });
     assert_eq!(rep.resolved, vec![LO]);
     assert_eq!(rep.peer_address, https.addr().to_string());
+}
+
+/// `0.0.0.0` and `::`, the usual sinkhole answers, are forged even for a local target, where
+/// a connection to them would reach this very host.
+#[tokio::test]
+async fn sinkhole_answers_are_bogons_even_for_local_targets() {
+    for (name, addr) in [("sinkhole.test", v4(0, 0, 0, 0)), ("sinkhole6.test", "::".parse().unwrap())] {
+        let rep = probe_name(name, true, QUICK).await;
+        check(&rep, Outcome::DnsBogon, "dns_bogon_error", DNS_ONLY);
+        assert_eq!(rep.resolved, vec![addr], "{name}");
+    }
 }

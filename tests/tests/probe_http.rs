@@ -176,7 +176,8 @@ async fn credential_is_never_sent_to_a_foreign_host() {
     let mut s = spec(srv.url("127.0.0.1", "/v1/models"), provider("openai"), QUICK);
     s.credential = Some(Credential::new("sk-good").unwrap());
     let rep = engine(&pki, vec![]).probe(&s).await;
-    check(&rep, Outcome::AgentError, "unknown_failure", ran_ip(false, false, false));
+    check(&rep, Outcome::AgentError, &rep.failure, ran_ip(false, false, false));
+    assert!(rep.failure.starts_with("unknown_failure: credential withheld"), "{}", rep.failure);
     assert!(!rep.keyed);
     assert!(rep.detail.contains("credential withheld"));
 }
@@ -220,4 +221,34 @@ async fn reset_after_request_is_http_reset() {
     let srv = faultkit::http_reset(LO, pki.server_config(NAMES).unwrap()).await.unwrap();
     let rep = engine(&pki, vec![]).probe(&spec(srv.url("127.0.0.1", "/v1/models"), provider("openai"), QUICK)).await;
     check(&rep, Outcome::HttpReset, "connection_reset", ALL);
+}
+
+/// A body cut after the head (a reset, a close, silence until the deadline) is recorded as
+/// what happened, never `ok` on a truncated answer; an answer that is not HTTP is
+/// `unknown_failure` with the reason, not `http_request_failed`.
+#[tokio::test]
+async fn cut_bodies_and_broken_answers_are_recorded() {
+    use faultkit::RawEnd;
+    const CUT: &[u8] = b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 4000\r\n\r\n{\"error\":{\"message\":\"You didn";
+    let pki = TestPki::new().unwrap();
+    let cases: &[(&[u8], RawEnd, Outcome, &str)] = &[
+        (CUT, RawEnd::Reset, Outcome::HttpReset, "connection_reset"),
+        (CUT, RawEnd::Close, Outcome::HttpReset, "eof_error"),
+        (CUT, RawEnd::Hang, Outcome::HttpTimeout, "generic_timeout_error"),
+    ];
+    for &(raw, end, outcome, failure) in cases {
+        let srv = faultkit::http_raw(LO, pki.server_config(NAMES).unwrap(), raw, end).await.unwrap();
+        let rep =
+            engine(&pki, vec![]).probe(&spec(srv.url("127.0.0.1", "/v1/models"), provider("openai"), SHORT)).await;
+        check(&rep, outcome, failure, ALL);
+        assert_eq!(rep.http_status, 401, "{end:?}: the status that arrived is kept");
+        assert!(rep.detail.contains("body cut after"), "{end:?}: {}", rep.detail);
+    }
+    let srv = faultkit::http_raw(LO, pki.server_config(NAMES).unwrap(), b"SSH-2.0-OpenSSH_9.6\r\n\r\n", RawEnd::Close)
+        .await
+        .unwrap();
+    let rep = engine(&pki, vec![]).probe(&spec(srv.url("127.0.0.1", "/v1/models"), provider("openai"), QUICK)).await;
+    assert_eq!(rep.outcome, Outcome::HttpUnexpected, "{rep:#?}");
+    assert!(rep.failure.starts_with("unknown_failure: "), "{}", rep.failure);
+    assert_eq!(rep.failed_operation, "http_round_trip");
 }

@@ -41,7 +41,7 @@ async fn alert_is_tls_alert() {
     let pki = TestPki::new().unwrap();
     let srv = faultkit::tls_alert(LO).await.unwrap();
     let rep = engine(&pki, vec![]).probe(&spec(srv.url("127.0.0.1", "/"), provider("openai"), QUICK)).await;
-    check(&rep, Outcome::TlsAlert, "ssl_failed_handshake", ran_ip(true, true, false));
+    check(&rep, Outcome::TlsAlert, "unknown_failure: remote error: tls: handshake failure", ran_ip(true, true, false));
     assert!(rep.detail.contains("HandshakeFailure"), "{}", rep.detail);
 }
 

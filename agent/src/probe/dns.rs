@@ -66,7 +66,7 @@ pub(crate) async fn resolve(
     }
     let forged: Vec<String> = addrs
         .iter()
-        .filter(|a| poison.contains(a) || (!allow_private && is_bogon(**a)))
+        .filter(|a| poison.contains(a) || is_sinkhole(**a) || (!allow_private && is_bogon(**a)))
         .map(|a| a.to_string())
         .collect();
     if !forged.is_empty() {
@@ -84,15 +84,26 @@ fn classify_net_error(e: &NetError) -> Failure {
         NetError::Dns(DnsError::ResponseCode(ResponseCode::Refused)) => {
             Failure::new(Outcome::DnsServfail, ooni::DNS_REFUSED, detail)
         }
+        NetError::Dns(DnsError::ResponseCode(ResponseCode::ServFail)) => {
+            Failure::new(Outcome::DnsServfail, ooni::DNS_SERVFAIL, detail)
+        }
         NetError::Dns(DnsError::ResponseCode(_)) => {
-            Failure::new(Outcome::DnsServfail, ooni::DNS_SERVER_FAILURE, detail)
+            Failure::new(Outcome::DnsServfail, ooni::DNS_SERVER_MISBEHAVING, detail)
         }
         NetError::Timeout => Failure::new(Outcome::DnsTimeout, ooni::GENERIC_TIMEOUT, detail),
         // The resolver could not talk to its servers at all (ICMP port unreachable, no
         // route): it gave no usable answer, which the taxonomy files under servfail.
         NetError::Io(io) => Failure::new(Outcome::DnsServfail, classify_io(io).1, detail),
-        _ => Failure::new(Outcome::DnsServfail, ooni::DNS_SERVER_FAILURE, detail),
+        // An answer that makes no sense (malformed, mismatched).
+        _ => Failure::new(Outcome::DnsServfail, ooni::DNS_SERVER_MISBEHAVING, detail),
     }
+}
+
+/// True for the unspecified addresses `0.0.0.0` and `::` (and `::ffff:0.0.0.0`), the usual
+/// sinkhole answers of a DNS filter: forged even for a local target, where connecting to
+/// them would reach this very host.
+pub fn is_sinkhole(ip: IpAddr) -> bool {
+    ip.to_canonical().is_unspecified()
 }
 
 /// True for addresses no public service answers from: private, loopback, link-local,

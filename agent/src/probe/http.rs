@@ -25,6 +25,9 @@ pub(crate) struct Answer {
     pub ttfb: Duration,
     /// Request sent to the end of the bounded body read.
     pub total: Duration,
+    /// Why the body stopped before its end, when it did (reset, close, the deadline); a
+    /// body cut at the cap is no failure.
+    pub body_failure: Option<Failure>,
 }
 
 /// Aborts the connection task when the phase ends, however it ends.
@@ -66,6 +69,7 @@ pub(crate) async fn exchange(
     let ttfb = sent.elapsed();
     let (parts, mut body) = resp.into_parts();
     let mut buf = BytesMut::new();
+    let mut body_failure = None;
     while buf.len() < cap {
         match timeout_at(deadline, body.frame()).await {
             Ok(Some(Ok(frame))) => {
@@ -74,8 +78,17 @@ pub(crate) async fn exchange(
                     buf.extend_from_slice(&data[..data.len().min(room)]);
                 }
             }
-            // End of body, a cut body or the deadline: classify what arrived.
-            Ok(None) | Ok(Some(Err(_))) | Err(_) => break,
+            Ok(None) => break,
+            // A cut body or the deadline: what arrived is still classified, and the cut is
+            // recorded with it.
+            Ok(Some(Err(e))) => {
+                body_failure = Some(classify_hyper(&e));
+                break;
+            }
+            Err(_) => {
+                body_failure = Some(Failure::timeout(Outcome::HttpTimeout, "HTTP body"));
+                break;
+            }
         }
     }
     Ok(Answer {
@@ -84,6 +97,7 @@ pub(crate) async fn exchange(
         body: buf.freeze(),
         ttfb,
         total: sent.elapsed(),
+        body_failure,
     })
 }
 
@@ -105,5 +119,6 @@ fn classify_hyper(e: &hyper::Error) -> Failure {
         return Failure::timeout(Outcome::HttpTimeout, "HTTP");
     }
     // A malformed response: the connection works, but what answered is not HTTP as expected.
-    Failure::new(Outcome::HttpUnexpected, ooni::HTTP_REQUEST_FAILED, format!("HTTP: {e}"))
+    // OONI has no name for it (`http_request_failed` is for statuses of 400 and more).
+    Failure::new(Outcome::HttpUnexpected, ooni::unknown(e), format!("HTTP: {e}"))
 }

@@ -35,8 +35,8 @@ pub use catalogue::{
     AuthStyle, Catalogue, CatalogueError, GeoSignature, LocationVisibility, Provider, ProviderConfig, Signature,
 };
 pub use credential::{Credential, CredentialError};
-pub use dns::is_bogon;
-pub use failure::{Failure, ooni};
+pub use dns::{is_bogon, is_sinkhole};
+pub use failure::{Failure, ooni, operation};
 pub use url::check_url;
 
 use self::url::{ProbeUrl, Scheme, parse_url};
@@ -112,8 +112,10 @@ pub struct ProbeSpec {
 pub struct ProbeReport {
     /// The outcome.
     pub outcome: Outcome,
-    /// OONI-style failure string; empty when the outcome is `ok`.
+    /// OONI-style failure string; empty when no operation failed.
     pub failure: String,
+    /// The operation that failed ([`operation`]), empty when none did.
+    pub failed_operation: String,
     /// Per-phase durations in microseconds; a phase that did not run is 0.
     pub durations: PhaseDurations,
     /// HTTP status, 0 when none arrived.
@@ -141,6 +143,7 @@ impl ProbeReport {
         ProbeReport {
             outcome: Outcome::Unspecified,
             failure: String::new(),
+            failed_operation: String::new(),
             durations: PhaseDurations::default(),
             http_status: 0,
             provider_code: String::new(),
@@ -154,10 +157,12 @@ impl ProbeReport {
         }
     }
 
-    /// Copies the report into a wire result; the caller sets ids, times and flags.
+    /// Copies the report into a wire result, everything copied from the answer held to the
+    /// result bounds ([`blockwatch_proto::bounds`]); the caller sets ids, times and flags.
     pub fn fill(&self, r: &mut ProbeResult) {
         r.outcome = self.outcome as i32;
         r.failure = self.failure.clone();
+        r.failed_operation = self.failed_operation.clone();
         r.durations = Some(self.durations);
         r.http_status = self.http_status;
         r.provider_code = self.provider_code.clone();
@@ -168,6 +173,8 @@ impl ProbeReport {
         r.edge_headers = self.edge_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         r.detail = self.detail.clone();
         r.keyed = self.keyed;
+        // A hostile endpoint's huge header or code makes a bounded result, not a refused one.
+        blockwatch_proto::bounds::cap_result(r);
     }
 }
 
@@ -213,6 +220,7 @@ impl Engine {
         if let Err(f) = self.run(spec, start + spec.timeout, &mut rep).await {
             rep.outcome = f.outcome;
             rep.failure = f.failure;
+            rep.failed_operation = f.operation.to_string();
             rep.detail = f.detail;
         }
         rep.durations.total_us = micros(start.elapsed());
@@ -225,16 +233,16 @@ impl Engine {
     pub async fn fetch(&self, spec: &ProbeSpec) -> Result<(u16, Bytes), Failure> {
         let target = parse_url(&spec.url)?;
         if target.scheme != Scheme::Https {
-            return Err(Failure::new(
-                Outcome::AgentError,
-                f::UNKNOWN,
-                format!("fetch {:?}: not an https:// URL", spec.url),
-            ));
+            return Err(Failure::agent(format!("fetch {:?}: not an https:// URL", spec.url)));
         }
         let mut rep = ProbeReport::new(spec.provider.id());
         let answer = self.phases(spec, &target, None, Instant::now() + spec.timeout, &mut rep).await?;
         // An https:// target always gets as far as an answer or a failure.
-        answer.map(|a| (a.status, a.body)).ok_or_else(|| Failure::new(Outcome::AgentError, f::UNKNOWN, "no answer"))
+        let answer = answer.ok_or_else(|| Failure::agent("no answer"))?;
+        match answer.body_failure {
+            Some(cut) => Err(cut.during(operation::HTTP_ROUND_TRIP)),
+            None => Ok((answer.status, answer.body)),
+        }
     }
 
     async fn run(&self, spec: &ProbeSpec, deadline: Instant, rep: &mut ProbeReport) -> Result<(), Failure> {
@@ -243,11 +251,11 @@ impl Engine {
         let credential = match &spec.credential {
             Some(c) if provider.owns_host(&target.host) => Some(c),
             Some(_) => {
-                return Err(Failure::new(
-                    Outcome::AgentError,
-                    f::UNKNOWN,
-                    format!("credential withheld: {} is not a host of provider {}", target.host, provider.id()),
-                ));
+                return Err(Failure::agent(format!(
+                    "credential withheld: {} is not a host of provider {}",
+                    target.host,
+                    provider.id()
+                )));
             }
             None => None,
         };
@@ -264,11 +272,25 @@ impl Engine {
             &answer.headers,
             &answer.body,
         );
-        rep.outcome = verdict.outcome;
         rep.provider_code = verdict.provider_code;
-        rep.detail = verdict.detail;
-        if verdict.outcome != Outcome::Ok {
+        if let Some(cut) = answer.body_failure {
+            // What arrived was not a refusal and may be only part of the answer: a
+            // truncated answer is not `ok`; the cut is what happened.
+            if matches!(verdict.outcome, Outcome::Ok | Outcome::HttpUnexpected) {
+                let got = answer.body.len();
+                let detail = format!("status {}: body cut after {got} bytes: {}", answer.status, cut.detail);
+                return Err(Failure { detail, ..cut }.during(operation::HTTP_ROUND_TRIP));
+            }
+            rep.detail = format!("{}; body cut: {}", verdict.detail, cut.detail);
+        } else {
+            rep.detail = verdict.detail;
+        }
+        rep.outcome = verdict.outcome;
+        // OONI's `http_request_failed` is a status of 400 or more; an unexpected answer below
+        // that (a redirect where a 401 was due) is no failed operation.
+        if verdict.outcome != Outcome::Ok && answer.status >= 400 {
             rep.failure = f::HTTP_REQUEST_FAILED.to_string();
+            rep.failed_operation = operation::HTTP_ROUND_TRIP.to_string();
         }
         Ok(())
     }
@@ -298,38 +320,34 @@ impl Engine {
                     }
                     Err((failure, addrs)) => {
                         rep.resolved = addrs;
-                        return Err(failure);
+                        return Err(failure.during(operation::RESOLVE));
                     }
                 }
             }
         };
         // Connect to the first address of the source address's family (IPv4 when unbound).
         let want_v6 = spec.source_address.is_some_and(|s| s.is_ipv6());
-        let ip = addrs
-            .iter()
-            .find(|a| a.is_ipv6() == want_v6)
-            .or(addrs.first())
-            .copied()
-            .ok_or_else(|| Failure::new(Outcome::DnsNoAnswer, f::DNS_NO_ANSWER, "no address to connect to"))?;
+        let ip = addrs.iter().find(|a| a.is_ipv6() == want_v6).or(addrs.first()).copied().ok_or_else(|| {
+            Failure::new(Outcome::DnsNoAnswer, f::DNS_NO_ANSWER, "no address to connect to").during(operation::RESOLVE)
+        })?;
         let peer = SocketAddr::new(ip, target.port);
 
         let t = Instant::now();
         let res = tcp::connect(peer, spec.source_address, deadline).await;
         rep.durations.connect_us = micros(t.elapsed());
-        let tcp = res?;
+        let tcp = res.map_err(|f| f.during(operation::CONNECT))?;
         rep.peer_address = peer.to_string();
         rep.local_address = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
         if target.scheme == Scheme::Tcp {
             return Ok(None);
         }
 
-        let name = ServerName::try_from(target.host.clone()).map_err(|e| {
-            Failure::new(Outcome::AgentError, f::UNKNOWN, format!("server name {:?}: {e}", target.host))
-        })?;
+        let name = ServerName::try_from(target.host.clone())
+            .map_err(|e| Failure::agent(format!("server name {:?}: {e}", target.host)))?;
         let t = Instant::now();
         let res = tls::handshake(self.inner.tls.clone(), name, tcp, deadline).await;
         rep.durations.tls_us = micros(t.elapsed());
-        let tls = res?;
+        let tls = res.map_err(|f| f.during(operation::TLS_HANDSHAKE))?;
 
         let req = build_request(target, &spec.provider, credential)?;
         rep.keyed = credential.is_some();
@@ -337,7 +355,7 @@ impl Engine {
             Ok(a) => a,
             Err((failure, spent)) => {
                 rep.durations.http_us = micros(spent);
-                return Err(failure);
+                return Err(failure.during(operation::HTTP_ROUND_TRIP));
             }
         };
         rep.durations.http_ttfb_us = micros(answer.ttfb);
@@ -368,5 +386,5 @@ fn build_request(
         let (name, value) = c.header(provider.config().auth);
         b = b.header(name, value);
     }
-    b.body(Empty::new()).map_err(|e| Failure::new(Outcome::AgentError, f::UNKNOWN, format!("building request: {e}")))
+    b.body(Empty::new()).map_err(|e| Failure::agent(format!("building request: {e}")))
 }

@@ -152,11 +152,57 @@ fn classify_rustls(e: &rustls::Error) -> Failure {
             };
             Failure::new(Outcome::TlsCertInvalid, failure, format!("{why}: {e}"))
         }
+        // A server that does not serve the name asked for says so with `unrecognized_name`,
+        // which OONI files with the certificate name mismatch.
+        rustls::Error::AlertReceived(rustls::AlertDescription::UnrecognisedName) => {
+            Failure::new(Outcome::TlsAlert, ooni::SSL_INVALID_HOSTNAME, "alert received: unrecognized_name")
+        }
+        // Other alerts have no OONI name over TCP (`ssl_failed_handshake` is QUIC's): the
+        // reason in the words of Go's TLS stack, which OONI's pipeline reads.
         rustls::Error::AlertReceived(alert) => {
-            Failure::new(Outcome::TlsAlert, ooni::SSL_FAILED_HANDSHAKE, format!("alert received: {alert:?}"))
+            let words = alert_words(*alert);
+            Failure::new(
+                Outcome::TlsAlert,
+                ooni::unknown(format!("remote error: tls: {words}")),
+                format!("alert received: {alert:?}"),
+            )
         }
         // Anything else (garbage instead of a ServerHello, a protocol violation) is the peer
         // refusing a proper handshake; it is grouped with alerts.
-        other => Failure::new(Outcome::TlsAlert, ooni::SSL_FAILED_HANDSHAKE, format!("handshake failed: {other}")),
+        other => Failure::new(
+            Outcome::TlsAlert,
+            ooni::unknown(format!("tls: {other}")),
+            format!("handshake failed: {other}"),
+        ),
+    }
+}
+
+/// An alert's name as words (`HandshakeFailure` → `handshake failure`).
+fn alert_words(alert: rustls::AlertDescription) -> String {
+    let name = format!("{alert:?}");
+    let mut words = String::with_capacity(name.len() + 4);
+    for (i, c) in name.char_indices() {
+        if c.is_ascii_uppercase() && i > 0 {
+            words.push(' ');
+        }
+        words.push(c.to_ascii_lowercase());
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_are_named_as_oonis_pipeline_reads_them() {
+        let f = classify_rustls(&rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure));
+        assert_eq!(f.failure, "unknown_failure: remote error: tls: handshake failure");
+        let f = classify_rustls(&rustls::Error::AlertReceived(rustls::AlertDescription::UnrecognisedName));
+        assert_eq!(f.failure, "ssl_invalid_hostname");
+        let f = classify_rustls(&rustls::Error::AlertReceived(rustls::AlertDescription::InternalError));
+        assert_eq!(f.failure, "unknown_failure: remote error: tls: internal error");
+        let f = classify_rustls(&rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer));
+        assert_eq!((f.outcome, f.failure.as_str()), (Outcome::TlsCertInvalid, "ssl_unknown_authority"));
     }
 }

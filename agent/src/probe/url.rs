@@ -3,10 +3,9 @@
 //! the project's one URL parser, `blockwatch_proto::url`, so config and plan checks accept
 //! exactly what the engine can probe.
 
-use blockwatch_proto::Outcome;
 pub(crate) use blockwatch_proto::url::{Scheme, Url as ProbeUrl};
 
-use super::failure::{Failure, ooni};
+use super::failure::Failure;
 
 /// Checks a probe URL the way the engine reads it; the error says what is wrong.
 pub fn check_url(url: &str) -> Result<(), &'static str> {
@@ -16,6 +15,5 @@ pub fn check_url(url: &str) -> Result<(), &'static str> {
 /// Parses a probe URL; a bad one is the agent's own error (it should have been refused when
 /// the config or plan was loaded).
 pub(crate) fn parse_url(url: &str) -> Result<ProbeUrl, Failure> {
-    blockwatch_proto::url::probe(url)
-        .map_err(|why| Failure::new(Outcome::AgentError, ooni::UNKNOWN, format!("bad probe URL {url:?}: {why}")))
+    blockwatch_proto::url::probe(url).map_err(|why| Failure::agent(format!("bad probe URL {url:?}: {why}")))
 }

@@ -50,9 +50,9 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_field_bytes: 256,
-            max_detail_bytes: 2048,
-            max_list_len: 32,
+            max_field_bytes: blockwatch_proto::bounds::FIELD_BYTES,
+            max_detail_bytes: blockwatch_proto::bounds::DETAIL_BYTES,
+            max_list_len: blockwatch_proto::bounds::LIST_LEN,
             max_future: Duration::from_secs(5 * 60),
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_agents: 10_000,

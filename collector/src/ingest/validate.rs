@@ -77,6 +77,11 @@ pub fn problem(r: &ProbeResult, from: &Sender<'_>, limits: &Limits) -> Option<St
             return Some(format!("probe {id}: {field} of {} bytes: at most {max}", value.len()));
         }
     }
+    // An operation name (`resolve`, `tls_handshake`, ...): a word, not free text.
+    let op = &r.failed_operation;
+    if op.len() > 32 || !op.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Some(format!("probe {id}: failed_operation {:?}: at most 32 of a-z and _", shown(op)));
+    }
     if r.detail.len() > limits.max_detail_bytes {
         return Some(format!("probe {id}: detail of {} bytes: at most {}", r.detail.len(), limits.max_detail_bytes));
     }
@@ -174,6 +179,7 @@ mod tests {
             ProbeResult { target_id: big.clone(), ..good() },
             ProbeResult { provider_code: big.clone(), ..good() },
             ProbeResult { failure: big.clone(), ..good() },
+            ProbeResult { failed_operation: "Resolve; DROP".into(), ..good() },
             ProbeResult { peer_address: big.clone(), ..good() },
             ProbeResult { detail: "y".repeat(3000), ..good() },
             ProbeResult { resolved_addresses: vec!["1.1.1.1".into(); 33], ..good() },

@@ -20,7 +20,8 @@ pub use dns::{DnsAnswer, serve_dns};
 pub use https::{Canned, serve_https};
 pub use pki::TestPki;
 pub use tcp::{
-    closed_port, http_reset, silent, tls_alert, tls_eof_after_hello, tls_reset_after_hello, tls_silent_after_handshake,
+    RawEnd, closed_port, http_raw, http_reset, silent, tls_alert, tls_eof_after_hello, tls_reset_after_hello,
+    tls_silent_after_handshake,
 };
 
 /// Why a fault server could not be set up.

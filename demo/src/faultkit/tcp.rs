@@ -114,3 +114,50 @@ pub async fn http_reset(ip: IpAddr, tls: Arc<ServerConfig>) -> Result<FaultServe
         }
     })
 }
+
+/// How a raw HTTP answer ends, after its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawEnd {
+    /// A TCP reset.
+    Reset,
+    /// A clean close (TLS close_notify, then FIN).
+    Close,
+    /// Nothing more, the connection held open.
+    Hang,
+}
+
+/// Completes the TLS handshake, reads the start of the request, writes `raw` as the answer
+/// (a head with a body cut short, or bytes that are not HTTP), then ends as `end` says.
+pub async fn http_raw(
+    ip: IpAddr,
+    tls: Arc<ServerConfig>,
+    raw: &'static [u8],
+    end: RawEnd,
+) -> Result<FaultServer, FaultError> {
+    let acceptor = TlsAcceptor::from(tls);
+    accept_loop(listen(ip).await?, move |stream, _| {
+        let acceptor = acceptor.clone();
+        async move {
+            let Ok(mut tls) = acceptor.accept(stream).await else { return };
+            let mut buf = [0u8; 1024];
+            if !matches!(tokio::time::timeout(READ_LIMIT, tls.read(&mut buf)).await, Ok(Ok(n)) if n > 0) {
+                return;
+            }
+            if tls.write_all(raw).await.is_err() || tls.flush().await.is_err() {
+                return;
+            }
+            match end {
+                RawEnd::Reset => {
+                    // Give the bytes time to leave before the reset overtakes them.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let (tcp, _) = tls.into_inner();
+                    reset(tcp);
+                }
+                RawEnd::Close => {
+                    let _ = tls.shutdown().await;
+                }
+                RawEnd::Hang => std::future::pending::<()>().await,
+            }
+        }
+    })
+}

@@ -39,6 +39,9 @@ pub struct TraceRecord {
     /// OONI-style failure string.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub failure: String,
+    /// The operation that failed (OONI's `failed_operation`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failed_operation: String,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dns_ms: f64,
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -51,6 +54,10 @@ pub struct TraceRecord {
     pub http_ms: f64,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub peer_address: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub local_address: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub egress_address: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -61,6 +68,11 @@ pub struct TraceRecord {
     pub control: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+    /// Edge-identifying response headers (`server`, `cf-ray`, ...).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub edge_headers: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keyed: bool,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -102,17 +114,22 @@ impl TraceRecord {
                 outcome.name().to_string()
             },
             failure: r.failure.clone(),
+            failed_operation: r.failed_operation.clone(),
             dns_ms: us_to_ms(d.dns_us),
             connect_ms: us_to_ms(d.connect_us),
             tls_ms: us_to_ms(d.tls_us),
             ttfb_ms: us_to_ms(d.http_ttfb_us),
             http_ms: us_to_ms(d.http_us),
             peer_address: r.peer_address.clone(),
+            local_address: r.local_address.clone(),
+            egress_address: r.egress_address.clone(),
             resolved_addresses: r.resolved_addresses.clone(),
             provider: r.provider.clone(),
             confirmation: r.confirmation,
             control: r.control,
             detail: r.detail.clone(),
+            edge_headers: r.edge_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            keyed: r.keyed,
         }
     }
 
@@ -168,14 +185,19 @@ impl TraceRecord {
                 total_us: self.duration_ms * 1000,
             }),
             failure: self.failure.clone(),
+            failed_operation: self.failed_operation.clone(),
             http_status: self.http_status,
             provider_code: self.provider_code.clone(),
             peer_address: self.peer_address.clone(),
+            local_address: self.local_address.clone(),
+            egress_address: self.egress_address.clone(),
             resolved_addresses: self.resolved_addresses.clone(),
             provider: self.provider.clone(),
             confirmation: self.confirmation,
             control: self.control,
             detail: self.detail.clone(),
+            edge_headers: self.edge_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            keyed: self.keyed,
             ..Default::default()
         };
         r.set_outcome(self.outcome()?);
@@ -195,6 +217,36 @@ mod tests {
         assert_eq!(r.outcome(), Outcome::Ok);
         let back = TraceRecord::from_result(&r, Some(rec.received_ms().unwrap()));
         assert_eq!(serde_json::to_string(&back).unwrap(), line);
+    }
+
+    /// Every field a result carries survives a trip through a trace line.
+    #[test]
+    fn every_result_field_round_trips() {
+        let mut r = ProbeResult {
+            probe_id: "a/1".into(),
+            agent_id: "a".into(),
+            region: "hk".into(),
+            target_id: "openai".into(),
+            started_at: Some(to_timestamp(1_700_000_000_123)),
+            durations: Some(PhaseDurations { total_us: 287_000, ..Default::default() }),
+            failure: "http_request_failed".into(),
+            failed_operation: "http_round_trip".into(),
+            http_status: 403,
+            provider_code: "unsupported_country_region_territory".into(),
+            peer_address: "203.0.113.7:443".into(),
+            local_address: "192.0.2.4:40000".into(),
+            egress_address: "198.51.100.9".into(),
+            resolved_addresses: vec!["203.0.113.7".into()],
+            provider: "openai".into(),
+            detail: "status 403: ...".into(),
+            edge_headers: [("cf-ray".to_string(), "8f00-HKG".to_string())].into(),
+            keyed: true,
+            ..Default::default()
+        };
+        r.set_outcome(Outcome::HttpGeoBlocked);
+        let line = serde_json::to_string(&TraceRecord::from_result(&r, None)).unwrap();
+        let back: TraceRecord = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.to_result().unwrap(), r, "{line}");
     }
 
     #[test]

@@ -64,4 +64,12 @@ pub fn check(rep: &ProbeReport, outcome: Outcome, failure: &str, ran: Ran) {
     );
     assert!(d.total_us > 0, "total always timed");
     assert_eq!(d.http_ttfb_us > 0, rep.http_status > 0, "ttfb only with an answer; report: {rep:#?}");
+    // The failed operation is the last phase that ran, or the top level when none did.
+    let last =
+        [(ran.http, "http_round_trip"), (ran.tls, "tls_handshake"), (ran.connect, "connect"), (ran.dns, "resolve")]
+            .into_iter()
+            .find_map(|(r, op)| r.then_some(op))
+            .unwrap_or("top_level");
+    let op = if failure.is_empty() { "" } else { last };
+    assert_eq!(rep.failed_operation, op, "failed operation; report: {rep:#?}");
 }
