@@ -206,7 +206,7 @@ fn print_text(r: &ProbeResult) {
         None => println!("outcome     {}", outcome.name()),
     }
     if !r.failure.is_empty() {
-        println!("failure     {}", r.failure);
+        println!("failure     {} (operation {})", r.failure, r.failed_operation);
     }
     if !r.provider_code.is_empty() {
         println!("code        {}", r.provider_code);
