@@ -174,6 +174,6 @@ fn config_entries_express_every_kind_of_signature() {
 fn reported_answers_classify_as_data() {
     for shape in canned::real_world() {
         let (outcome, code) = verdict(shape.provider, shape.keyed, shape.answer);
-        assert_eq!((outcome.name(), code.as_str()), (shape.outcome, shape.provider_code), "{}", shape.name);
+        assert_eq!((outcome.name(), &code), (shape.outcome, &shape.provider_code), "{}", shape.name);
     }
 }

@@ -89,7 +89,7 @@ async fn reported_answers_are_classified() {
         }
         let rep = eng.probe(&s).await;
         let want = Outcome::from_name(shape.outcome).unwrap();
-        assert_eq!((rep.outcome, rep.provider_code.as_str()), (want, shape.provider_code), "{}: {rep:#?}", shape.name);
+        assert_eq!((rep.outcome, &rep.provider_code), (want, &shape.provider_code), "{}: {rep:#?}", shape.name);
         assert_eq!(rep.keyed, shape.keyed, "{}", shape.name);
         let failure = if want == Outcome::Ok { "" } else { "http_request_failed" };
         assert_eq!(rep.failure, failure, "{}", shape.name);

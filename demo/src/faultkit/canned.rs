@@ -206,7 +206,7 @@ pub fn deepseek_insufficient_balance() -> Canned {
 /// One reported answer and what it means.
 pub struct Shape {
     /// What it is.
-    pub name: &'static str,
+    pub name: String,
     /// The catalogue entry of the target that received it.
     pub provider: &'static str,
     /// Whether the probe sent a key.
@@ -215,18 +215,18 @@ pub struct Shape {
     pub answer: Canned,
     /// The outcome it must classify as (its trace name) and the provider code reported.
     pub outcome: &'static str,
-    pub provider_code: &'static str,
+    pub provider_code: String,
 }
 
 /// The answers on record that a classifier must get right, each with its meaning.
 pub fn real_world() -> Vec<Shape> {
-    let shape = |name, provider, keyed, answer, outcome, provider_code| Shape {
-        name,
+    let shape = |name: &str, provider, keyed, answer, outcome, provider_code: &str| Shape {
+        name: name.to_string(),
         provider,
         keyed,
         answer,
         outcome,
-        provider_code,
+        provider_code: provider_code.to_string(),
     };
     let mut v = vec![
         shape(
@@ -316,19 +316,8 @@ pub fn real_world() -> Vec<Shape> {
         shape("anthropic reachable", "anthropic", false, anthropic_reachable(), "ok", "authentication_error"),
     ];
     for code in [1000, 1009, 1020, 1034] {
-        let name = match code {
-            1000 => "cloudflare plain 1000",
-            1009 => "cloudflare plain 1009",
-            1020 => "cloudflare plain 1020",
-            _ => "cloudflare plain 1034",
-        };
-        let provider_code = match code {
-            1000 => "cloudflare_1000",
-            1009 => "cloudflare_1009",
-            1020 => "cloudflare_1020",
-            _ => "cloudflare_1034",
-        };
-        v.push(shape(name, "openai", false, cloudflare_plain(code), "http_edge_blocked", provider_code));
+        let (name, provider_code) = (format!("cloudflare plain {code}"), format!("cloudflare_{code}"));
+        v.push(shape(&name, "openai", false, cloudflare_plain(code), "http_edge_blocked", &provider_code));
     }
     v
 }

@@ -101,18 +101,7 @@ pub async fn tls_silent_after_handshake(ip: IpAddr, tls: Arc<ServerConfig>) -> R
 
 /// Completes the TLS handshake, reads the start of the request, then resets.
 pub async fn http_reset(ip: IpAddr, tls: Arc<ServerConfig>) -> Result<FaultServer, FaultError> {
-    let acceptor = TlsAcceptor::from(tls);
-    accept_loop(listen(ip).await?, move |stream, _| {
-        let acceptor = acceptor.clone();
-        async move {
-            let Ok(mut tls) = acceptor.accept(stream).await else { return };
-            let mut buf = [0u8; 1024];
-            if matches!(tokio::time::timeout(READ_LIMIT, tls.read(&mut buf)).await, Ok(Ok(n)) if n > 0) {
-                let (tcp, _) = tls.into_inner();
-                reset(tcp);
-            }
-        }
-    })
+    http_raw(ip, tls, b"", RawEnd::Reset).await
 }
 
 /// How a raw HTTP answer ends, after its bytes.
