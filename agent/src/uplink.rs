@@ -407,13 +407,12 @@ const BATCH_BYTES: usize = MAX_MESSAGE_BYTES - 64 * 1024;
 /// larger ones). The rest stay in the spool for the next batch, so one endpoint's huge
 /// answers can never make a batch the collector refuses over and over.
 fn within_message(mut batch: Vec<ProbeResult>) -> Vec<ProbeResult> {
-    use prost::Message;
     let mut bytes = 0;
     let mut keep = 0;
     for r in &mut batch {
         blockwatch_proto::bounds::cap_result(r);
-        let len = r.encoded_len();
-        let framed = 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+        // As `ResultBatch.results` (field 2) frames it: key, length, message.
+        let framed = prost::encoding::message::encoded_len(2, r);
         if keep > 0 && bytes + framed > BATCH_BYTES {
             break;
         }
@@ -485,31 +484,32 @@ mod tests {
         let late: Duration = (0..200).map(|_| backoff(10)).sum();
         assert!(late > early * 4);
     }
-}
-/// Results as large as the bounds allow fill a batch by size, not count: the message
-/// stays under the limit, the oldest go first, and the rest wait for the next batch.
-#[test]
-fn batches_fill_by_encoded_size() {
-    use prost::Message;
-    // Each field over its bound; capped, a result is still some 18 KB, so 500 of them
-    // are twice the message limit.
-    let huge = "x".repeat(1024);
-    let batch: Vec<ProbeResult> = (1..=500)
-        .map(|seq| ProbeResult {
-            seq,
-            detail: huge.clone(),
-            provider_code: huge.clone(),
-            edge_headers: (0..40).map(|i| (format!("h{i}"), huge.clone())).collect(),
-            resolved_addresses: vec![huge.clone(); 40],
-            ..Default::default()
-        })
-        .collect();
-    let sent = within_message(batch);
-    assert!(sent.len() > 1 && sent.len() < 500, "{} results", sent.len());
-    assert_eq!(sent.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=sent.len() as u64).collect::<Vec<_>>());
-    let msg = ResultBatch { batch_id: 1, results: sent };
-    assert!(msg.encoded_len() <= MAX_MESSAGE_BYTES - 60 * 1024, "{}", msg.encoded_len());
-    let one = within_message(vec![ProbeResult { seq: 9, detail: huge, ..Default::default() }]);
-    assert_eq!(one.len(), 1, "a single result always goes, held to the bounds");
-    assert!(one[0].detail.len() <= blockwatch_proto::bounds::DETAIL_BYTES);
+
+    /// Results as large as the bounds allow fill a batch by size, not count: the message
+    /// stays under the limit, the oldest go first, and the rest wait for the next batch.
+    #[test]
+    fn batches_fill_by_encoded_size() {
+        use prost::Message;
+        // Each field over its bound; capped, a result is still some 18 KB, so 500 of them
+        // are twice the message limit.
+        let huge = "x".repeat(1024);
+        let batch: Vec<ProbeResult> = (1..=500)
+            .map(|seq| ProbeResult {
+                seq,
+                detail: huge.clone(),
+                provider_code: huge.clone(),
+                edge_headers: (0..40).map(|i| (format!("h{i}"), huge.clone())).collect(),
+                resolved_addresses: vec![huge.clone(); 40],
+                ..Default::default()
+            })
+            .collect();
+        let sent = within_message(batch);
+        assert!(sent.len() > 1 && sent.len() < 500, "{} results", sent.len());
+        assert_eq!(sent.iter().map(|r| r.seq).collect::<Vec<_>>(), (1..=sent.len() as u64).collect::<Vec<_>>());
+        let msg = ResultBatch { batch_id: 1, results: sent };
+        assert!(msg.encoded_len() <= MAX_MESSAGE_BYTES - 60 * 1024, "{}", msg.encoded_len());
+        let one = within_message(vec![ProbeResult { seq: 9, detail: huge, ..Default::default() }]);
+        assert_eq!(one.len(), 1, "a single result always goes, held to the bounds");
+        assert!(one[0].detail.len() <= blockwatch_proto::bounds::DETAIL_BYTES);
+    }
 }

@@ -46,7 +46,20 @@ impl Provider {
                 return Err(bad(format!("header {k:?} is not a valid HTTP header")));
             }
         }
-        Ok(Provider { config })
+        Ok(Provider::for_matching(config))
+    }
+
+    /// An entry (checked by `new`, or built in) made ready to match: its signature texts
+    /// (body texts, header values) lowercased once here, since matching is ASCII
+    /// case-insensitive and runs for every answer.
+    fn for_matching(mut config: ProviderConfig) -> Provider {
+        for sig in config.geo.iter_mut().chain(&mut config.edge).chain(&mut config.accepted) {
+            let texts = sig.body_contains.iter_mut().chain(&mut sig.body_any).chain(sig.headers.values_mut());
+            for t in texts {
+                t.make_ascii_lowercase();
+            }
+        }
+        Provider { config }
     }
 
     /// The provider's id.
@@ -54,7 +67,7 @@ impl Provider {
         &self.config.id
     }
 
-    /// The entry as configured.
+    /// The entry as configured, its signature texts lowercased.
     pub fn config(&self) -> &ProviderConfig {
         &self.config
     }
@@ -140,7 +153,7 @@ impl Catalogue {
         // they are taken as they are here.
         let providers = super::builtin::providers()
             .into_iter()
-            .map(|config| (config.id.clone(), Arc::new(Provider { config })))
+            .map(|config| (config.id.clone(), Arc::new(Provider::for_matching(config))))
             .collect();
         Catalogue { providers }
     }
@@ -171,7 +184,7 @@ impl Catalogue {
             .cloned()
             // Entries are only ever added or replaced, never removed, so the generic entry
             // from `builtin()` is always there; this keeps the lookup total all the same.
-            .unwrap_or_else(|| Arc::new(Provider { config: super::builtin::generic() }))
+            .unwrap_or_else(|| Arc::new(Provider::for_matching(super::builtin::generic())))
     }
 
     /// Adds or replaces entries (an entry with a known id replaces it whole). Nothing is

@@ -3,11 +3,9 @@
 
 use blockwatch_proto::Outcome;
 use http::HeaderMap;
-
-use super::entry::{GENERIC, ProviderConfig};
 use serde_json::Value;
 
-use super::catalogue::{Catalogue, Provider, Signature};
+use super::catalogue::{Catalogue, GENERIC, Provider, ProviderConfig, Signature};
 
 /// What an answer means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,14 +27,17 @@ struct Answer<'a> {
 }
 
 impl Answer<'_> {
+    /// Signature texts are lowercase already ([`Provider`] lowercases them once), so only
+    /// the answer's side is lowered here.
     fn matches(&self, sig: &Signature) -> bool {
         (sig.status.is_empty() || sig.status.contains(&self.status))
             && sig.code.as_deref().is_none_or(|want| self.code.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(want)))
-            && sig.headers.iter().all(|(name, want)| {
-                header(self.headers, name).is_some_and(|v| v.to_ascii_lowercase().contains(&want.to_ascii_lowercase()))
-            })
-            && sig.body_contains.iter().all(|t| self.lower.contains(&t.to_ascii_lowercase()))
-            && (sig.body_any.is_empty() || sig.body_any.iter().any(|t| self.lower.contains(&t.to_ascii_lowercase())))
+            && sig
+                .headers
+                .iter()
+                .all(|(name, want)| header(self.headers, name).is_some_and(|v| v.to_ascii_lowercase().contains(want)))
+            && sig.body_contains.iter().all(|t| self.lower.contains(t.as_str()))
+            && (sig.body_any.is_empty() || sig.body_any.iter().any(|t| self.lower.contains(t.as_str())))
     }
 
     /// The first signature of one kind that matches, the target's own provider's first and

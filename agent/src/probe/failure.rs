@@ -171,31 +171,26 @@ pub enum IoKind {
 /// is `unknown_failure: REASON` (EPIPE, for one, is not `connection_reset`).
 pub fn classify_io(e: &io::Error) -> (IoKind, String) {
     use io::ErrorKind as K;
-    let kind = match e.kind() {
-        K::ConnectionRefused => IoKind::Refused,
-        K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted => IoKind::Reset,
-        K::UnexpectedEof => IoKind::Eof,
-        K::TimedOut => IoKind::Timeout,
-        K::HostUnreachable | K::NetworkUnreachable | K::NetworkDown => IoKind::Unreachable,
-        _ => IoKind::Other,
-    };
-    if let Some(code) = e.raw_os_error() {
-        let failure = ooni::errno(code).map_or_else(|| ooni::unknown(e), str::to_string);
-        return (kind, failure);
-    }
-    let failure = match e.kind() {
-        K::ConnectionRefused => ooni::CONNECTION_REFUSED.to_string(),
-        K::ConnectionReset => ooni::CONNECTION_RESET.to_string(),
-        K::ConnectionAborted => ooni::CONNECTION_ABORTED.to_string(),
-        K::UnexpectedEof => ooni::EOF.to_string(),
+    // The kind, and OONI's name for an error of that kind that did not come from the kernel.
+    let (kind, by_kind) = match e.kind() {
+        K::ConnectionRefused => (IoKind::Refused, Some(ooni::CONNECTION_REFUSED)),
+        K::ConnectionReset => (IoKind::Reset, Some(ooni::CONNECTION_RESET)),
+        K::ConnectionAborted => (IoKind::Reset, Some(ooni::CONNECTION_ABORTED)),
+        K::BrokenPipe => (IoKind::Reset, None),
+        K::UnexpectedEof => (IoKind::Eof, Some(ooni::EOF)),
         // Not the kernel's: one of our own timers.
-        K::TimedOut => ooni::GENERIC_TIMEOUT.to_string(),
-        K::HostUnreachable => ooni::HOST_UNREACHABLE.to_string(),
-        K::NetworkUnreachable => ooni::NETWORK_UNREACHABLE.to_string(),
-        K::AddrNotAvailable => ooni::ADDRESS_NOT_AVAILABLE.to_string(),
-        _ => ooni::unknown(e),
+        K::TimedOut => (IoKind::Timeout, Some(ooni::GENERIC_TIMEOUT)),
+        K::HostUnreachable => (IoKind::Unreachable, Some(ooni::HOST_UNREACHABLE)),
+        K::NetworkUnreachable => (IoKind::Unreachable, Some(ooni::NETWORK_UNREACHABLE)),
+        K::NetworkDown => (IoKind::Unreachable, None),
+        K::AddrNotAvailable => (IoKind::Other, Some(ooni::ADDRESS_NOT_AVAILABLE)),
+        _ => (IoKind::Other, None),
     };
-    (kind, failure)
+    let name = match e.raw_os_error() {
+        Some(code) => ooni::errno(code),
+        None => by_kind,
+    };
+    (kind, name.map_or_else(|| ooni::unknown(e), str::to_string))
 }
 
 /// Walks an error's cause chain (including the payload of `io::Error`s, which `source()`
