@@ -89,7 +89,7 @@ impl Agent {
         let (plan_tx, plan_rx) = watch::channel(plan::initial(&cfg));
         let (probe_now_tx, probe_now_rx) = mpsc::channel(PROBE_NOW_QUEUE);
         let new_results = Arc::new(Notify::new());
-        let (egress_tx, egress_rx) = watch::channel(String::new());
+        let (egress_tx, egress_rx) = watch::channel(egress::Egress::default());
         if let Some(url) = &cfg.egress_echo_url {
             let spec = ProbeSpec {
                 url: url.clone(),
@@ -101,10 +101,18 @@ impl Agent {
             };
             // It holds nothing to flush, so it simply ends on `stop`; results wait for nothing
             // from it (they carry no egress address until the first look-up succeeds).
-            tokio::spawn(egress::keep_current(engine.clone(), spec, egress::REFRESH, egress::RETRY, egress_tx, {
-                let mut stop = probes_rx.clone();
-                async move { stopped(&mut stop).await }
-            }));
+            tokio::spawn(egress::keep_current(
+                engine.clone(),
+                spec,
+                probe::geoip::GeoIp::new(cfg.geoip_db.clone()),
+                egress::REFRESH,
+                egress::RETRY,
+                egress_tx,
+                {
+                    let mut stop = probes_rx.clone();
+                    async move { stopped(&mut stop).await }
+                },
+            ));
         }
         let ctx = ProbeContext {
             cfg: Arc::clone(&cfg),

@@ -34,8 +34,8 @@ pub struct ProbeContext {
     pub permits: Arc<Semaphore>,
     /// Targets' API keys, read once at start (see [`AgentConfig::credentials`]).
     pub credentials: Arc<Credentials>,
-    /// The agent's egress address as last looked up; empty when unknown.
-    pub egress: watch::Receiver<String>,
+    /// The agent's egress address (and its network) as last looked up; empty when unknown.
+    pub egress: watch::Receiver<crate::probe::egress::Egress>,
 }
 
 /// Requests from the collector to probe the same target closer together than this are
@@ -192,9 +192,9 @@ pub async fn probe_once(ctx: &ProbeContext, target: &Target, confirmation: bool)
         provider: spec.provider.id().to_string(),
         confirmation,
         control: target.control,
-        egress_address: ctx.egress.borrow().clone(),
         ..Default::default()
     };
+    ctx.egress.borrow().fill(&mut result);
     report.fill(&mut result);
     let outcome = result.outcome();
     let agent_id = ctx.cfg.agent_id.clone();

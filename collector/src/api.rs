@@ -7,6 +7,12 @@
 //! - `GET /v1/results` — stored results in the trace format (JSON lines, what `export`
 //!   writes), in the order stored, streamed. Query: `after=N` (skip the first N: results are
 //!   numbered 1, 2, 3, … as stored, so a poller adds the lines it got), `limit=` (default all).
+//! - `GET /v1/networks` — stored results summed by the network they left from (the agents'
+//!   egress ASN and country, from their `geoip_db`), as JSON lines: results, per-outcome
+//!   counts, the share `ok`, first and last start. Query: `by=` (any of `region`, `target`,
+//!   `asn`, `country`, comma-separated; default `region,asn`), filters `target=`, `region=`,
+//!   `asn=`, `country=`, `from=` / `to=` (RFC 3339, on `started_at`), `control=true` to count
+//!   the control target too.
 //! - `GET /v1/agents` — the agents seen since start: region, whether a stream is open and
 //!   whether the agent is silent, version, last heard of, results spooled, dropped and
 //!   refused. Query: `after=ID` (agents after this id), `limit=` (default 1000, at most 10 000).
@@ -82,6 +88,7 @@ pub async fn serve(
         .route("/v1/events", get(events))
         .route("/v1/agents", get(agents))
         .route("/v1/results", get(results))
+        .route("/v1/networks", get(networks))
         .route("/v1/probe", axum::routing::post(probe))
         .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)) });
     if let Some(tokens) = tokens {
@@ -340,6 +347,85 @@ async fn results(
     });
     let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkQuery {
+    by: Option<String>,
+    target: Option<String>,
+    region: Option<String>,
+    asn: Option<u32>,
+    country: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    #[serde(default)]
+    control: bool,
+}
+
+impl NetworkQuery {
+    fn into_filter(self) -> Result<(crate::networks::Filter, Vec<crate::networks::By>), String> {
+        use crate::networks::{By, Filter};
+        let by = By::parse_list(self.by.as_deref().unwrap_or("region,asn"))?;
+        let time = |key: &str, v: Option<String>| match v {
+            None => Ok(None),
+            Some(v) => blockwatch_proto::time::parse_rfc3339(&v)
+                .map(Some)
+                .ok_or_else(|| format!("{key}={v}: not an RFC 3339 time (2026-01-31T12:00:00Z)")),
+        };
+        let from = time("from", self.from)?;
+        let to = time("to", self.to)?;
+        if let (Some(f), Some(t)) = (from, to)
+            && f >= t
+        {
+            return Err("from: must be before to".into());
+        }
+        Ok((
+            Filter {
+                target: self.target,
+                region: self.region,
+                asn: self.asn,
+                country: self.country.map(|c| c.to_ascii_uppercase()),
+                from,
+                to,
+                control: self.control,
+            },
+            by,
+        ))
+    }
+}
+
+/// `GET /v1/networks`: results summed by egress network (a scan of the store, so it takes
+/// an export's slot).
+async fn networks(
+    State(api): State<Api>,
+    query: Result<Query<NetworkQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let (filter, by) = match parsed(query).and_then(NetworkQuery::into_filter) {
+        Ok(q) => q,
+        Err(why) => return bad_request(why),
+    };
+    let Ok(permit) = Arc::clone(&api.exports).try_acquire_owned() else {
+        return busy(format!("{MAX_EXPORTS} result scans are running; retry shortly"));
+    };
+    let store = api.store.clone();
+    let groups = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        crate::networks::summarise(&store, &filter, &by)
+    })
+    .await;
+    match groups {
+        Ok(Ok(groups)) => {
+            let mut body = String::new();
+            for g in groups {
+                body.push_str(&serde_json::to_string(&g).unwrap_or_default());
+                body.push('\n');
+            }
+            ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+        }
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}\n")).into_response(),
+    }
 }
 
 #[derive(Serialize)]

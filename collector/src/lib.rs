@@ -10,6 +10,7 @@ pub mod export;
 pub mod fleet_ca;
 pub mod ingest;
 mod listen;
+pub mod networks;
 pub mod plan;
 mod rebuild;
 pub mod replay;

@@ -219,6 +219,7 @@ fn agent_config(
         providers: Vec::new(),
         control: None,
         egress_echo_url: None,
+        geoip_db: Vec::new(),
     }
 }
 

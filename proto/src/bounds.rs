@@ -37,6 +37,8 @@ pub fn cap_result(r: &mut crate::v1::ProbeResult) {
         &mut r.peer_address,
         &mut r.local_address,
         &mut r.egress_address,
+        &mut r.egress_as_org,
+        &mut r.egress_country,
     ] {
         cap(field, FIELD_BYTES);
     }

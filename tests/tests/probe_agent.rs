@@ -1,5 +1,5 @@
 //! The agent around the engine: a config's `[[provider]]` entries, a target's key, the control
-//! target and the egress address, all the way through `scheduler::probe_once` into the spool.
+//! target and the egress address and network, all the way through `scheduler::probe_once` into the spool.
 
 mod common;
 
@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blockwatch_agent::config::AgentConfig;
+use blockwatch_agent::probe::geoip::GeoIp;
 use blockwatch_agent::probe::{ProbeSpec, egress};
 use blockwatch_agent::scheduler::{ProbeContext, probe_once};
 use blockwatch_agent::spool::Spool;
@@ -15,6 +16,7 @@ use blockwatch_agent::{plan, targets};
 use blockwatch_proto::Outcome;
 use blockwatch_proto::v1::ProbeResult;
 use blockwatch_tests::faultkit::{self, Canned, TestPki, canned};
+use blockwatch_tests::mmdb::{self, Asn, Country, IsoCode};
 use bytes::Bytes;
 use common::*;
 use tokio::net::TcpListener;
@@ -41,6 +43,12 @@ async fn config_keys_control_and_egress_reach_the_results() {
     let collector = faultkit::silent(LO).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let port = srv.addr().port();
+    // The network the egress address belongs to, in GeoLite2's two files.
+    let (asn_db, country_db) = (dir.path().join("asn.mmdb"), dir.path().join("country.mmdb"));
+    let asn = Asn { autonomous_system_number: 64500, autonomous_system_organization: "Example Hosting" };
+    mmdb::write(&asn_db, false, "GeoLite2-ASN", &[("127.0.0.0/8", asn)]);
+    let de = Country { country: Some(IsoCode { iso_code: "DE" }), registered_country: None };
+    mmdb::write(&country_db, true, "GeoLite2-Country", &[("127.0.0.0/8", de)]);
     let cfg = AgentConfig::parse(&format!(
         r#"
         agent_id = "a1"
@@ -49,6 +57,7 @@ async fn config_keys_control_and_egress_reach_the_results() {
         insecure = true
         spool_dir = {spool:?}
         egress_echo_url = "https://127.0.0.1:{port}/ip"
+        geoip_db = [{asn_db:?}, {country_db:?}]
         [[target]]
         id = "acme"
         url = "https://127.0.0.1:{port}/v1/models"
@@ -63,6 +72,8 @@ async fn config_keys_control_and_egress_reach_the_results() {
         "#,
         collector = collector.addr(),
         spool = dir.path().join("spool").display().to_string(),
+        asn_db = asn_db.display().to_string(),
+        country_db = country_db.display().to_string(),
     ))
     .unwrap();
     cfg.validate().unwrap();
@@ -70,7 +81,7 @@ async fn config_keys_control_and_egress_reach_the_results() {
     let catalogue = cfg.catalogue().unwrap();
     let eng = engine(&pki, vec![]);
 
-    let (egress_tx, egress_rx) = watch::channel(String::new());
+    let (egress_tx, egress_rx) = watch::channel(egress::Egress::default());
     let echo = ProbeSpec {
         url: cfg.egress_echo_url.clone().unwrap(),
         provider: targets::provider_for(&catalogue, "generic", "", &[]),
@@ -78,9 +89,10 @@ async fn config_keys_control_and_egress_reach_the_results() {
     };
     // Runs until the test's runtime ends.
     let never = std::future::pending::<()>();
-    tokio::spawn(egress::keep_current(eng.clone(), echo, egress::REFRESH, egress::RETRY, egress_tx, never));
+    let geoip = GeoIp::new(cfg.geoip_db.clone());
+    tokio::spawn(egress::keep_current(eng.clone(), echo, geoip, egress::REFRESH, egress::RETRY, egress_tx, never));
     let mut known = egress_rx.clone();
-    tokio::time::timeout(Duration::from_secs(10), known.wait_for(|ip| !ip.is_empty())).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), known.wait_for(|e| !e.address.is_empty())).await.unwrap().unwrap();
 
     let spool = Arc::new(Spool::open(&cfg.spool_dir, 1 << 20).unwrap());
     let ctx = ProbeContext {
@@ -105,11 +117,14 @@ async fn config_keys_control_and_egress_reach_the_results() {
     assert!(acme.keyed, "the key from credential_env was sent");
     assert_eq!((acme.provider.as_str(), acme.http_status, acme.control), ("acme", 200, false));
     assert_eq!(acme.egress_address, "127.0.0.1");
+    let network = |r: &ProbeResult| (r.egress_asn, r.egress_as_org.clone(), r.egress_country.clone());
+    assert_eq!(network(acme), (64500, "Example Hosting".into(), "DE".into()));
     let control = by_id("control");
     assert!(control.control);
     assert_eq!(control.peer_address, collector.addr().to_string());
     assert_eq!((control.http_status, control.keyed), (0, false));
     assert_eq!(control.egress_address, "127.0.0.1");
+    assert_eq!(network(control), network(acme));
     assert!(results.iter().all(|r| !format!("{r:?}").contains(KEY)), "the key is in no result");
 
     // Without the key the same provider's refusal is classified by the config's signature.

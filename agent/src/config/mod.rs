@@ -90,6 +90,11 @@ pub struct AgentConfig {
     /// Default: none (results carry no egress address).
     #[serde(default)]
     pub egress_echo_url: Option<String>,
+    /// MaxMind-format databases (`.mmdb`: GeoLite2 ASN / Country / City, DB-IP lite, IPinfo
+    /// lite), one path or a list, that name the egress address's network — ASN, AS
+    /// organisation, country — in every result. Needs `egress_echo_url`. Default: none.
+    #[serde(default, deserialize_with = "crate::probe::entry::one_or_many")]
+    pub geoip_db: Vec<PathBuf>,
 }
 
 /// `[tls]`: the files `blockwatch-collector ca issue-agent` writes. They are re-read on every

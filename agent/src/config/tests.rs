@@ -225,3 +225,15 @@ fn the_collector_url_and_tls_must_agree() {
     c.tls = None;
     assert!(problem(&c).contains("insecure = true on a network you trust"), "{}", problem(&c));
 }
+
+#[test]
+fn geoip_db_is_one_path_or_a_list_and_needs_the_echo_url() {
+    let one = AgentConfig::parse(&format!("geoip_db = \"/nonexistent/asn.mmdb\"\n{GOOD}")).unwrap();
+    assert_eq!(one.geoip_db, [std::path::PathBuf::from("/nonexistent/asn.mmdb")]);
+    let two = AgentConfig::parse(&format!("geoip_db = [\"/a.mmdb\", \"/b.mmdb\"]\n{GOOD}")).unwrap();
+    assert_eq!(two.geoip_db.len(), 2);
+    let p = one.validate().unwrap_err();
+    assert_eq!(p[0], "geoip_db: needs egress_echo_url (the address it looks up)");
+    assert!(p[1].starts_with("geoip_db /nonexistent/asn.mmdb: "), "{p:?}");
+    assert_eq!(p.len(), 2, "{p:?}");
+}

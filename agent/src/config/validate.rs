@@ -92,6 +92,13 @@ impl AgentConfig {
         {
             p.push(format!("egress_echo_url {url:?}: {why}"));
         }
+        if !self.geoip_db.is_empty() {
+            if self.egress_echo_url.is_none() {
+                p.push("geoip_db: needs egress_echo_url (the address it looks up)".into());
+            }
+            let dbs = crate::probe::geoip::GeoIp::new(self.geoip_db.clone());
+            p.extend(dbs.check().into_iter().map(|e| e.to_string()));
+        }
         self.provider_problems(&mut p);
         self.credential_problems(&mut p);
         if p.is_empty() { Ok(()) } else { Err(p) }

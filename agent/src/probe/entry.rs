@@ -78,12 +78,17 @@ pub struct Signature {
 /// The older name of [`Signature`], from when only location refusals were stated.
 pub type GeoSignature = Signature;
 
-fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+/// A value or a list of them (`status = 403` or `status = [400, 403]`).
+pub(crate) fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
     #[derive(Deserialize)]
     #[serde(untagged)]
-    enum OneOrMany {
-        One(u16),
-        Many(Vec<u16>),
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
     }
     Ok(match OneOrMany::deserialize(d)? {
         OneOrMany::One(s) => vec![s],

@@ -72,10 +72,19 @@ pub fn problem(r: &ProbeResult, from: &Sender<'_>, limits: &Limits) -> Option<St
         ("peer_address", &r.peer_address),
         ("local_address", &r.local_address),
         ("egress_address", &r.egress_address),
+        ("egress_as_org", &r.egress_as_org),
     ] {
         if value.len() > max {
             return Some(format!("probe {id}: {field} of {} bytes: at most {max}", value.len()));
         }
+    }
+    // A country is a code (what groups and exports key on), not a name.
+    let cc = &r.egress_country;
+    if !cc.is_empty() && (cc.len() != 2 || !cc.bytes().all(|b| b.is_ascii_uppercase())) {
+        return Some(format!(
+            "probe {id}: egress_country {:?}: two upper-case letters (ISO 3166-1) or empty",
+            shown(cc)
+        ));
     }
     // An operation name (`resolve`, `tls_handshake`, ...): a word, not free text.
     let op = &r.failed_operation;
@@ -180,6 +189,9 @@ mod tests {
             ProbeResult { provider_code: big.clone(), ..good() },
             ProbeResult { failure: big.clone(), ..good() },
             ProbeResult { failed_operation: "Resolve; DROP".into(), ..good() },
+            ProbeResult { egress_country: "Germany".into(), ..good() },
+            ProbeResult { egress_country: "de".into(), ..good() },
+            ProbeResult { egress_as_org: "x".repeat(300), ..good() },
             ProbeResult { peer_address: big.clone(), ..good() },
             ProbeResult { detail: "y".repeat(3000), ..good() },
             ProbeResult { resolved_addresses: vec!["1.1.1.1".into(); 33], ..good() },
@@ -188,6 +200,13 @@ mod tests {
         ] {
             assert!(check(&r).is_some(), "{r:?}");
         }
+        let network = ProbeResult {
+            egress_asn: 64500,
+            egress_as_org: "Example Net".into(),
+            egress_country: "DE".into(),
+            ..good()
+        };
+        assert_eq!(check(&network), None);
     }
 
     proptest::proptest! {

@@ -58,6 +58,14 @@ pub struct TraceRecord {
     pub local_address: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub egress_address: String,
+    /// The egress network's autonomous system number (0 when unknown).
+    #[serde(default, skip_serializing_if = "is_zero_u32")]
+    pub egress_asn: u32,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub egress_as_org: String,
+    /// ISO 3166-1 alpha-2, upper case.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub egress_country: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_addresses: Vec<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -77,6 +85,10 @@ pub struct TraceRecord {
 
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
+}
+
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
 }
 
 fn us_to_ms(us: u64) -> f64 {
@@ -123,6 +135,9 @@ impl TraceRecord {
             peer_address: r.peer_address.clone(),
             local_address: r.local_address.clone(),
             egress_address: r.egress_address.clone(),
+            egress_asn: r.egress_asn,
+            egress_as_org: r.egress_as_org.clone(),
+            egress_country: r.egress_country.clone(),
             resolved_addresses: r.resolved_addresses.clone(),
             provider: r.provider.clone(),
             confirmation: r.confirmation,
@@ -191,6 +206,9 @@ impl TraceRecord {
             peer_address: self.peer_address.clone(),
             local_address: self.local_address.clone(),
             egress_address: self.egress_address.clone(),
+            egress_asn: self.egress_asn,
+            egress_as_org: self.egress_as_org.clone(),
+            egress_country: self.egress_country.clone(),
             resolved_addresses: self.resolved_addresses.clone(),
             provider: self.provider.clone(),
             confirmation: self.confirmation,
@@ -236,6 +254,9 @@ mod tests {
             peer_address: "203.0.113.7:443".into(),
             local_address: "192.0.2.4:40000".into(),
             egress_address: "198.51.100.9".into(),
+            egress_asn: 64500,
+            egress_as_org: "Example Net".into(),
+            egress_country: "DE".into(),
             resolved_addresses: vec!["203.0.113.7".into()],
             provider: "openai".into(),
             detail: "status 403: ...".into(),
