@@ -124,7 +124,12 @@ impl Agent {
             credentials,
             egress: egress_rx,
         };
-        let scheduler = tokio::spawn(scheduler::run(ctx, plan_rx, probe_now_rx, probes_rx));
+        let scheduler = tokio::spawn(scheduler::run(ctx, plan_rx, probe_now_rx, probes_rx.clone()));
+        // Shutdown commits what is staged itself, after the last probe.
+        tokio::spawn(spool::flusher(Arc::clone(&spool), spool::LINGER, {
+            let mut stop = probes_rx;
+            async move { stopped(&mut stop).await }
+        }));
         let uplink = tokio::spawn(
             uplink::Uplink {
                 cfg: Arc::clone(&cfg),
@@ -157,7 +162,16 @@ impl Agent {
         // Probes first, so the uplink's final flush includes the last results.
         let _ = self.stop_probes.send(true);
         let _ = self.scheduler.await;
+        let spool = Arc::clone(&self.spool);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.commit()).await {
+            tracing::error!(error = %blockwatch_proto::error::chain(&e), "could not commit the last results to the spool; they are lost");
+        }
         let _ = self.stop_uplink.send(true);
         let _ = self.uplink.await;
+        // The removals of the last acks were non-durable: persist them.
+        let spool = self.spool;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || spool.sync()).await {
+            tracing::warn!(error = %blockwatch_proto::error::chain(&e), "could not sync the spool (acked results may be sent again)");
+        }
     }
 }

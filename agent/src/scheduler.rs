@@ -197,29 +197,12 @@ pub async fn probe_once(ctx: &ProbeContext, target: &Target, confirmation: bool)
     ctx.egress.borrow().fill(&mut result);
     report.fill(&mut result);
     let outcome = result.outcome();
-    let agent_id = ctx.cfg.agent_id.clone();
-    let spool = Arc::clone(&ctx.spool);
-    let spooled = tokio::task::spawn_blocking(move || {
-        let seq = spool.append(&agent_id, &mut result);
-        seq.map(|_| result)
-    })
-    .await;
-    match spooled {
-        Ok(Ok(result)) => {
-            tracing::debug!(target = %target.id, probe_id = %result.probe_id, outcome = outcome.name(),
-                failure = %result.failure, confirmation, "probe finished");
-            ctx.new_results.notify_one();
-            Some(outcome)
-        }
-        Ok(Err(e)) => {
-            tracing::error!(target = %target.id, error = %blockwatch_proto::error::chain(&e), "could not spool a result; it is lost");
-            None
-        }
-        Err(e) => {
-            tracing::error!(target = %target.id, error = %blockwatch_proto::error::chain(&e), "spool task failed");
-            None
-        }
-    }
+    // Staged for the spool's next group commit, which comes before any send.
+    ctx.spool.stage(&ctx.cfg.agent_id, &mut result);
+    tracing::debug!(target = %target.id, probe_id = %result.probe_id, outcome = outcome.name(),
+        failure = %result.failure, confirmation, "probe finished");
+    ctx.new_results.notify_one();
+    Some(outcome)
 }
 
 #[cfg(test)]

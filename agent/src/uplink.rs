@@ -27,8 +27,10 @@ use crate::spool::{Spool, SpoolError};
 pub const MAX_IN_FLIGHT: usize = 4;
 /// Largest batch the agent sends, whatever the collector allows.
 pub const MAX_BATCH: usize = 500;
-/// How long a fresh result may wait for companions before its batch goes out.
-pub const BATCH_LINGER: Duration = Duration::from_millis(200);
+/// How long a fresh result may wait for companions before its batch goes out. Each batch
+/// costs one spool commit (an fsync) and one round trip, so results of a second travel
+/// together; a second is nothing next to the detector's minutes.
+pub const BATCH_LINGER: Duration = Duration::from_secs(1);
 /// Messages queued towards the collector; when full the uplink waits (HTTP/2 flow control).
 pub const OUTBOUND_QUEUE: usize = 8;
 /// Largest gRPC message.
@@ -155,6 +157,12 @@ fn status_text(s: &tonic::Status) -> String {
 }
 
 /// Runs a blocking spool operation off the async runtime.
+/// Results committed to the spool and not in flight: a backlog to send without waiting.
+fn backlog(spool: &Spool, in_flight: &HashMap<u64, Vec<u64>>) -> bool {
+    let flying: usize = in_flight.values().map(Vec::len).sum();
+    spool.stats().pending > flying as u64
+}
+
 async fn on_spool<T: Send + 'static>(
     spool: &Arc<Spool>,
     f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
@@ -317,7 +325,9 @@ impl Uplink {
                         Some(collector_message::Kind::Ack(ack)) => {
                             if let Some(seqs) = in_flight.remove(&ack.batch_id) {
                                 on_spool(&self.spool, move |s| s.remove(&seqs)).await?;
-                                send_now = true;
+                                // A freed slot goes to a backlog at once; fresh results wait
+                                // for their linger, so they travel (and commit) together.
+                                send_now = backlog(&self.spool, &in_flight);
                             }
                         }
                         Some(collector_message::Kind::Reject(rej)) => {
@@ -341,7 +351,7 @@ impl Uplink {
                     linger = None;
                     send_now = true;
                 }
-                _ = catchup.tick() => send_now = true,
+                _ = catchup.tick() => send_now = backlog(&self.spool, &in_flight),
                 _ = beat.tick() => {
                     let hb = AgentMessage { kind: Some(agent_message::Kind::Heartbeat(Heartbeat { spooled: self.spool.stats().pending })) };
                     tx.send(hb).await.map_err(|_| UplinkError::Closed)?;

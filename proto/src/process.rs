@@ -1,7 +1,13 @@
 //! Process set-up shared by the binaries: the tokio runtime and logging to stderr.
 
-/// A multi-threaded tokio runtime; `workers` threads, or one per core when `None`.
+/// A tokio runtime: multi-threaded with `workers` threads (one per core when `None`), or
+/// with `Some(1)` everything on the calling thread (a current-thread runtime: no hand-offs
+/// between workers, for a process whose work is mostly waiting). Blocking work goes to the
+/// blocking pool either way.
 pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers == Some(1) {
+        return tokio::runtime::Builder::new_current_thread().enable_all().build();
+    }
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(n) = workers {
         b.worker_threads(n);

@@ -8,7 +8,11 @@ use crate::config::AgentConfig;
 pub fn run(config: &Path) -> anyhow::Result<()> {
     blockwatch_proto::process::init_logging("info");
     let cfg = AgentConfig::load(config)?;
-    blockwatch_proto::process::runtime(Some(2))?.block_on(async {
+    // One thread: probes mostly wait on the network, and a single-threaded runtime spends
+    // nothing on waking and handing tasks between workers (the spool's disk work runs on the
+    // blocking pool). A probe's crypto is tens of microseconds, so it holds up no other
+    // probe's timings measurably.
+    blockwatch_proto::process::runtime(Some(1))?.block_on(async {
         let agent = Agent::start(cfg).await.context("agent failed to start")?;
         shutdown_signal().await;
         tracing::info!("shutting down: finishing probes and flushing the spool");
