@@ -310,6 +310,8 @@ impl Uplink {
         let mut reported_drops = 0u64;
         let mut linger: Option<Instant> = Some(Instant::now());
         let mut catchup = tokio::time::interval(CATCHUP_TICK);
+        // Ticks skipped while there was no backlog are not made up in a burst.
+        catchup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pace = Pace::new(self.cfg.upload_rate, max_batch);
         let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         let new_results = Arc::clone(&self.new_results);
@@ -318,6 +320,8 @@ impl Uplink {
 
         loop {
             let mut send_now = false;
+            // The catch-up tick paces a backlog; with none, an idle agent sleeps through it.
+            let behind = backlog(&self.spool, &in_flight);
             tokio::select! {
                 m = inbound.message() => {
                     let m = m.map_err(UplinkError::Stream)?.ok_or(UplinkError::Closed)?;
@@ -351,7 +355,7 @@ impl Uplink {
                     linger = None;
                     send_now = true;
                 }
-                _ = catchup.tick() => send_now = backlog(&self.spool, &in_flight),
+                _ = catchup.tick(), if behind => send_now = true,
                 _ = beat.tick() => {
                     let hb = AgentMessage { kind: Some(agent_message::Kind::Heartbeat(Heartbeat { spooled: self.spool.stats().pending })) };
                     tx.send(hb).await.map_err(|_| UplinkError::Closed)?;
