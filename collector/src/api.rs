@@ -13,6 +13,8 @@
 //!   `asn`, `country`, comma-separated; default `region,asn`), filters `target=`, `region=`,
 //!   `asn=`, `country=`, `from=` / `to=` (RFC 3339, on `started_at`), `control=true` to count
 //!   the control target too.
+//! - `GET /v1/alerts` — each notification sink (`[[sink]]`): its cursor, deliveries, failed
+//!   attempts by status, refusals, and the event waiting for a retry.
 //! - `GET /v1/agents` — the agents seen since start: region, whether a stream is open and
 //!   whether the agent is silent, version, last heard of, results spooled, dropped and
 //!   refused. Query: `after=ID` (agents after this id), `limit=` (default 1000, at most 10 000).
@@ -65,6 +67,7 @@ struct Api {
     store: Reader,
     ingest: Arc<Ingest>,
     exports: Arc<Semaphore>,
+    alerts: Arc<crate::alert::Statuses>,
 }
 
 /// Where the API takes its connections from.
@@ -80,6 +83,7 @@ pub async fn serve(
     listener: ApiListener,
     store: Reader,
     ingest: Arc<Ingest>,
+    alerts: Arc<crate::alert::Statuses>,
     tokens: Option<Arc<Tokens>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -89,8 +93,9 @@ pub async fn serve(
         .route("/v1/agents", get(agents))
         .route("/v1/results", get(results))
         .route("/v1/networks", get(networks))
+        .route("/v1/alerts", get(alert_status))
         .route("/v1/probe", axum::routing::post(probe))
-        .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)) });
+        .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)), alerts });
     if let Some(tokens) = tokens {
         app = app.layer(axum::middleware::from_fn_with_state(tokens, authorize));
     }
@@ -348,6 +353,17 @@ async fn results(
     let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
+
+/// `GET /v1/alerts`: every notification sink's cursor, counts and pending retry.
+async fn alert_status(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
+    let body = serde_json::to_string(&api.alerts.snapshot()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
+}
+
+/// A route that takes no query parameters.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -57,6 +57,13 @@ pub struct CollectorConfig {
     /// The HTTP API's authentication and TLS.
     #[serde(default)]
     pub api: ApiConfig,
+    /// Where people reach this collector's API, for the links in notifications
+    /// (`https://blockwatch.example.com`). Default: `http://` and `api_listen`.
+    #[serde(default)]
+    pub public_url: Option<String>,
+    /// Notification sinks (`[[sink]]`): webhooks and Alertmanagers. Default: none.
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<crate::alert::SinkConfig>,
 }
 
 /// `[api]`.
@@ -128,6 +135,8 @@ impl Default for CollectorConfig {
             tls: None,
             insecure: false,
             api: ApiConfig::default(),
+            public_url: None,
+            sinks: Vec::new(),
         }
     }
 }
@@ -182,6 +191,11 @@ impl CollectorConfig {
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
+    /// The base of links in notifications.
+    pub fn link_base(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.api_listen))
+    }
+
     /// How API clients are authenticated: as configured, else open on loopback only.
     pub fn api_auth(&self) -> ApiAuth {
         self.api.auth.unwrap_or(if self.api_listen.ip().is_loopback() { ApiAuth::None } else { ApiAuth::Token })
@@ -221,6 +235,18 @@ impl CollectorConfig {
             && let Err(p) = plan.validate()
         {
             problems.extend(p);
+        }
+        let mut names = std::collections::HashSet::new();
+        for sink in &self.sinks {
+            if !names.insert(sink.name.as_str()) {
+                problems.push(format!("sink {:?}: duplicate name", sink.name));
+            }
+            problems.extend(sink.problems());
+        }
+        if let Some(u) = &self.public_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            problems.push(format!("public_url {u:?}: an http:// or https:// URL"));
         }
         if problems.is_empty() { Ok(()) } else { Err(problems) }
     }

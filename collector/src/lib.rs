@@ -1,6 +1,7 @@
 //! blockwatch collector: receives probe results from agents over gRPC, stores each once,
 //! detects when a block starts and ends, and exports the history.
 
+pub mod alert;
 pub mod api;
 pub mod api_auth;
 pub mod cmd;

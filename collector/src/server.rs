@@ -56,6 +56,8 @@ pub enum StartError {
     Tokens(#[from] crate::api_auth::TokenError),
     #[error("api.auth is token but no api.tokens_file is set")]
     NoTokens,
+    #[error(transparent)]
+    Sink(#[from] crate::alert::SinkError),
 }
 
 /// A collector that is running.
@@ -79,6 +81,9 @@ pub struct Collector {
     api: JoinHandle<std::io::Result<()>>,
     detector: std::thread::JoinHandle<()>,
     silence: JoinHandle<()>,
+    /// Notification sinks, and the signal that stops them.
+    sinks: Vec<JoinHandle<()>>,
+    stop_sinks: watch::Sender<bool>,
 }
 
 impl Collector {
@@ -168,10 +173,26 @@ impl Collector {
                 None
             }
         };
+        let sinks = cfg
+            .sinks
+            .iter()
+            .map(|c| crate::alert::Sink::new(c.clone(), &cfg.link_base(), |k| std::env::var(k).ok()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let alert_status = Arc::new(crate::alert::Statuses::default());
+        let (stop_sinks, sinks_stopped) = watch::channel(false);
+        let sinks =
+            crate::alert::spawn(sinks, store.reader(), events.clone(), Arc::clone(&alert_status), sinks_stopped);
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(crate::api::serve(api_listener, store.reader(), Arc::clone(&ingest), tokens, async {
-            let _ = api_stopped.await;
-        }));
+        let api = tokio::spawn(crate::api::serve(
+            api_listener,
+            store.reader(),
+            Arc::clone(&ingest),
+            alert_status,
+            tokens,
+            async {
+                let _ = api_stopped.await;
+            },
+        ));
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");
         let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone()));
         Ok(Collector {
@@ -188,6 +209,8 @@ impl Collector {
             api,
             detector,
             silence,
+            sinks,
+            stop_sinks,
         })
     }
 
@@ -227,7 +250,12 @@ impl Collector {
     /// Stops accepting, waits for streams to end (up to `deadline`), drains the detector and
     /// closes the store.
     pub async fn shutdown(self, deadline: std::time::Duration) {
-        let Collector { stop, server, detector, store, ingest, api_stop, api, silence, .. } = self;
+        let Collector { stop, server, detector, store, ingest, api_stop, api, silence, sinks, stop_sinks, .. } = self;
+        // Sinks stop where they are: their cursors say where to go on after a restart.
+        let _ = stop_sinks.send(true);
+        for s in sinks {
+            let _ = s.await;
+        }
         let _ = api_stop.send(());
         let _ = stop.send(());
         ingest.close_streams();

@@ -6,6 +6,7 @@
 
 pub mod fake_collector;
 pub mod mmdb;
+pub mod receiver;
 pub mod session;
 
 pub use blockwatch_demo::{faultkit, provider};

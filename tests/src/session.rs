@@ -130,3 +130,48 @@ impl Session {
         }
     }
 }
+
+/// Results per batch of [`stream_agent`].
+const BATCH: usize = 64;
+
+/// A generated trace, moved to end an hour ago: the collector takes only results that
+/// started in a window around their receipt.
+pub fn sample_trace(family: blockwatch_sim::Family, seed: u64) -> blockwatch_sim::Trace {
+    let trace = blockwatch_sim::generate(&blockwatch_sim::Params::new(family, 60, 3, seed));
+    let hour_ago = blockwatch_proto::time::now() - 3_600_000;
+    trace.shifted(hour_ago - trace.end, "")
+}
+
+/// [`sample_trace`]'s records.
+pub fn sample(family: blockwatch_sim::Family, seed: u64) -> Vec<blockwatch_proto::trace::TraceRecord> {
+    sample_trace(family, seed).trace_records()
+}
+
+/// One agent: Register, then its results in trace order, a batch at a time, each acked.
+pub async fn stream_agent(addr: std::net::SocketAddr, agent: String, region: String, results: Vec<ProbeResult>) {
+    let mut client = FleetClient::connect(format!("http://{addr}")).await.expect("connect");
+    client
+        .register(RegisterRequest { agent_id: agent.clone(), region, version: "test".into(), ..Default::default() })
+        .await
+        .expect("register");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: agent.clone() })) }).await.unwrap();
+    let mut replies =
+        client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("report").into_inner();
+    for (i, chunk) in results.chunks(BATCH).enumerate() {
+        let batch_id = i as u64 + 1;
+        let batch = ResultBatch { batch_id, results: chunk.to_vec() };
+        tx.send(AgentMessage { kind: Some(agent_message::Kind::Batch(batch)) }).await.unwrap();
+        loop {
+            let m = replies.message().await.expect("reply").expect("stream open");
+            match m.kind {
+                Some(collector_message::Kind::Ack(a)) if a.batch_id == batch_id => {
+                    assert_eq!(a.probe_ids.len(), chunk.len(), "{agent}: every result acked");
+                    break;
+                }
+                Some(collector_message::Kind::Reject(r)) => panic!("{agent}: rejected: {}", r.reason),
+                _ => {}
+            }
+        }
+    }
+}

@@ -4,52 +4,10 @@
 
 use std::collections::BTreeMap;
 
-use blockwatch_proto::trace::TraceRecord;
-use blockwatch_proto::v1::fleet_client::FleetClient;
-use blockwatch_proto::v1::{
-    AgentMessage, Hello, ProbeResult, RegisterRequest, ResultBatch, agent_message, collector_message,
-};
-use blockwatch_sim::{Family, Params, generate};
+use blockwatch_proto::v1::ProbeResult;
+use blockwatch_sim::Family;
+use blockwatch_tests::session::{sample, stream_agent};
 use blockwatch_tests::*;
-
-const BATCH: usize = 64;
-
-/// A generated trace, moved to end an hour ago: the collector takes only results that
-/// started in a window around their receipt.
-fn sample(family: Family, seed: u64) -> Vec<TraceRecord> {
-    let trace = generate(&Params::new(family, 60, 3, seed));
-    let hour_ago = blockwatch_proto::time::now() - 3_600_000;
-    trace.shifted(hour_ago - trace.end, "").trace_records()
-}
-
-/// One agent: Register, then its results in trace order, a batch at a time, each acked.
-async fn stream_agent(addr: std::net::SocketAddr, agent: String, region: String, results: Vec<ProbeResult>) {
-    let mut client = FleetClient::connect(format!("http://{addr}")).await.expect("connect");
-    client
-        .register(RegisterRequest { agent_id: agent.clone(), region, version: "test".into(), ..Default::default() })
-        .await
-        .expect("register");
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: agent.clone() })) }).await.unwrap();
-    let mut replies =
-        client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("report").into_inner();
-    for (i, chunk) in results.chunks(BATCH).enumerate() {
-        let batch_id = i as u64 + 1;
-        let batch = ResultBatch { batch_id, results: chunk.to_vec() };
-        tx.send(AgentMessage { kind: Some(agent_message::Kind::Batch(batch)) }).await.unwrap();
-        loop {
-            let m = replies.message().await.expect("reply").expect("stream open");
-            match m.kind {
-                Some(collector_message::Kind::Ack(a)) if a.batch_id == batch_id => {
-                    assert_eq!(a.probe_ids.len(), chunk.len(), "{agent}: every result acked");
-                    break;
-                }
-                Some(collector_message::Kind::Reject(r)) => panic!("{agent}: rejected: {}", r.reason),
-                _ => {}
-            }
-        }
-    }
-}
 
 fn strip_seq(line: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(line).expect("event json");

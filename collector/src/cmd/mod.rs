@@ -1,5 +1,6 @@
 //! Command-line interface: one file per command.
 
+mod alert;
 mod ca;
 mod export;
 mod replay;
@@ -30,6 +31,11 @@ pub enum Command {
     Ca {
         #[command(subcommand)]
         command: ca::CaCommand,
+    },
+    /// Notification sinks: `alert test --sink NAME` sends a test notification.
+    Alert {
+        #[command(subcommand)]
+        command: alert::AlertCommand,
     },
     /// Manage bearer tokens for the HTTP API.
     Token {
@@ -71,6 +77,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { config } => serve::run(&config),
         Command::Ca { command } => ca::run(command),
         Command::Token { command } => token::run(command),
+        Command::Alert { command } => alert::run(command),
         Command::Replay { input, output, config } => replay::run(&input, &output, config.as_deref()),
         Command::Export { config, data_dir, format, output } => {
             export::run(config.as_deref(), data_dir, format, output.as_deref())

@@ -8,7 +8,8 @@
 //! - `events`: event sequence (u64 big-endian) → event JSON line.
 //! - `meta`: `detector_processed` → how many results (in store order) the live detector had
 //!   handled when it last appended events; written in the same commit as those events, so a
-//!   restart re-publishes exactly the events a crash kept from the log.
+//!   restart re-publishes exactly the events a crash kept from the log. `sink_cursor/NAME` →
+//!   the last event notification sink NAME finished with.
 //!
 //! All result writes go through one writer thread ([`writer`]) that does the dedupe check, so
 //! two concurrent batches carrying the same probe id cannot both store it, and that commits
@@ -222,6 +223,28 @@ impl Reader {
             let (k, v) = guard.into_inner().map_err(|e| StoreError::Read(describe(&e)))?;
             Ok((key_seq(&k), String::from_utf8_lossy(&v).into_owned()))
         })
+    }
+
+    /// The sequence number of the newest event (0 when none). Blocking.
+    pub fn last_event_seq(&self) -> Result<u64, StoreError> {
+        let last = self.ks.events.last_key_value().map(|g| g.key().map(|k| key_seq(&k)));
+        last.transpose().map(|s| s.unwrap_or(0)).map_err(|e| StoreError::Read(describe(&e)))
+    }
+
+    /// A notification sink's cursor: the last event it finished with. Blocking.
+    pub fn sink_cursor(&self, sink: &str) -> Result<Option<u64>, StoreError> {
+        let v = self.ks.meta.get(format!("sink_cursor/{sink}")).map_err(|e| StoreError::Read(describe(&e)))?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(u64::from_be_bytes))
+    }
+
+    /// Moves a sink's cursor. Written without a sync of its own (the next durable commit, or
+    /// the journal's flush, carries it): a crash may only make the sink repeat an event.
+    /// Blocking.
+    pub fn set_sink_cursor(&self, sink: &str, seq: u64) -> Result<(), StoreError> {
+        self.ks
+            .meta
+            .insert(format!("sink_cursor/{sink}"), seq.to_be_bytes())
+            .map_err(|e| StoreError::Write(describe(&e)))
     }
 
     /// Number of stored results. Blocking.
