@@ -7,6 +7,7 @@
 
 pub mod faultkit;
 pub mod provider;
+pub mod receiver;
 mod run;
 
 pub use run::{BLOCKED_REGION, DemoReport, REGIONS, run};

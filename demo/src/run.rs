@@ -2,7 +2,9 @@
 //! providers (real HTTPS with a locally made certificate, answering like the real APIs), and
 //! agents in three regions, each agent connecting from its own 127.0.0.x address. Part-way
 //! through, the simulated OpenAI starts refusing one region's addresses with its real
-//! `unsupported_country_region_territory` answer, and the detector has to notice.
+//! `unsupported_country_region_territory` answer, and the detector has to notice. The
+//! collector's webhook sink delivers the block to a local receiver, which checks its
+//! signature.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,6 +36,8 @@ pub struct DemoReport {
     pub block_began: Option<Millis>,
     pub detected: Option<Event>,
     pub false_alarms: Vec<Event>,
+    /// The block's notification reached the local webhook receiver, signature verified.
+    pub notified: bool,
 }
 
 /// Runs the demo for `duration`, probing every `interval`, printing as it goes.
@@ -65,11 +69,24 @@ pub async fn run(
     // The fleet's own CA, as an operator makes one: agents and collector speak mutual TLS.
     let fleet = work.join("fleet-ca");
     let fleet_ca = FleetCa::init(&fleet, &["127.0.0.1".into()], fleet_ca::CA_DAYS, fleet_ca::COLLECTOR_DAYS)?;
+    // A webhook receiver, as an SRE's integration would run one, and the sink that feeds it.
+    let secret = format!("demo-{:016x}", fastrand::u64(..));
+    let secret_file = work.join("webhook.secret");
+    std::fs::write(&secret_file, &secret)?;
+    let (hook_tx, mut hooks) = tokio::sync::mpsc::channel(64);
+    let hook_listener = TcpListener::bind("127.0.0.1:0").await?;
+    let hook_addr = hook_listener.local_addr()?;
+    let _receiver = crate::receiver::serve(hook_listener, secret.into_bytes(), hook_tx)?;
+    let sink: blockwatch_collector::alert::SinkConfig = toml::from_str(&format!(
+        "name = \"demo-webhook\"\nkind = \"webhook\"\nurl = \"http://{hook_addr}/blockwatch\"\nsecret_file = {:?}\n",
+        secret_file.display().to_string()
+    ))?;
     let collector = Collector::start(&CollectorConfig {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         api_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir: work.join("collector"),
         tls: Some(TlsConfig { ca_dir: fleet.clone() }),
+        sinks: vec![sink],
         ..Default::default()
     })
     .await?;
@@ -81,6 +98,10 @@ pub async fn run(
         out,
         "  collector        grpc+mTLS://{}   events: curl http://{}/v1/events",
         collector.addr, collector.api_addr
+    )?;
+    writeln!(
+        out,
+        "  webhook receiver     http://{hook_addr}/blockwatch  (the collector's sink \"demo-webhook\", signed)"
     )?;
     writeln!(out, "  simulated OpenAI     https://{openai_addr}/v1/models  (keyless answer: 401 = reachable)")?;
     writeln!(out, "  simulated Anthropic  https://{anthropic_addr}/v1/models  (keyless answer: 401 = reachable)")?;
@@ -146,6 +167,23 @@ pub async fn run(
                     let Some(r) = &s.result else { continue };
                     let e = window.entry((r.target_id.clone(), r.region.clone())).or_default();
                     if r.outcome() == Outcome::Ok { e.0 += 1 } else { e.1 += 1; e.2 = Some(r.outcome()) }
+                }
+            }
+            Some(n) = hooks.recv() => {
+                let p = &n.payload;
+                let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                writeln!(
+                    out,
+                    "--> webhook receiver got {} for {} in {} (event {}, block {}, signature {})\n",
+                    field("kind"),
+                    field("target"),
+                    field("region"),
+                    field("id"),
+                    field("block_id"),
+                    if n.verified { "verified" } else { "INVALID" }
+                )?;
+                if n.verified && field("kind") == "block_started" && field("target") == "openai" && field("region") == BLOCKED_REGION {
+                    report.notified = true;
                 }
             }
             Ok(ev) = events.recv() => {
@@ -280,6 +318,11 @@ fn summarize(out: &mut (dyn std::io::Write + Send), report: &DemoReport, interva
             report.false_alarms.len()
         ),
         _ => writeln!(out, "Result: the block was NOT detected in this run (try a longer --duration)."),
+    }?;
+    if report.notified {
+        writeln!(out, "Notified: the block reached the webhook receiver, signed and verified.")
+    } else {
+        writeln!(out, "Notified: no verified notification of the block reached the webhook receiver in this run.")
     }
 }
 

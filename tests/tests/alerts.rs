@@ -288,3 +288,42 @@ fn alertmanager_shows_the_block_while_open_and_resolves_it() {
     });
     wait_for("the alert resolved", Duration::from_secs(30), || (!am_alerts(am).iter().any(ours)).then_some(()));
 }
+
+#[test]
+fn alert_test_sends_one_notification_and_says_what_came_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let hook = Receiver::start();
+    let closed = blockwatch_tests::faultkit::closed_port("127.0.0.1".parse().unwrap()).unwrap();
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "insecure = true\n{}{}",
+            webhook_sink("hook", &hook.url("/t"), &secret, ""),
+            webhook_sink("down", &format!("http://{closed}/"), &secret, "")
+        ),
+    )
+    .unwrap();
+    let collector = bin("blockwatch-collector");
+    let out = run(&collector, &["alert", "test", "--config", config.to_str().unwrap(), "--sink", "hook"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("test notification delivered (status 200)"));
+    let got = hook.received();
+    assert_eq!(got.len(), 1);
+    let p = json(&got[0]);
+    assert_eq!((p["test"].as_bool(), p["target"].as_str()), (Some(true), Some("blockwatch-test")));
+    let now = blockwatch_proto::time::now() / 1000;
+    verify(SECRET.as_bytes(), &got[0].headers["x-blockwatch-signature"], &got[0].body, now, 300).unwrap();
+
+    let out = run(&collector, &["alert", "test", "--config", config.to_str().unwrap(), "--sink", "down"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("sink \"down\": not delivered (no answer)"), "{err}");
+    hook.answer_always(404);
+    let out = run(&collector, &["alert", "test", "--config", config.to_str().unwrap(), "--sink", "hook"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused (status 404)"), "{out:?}");
+    let out = run(&collector, &["alert", "test", "--config", config.to_str().unwrap(), "--sink", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no sink named \"nope\""), "{out:?}");
+}

@@ -1,4 +1,5 @@
-//! The README's first command: the demo detects its block, on loopback, with no false alarm.
+//! The README's first command: the demo detects its block, on loopback, with no false alarm,
+//! and notifies a webhook receiver of it.
 
 use blockwatch_tests::*;
 
@@ -10,4 +11,7 @@ fn the_demo_detects_its_block() {
     assert!(stdout.contains("*** block_started: target openai in region hk"), "{stdout}");
     assert!(stdout.contains("Result: the block of openai in hk was detected"), "{stdout}");
     assert!(stdout.contains("; 0 false alarm(s)."), "{stdout}");
+    // The collector's webhook sink delivered it, signed, to the demo's receiver.
+    assert!(stdout.contains("--> webhook receiver got block_started for openai in hk"), "{stdout}");
+    assert!(stdout.contains("Notified: the block reached the webhook receiver, signed and verified."), "{stdout}");
 }
