@@ -327,3 +327,91 @@ fn alert_test_sends_one_notification_and_says_what_came_back() {
     let out = run(&collector, &["alert", "test", "--config", config.to_str().unwrap(), "--sink", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no sink named \"nope\""), "{out:?}");
 }
+
+#[test]
+fn pagerduty_and_slack_get_their_documented_shapes() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("routing-key");
+    std::fs::write(&key, "R0UT1NGKEY0123456789abcdef012345\n").unwrap();
+    let pd = Receiver::start();
+    pd.answer_always(202);
+    let slack = Receiver::start();
+    let config = format!(
+        "[[sink]]\nname = \"pd\"\nkind = \"pagerduty\"\nurl = \"{}\"\nsecret_file = {:?}\n\
+         [[sink]]\nname = \"slack\"\nkind = \"slack\"\nurl = \"{}\"\n",
+        pd.url("/v2/enqueue"),
+        key.display().to_string(),
+        slack.url("/services/T000/B000/XXXX")
+    );
+    let collector = CollectorProc::start_insecure(dir.path(), None, &config);
+    stream(&collector, by_agent(&session_sample(Family::LiftAndRollout, 3), |_| true));
+    let want = wait_for("block events", Duration::from_secs(30), || {
+        let l = logged(&collector, &["block_started", "block_ended"]);
+        l.iter().any(|(_, k)| k == "block_ended").then_some(l)
+    });
+    let accepted =
+        |r: &Receiver, status: u16| r.received().into_iter().filter(|x| x.status == status).collect::<Vec<_>>();
+    let pd_got = wait_for("PagerDuty events", Duration::from_secs(30), || {
+        let d = accepted(&pd, 202);
+        (d.len() >= want.len()).then_some(d)
+    });
+    // Events API v2: a trigger per start, a resolve per end, paired by dedup_key.
+    let mut open = std::collections::BTreeSet::new();
+    for (r, (_, kind)) in pd_got.iter().zip(&want) {
+        let p = json(r);
+        assert_eq!(r.path, "/v2/enqueue");
+        assert_eq!(p["routing_key"], "R0UT1NGKEY0123456789abcdef012345", "the key, trimmed");
+        let dedup = p["dedup_key"].as_str().unwrap().to_string();
+        assert!(
+            dedup.starts_with(&format!("blockwatch/{}/", p["payload"]["component"].as_str().unwrap_or("openai")))
+                || p["event_action"] == "resolve",
+            "{p}"
+        );
+        match kind.as_str() {
+            "block_started" => {
+                assert_eq!(p["event_action"], "trigger");
+                let payload = &p["payload"];
+                assert_eq!(payload["severity"], "critical");
+                for k in ["summary", "source", "timestamp", "component", "group", "class"] {
+                    assert!(payload[k].is_string(), "{k}: {p}");
+                }
+                assert!(payload["summary"].as_str().unwrap().len() <= 1024);
+                assert!(payload["custom_details"]["evidence"]["agents"].is_array(), "{p}");
+                let link = format!("http://{}/v1/events?after=", collector.api);
+                assert!(p["links"][0]["href"].as_str().unwrap().starts_with(&link), "the API as bound: {p}");
+                assert!(open.insert(dedup), "one dedup key per block");
+            }
+            _ => {
+                assert_eq!(p["event_action"], "resolve", "{p}");
+                assert!(p.get("payload").is_none(), "a resolve carries only its key: {p}");
+                assert!(open.remove(&dedup), "resolves a triggered block: {dedup}");
+            }
+        }
+    }
+    // Slack: a readable Block Kit message per event, with a text fallback.
+    let slack_got = wait_for("Slack messages", Duration::from_secs(30), || {
+        let d = accepted(&slack, 200);
+        (d.len() >= want.len()).then_some(d)
+    });
+    for (r, (_, kind)) in slack_got.iter().zip(&want) {
+        let p = json(r);
+        assert!(p["text"].as_str().unwrap().len() > 20, "{p}");
+        let blocks = p["blocks"].as_array().unwrap();
+        assert_eq!(blocks[0]["type"], "header");
+        let title = blocks[0]["text"]["text"].as_str().unwrap();
+        match kind.as_str() {
+            "block_started" => assert!(title.contains("is blocked in"), "{title}"),
+            _ => assert!(title.contains("reachable again in"), "{title}"),
+        }
+        let fields: Vec<&str> =
+            blocks[2]["fields"].as_array().unwrap().iter().map(|f| f["text"].as_str().unwrap()).collect();
+        for want in ["*Target*", "*Region*", "*Since*", "*Detected*"] {
+            assert!(fields.iter().any(|f| f.starts_with(want)), "{want}: {fields:?}");
+        }
+        if kind == "block_started" {
+            assert!(fields.iter().any(|f| f.starts_with("*How sure*")), "{fields:?}");
+            assert!(fields.iter().any(|f| f.starts_with("*Agents*")), "{fields:?}");
+        }
+        assert_eq!(blocks[3]["type"], "context");
+    }
+}

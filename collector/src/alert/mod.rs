@@ -12,6 +12,8 @@
 //! on notifications, and the other sinks run on.
 
 mod alertmanager;
+mod pagerduty;
+mod slack;
 mod webhook;
 
 use std::collections::BTreeMap;
@@ -41,6 +43,26 @@ pub enum SinkKind {
     Webhook,
     /// Prometheus Alertmanager, API v2 (`POST /api/v2/alerts`).
     Alertmanager,
+    /// PagerDuty Events API v2: trigger and resolve, one dedup key per block.
+    Pagerduty,
+    /// A Slack incoming webhook: Block Kit messages.
+    Slack,
+}
+
+impl SinkKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SinkKind::Webhook => "webhook",
+            SinkKind::Alertmanager => "alertmanager",
+            SinkKind::Pagerduty => "pagerduty",
+            SinkKind::Slack => "slack",
+        }
+    }
+
+    /// Kinds whose receivers keep state (an incident, an alert) that an end must close.
+    fn pairs_ends(self) -> bool {
+        matches!(self, SinkKind::Alertmanager | SinkKind::Pagerduty)
+    }
 }
 
 /// How urgent an event is.
@@ -110,9 +132,12 @@ pub struct SinkConfig {
     /// Unique name (`ops-webhook`): its cursor, its status, `alert test --sink`.
     pub name: String,
     pub kind: SinkKind,
-    /// Where to send: the webhook's URL, or Alertmanager's base URL (`http://am:9093`).
+    /// Where to send: the webhook's or Slack's URL, Alertmanager's base URL
+    /// (`http://am:9093`); PagerDuty's defaults to its Events API.
+    #[serde(default)]
     pub url: String,
-    /// Webhook: the signing secret, from this environment variable…
+    /// Webhook: the signing secret; PagerDuty: the integration's routing key. From this
+    /// environment variable…
     #[serde(default)]
     pub secret_env: Option<String>,
     /// …or from this file (trailing whitespace ignored).
@@ -121,8 +146,8 @@ pub struct SinkConfig {
     /// Extra CA certificates (PEM) trusted for an `https://` receiver, besides the web roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Event kinds delivered. Default: `block_started`, `block_ended`. For Alertmanager a
-    /// start brings its end along (and an end its start), so no alert is left open.
+    /// Event kinds delivered. Default: `block_started`, `block_ended`. For Alertmanager and
+    /// PagerDuty a start brings its end along (and an end its start), so nothing is left open.
     #[serde(default = "default_kinds")]
     pub kinds: Vec<String>,
     /// Only these targets / regions / signatures (`geo`, `rst`, …); empty: all.
@@ -156,9 +181,8 @@ impl SinkConfig {
         if let Err(rule) = blockwatch_proto::id::check(&self.name) {
             p.push(format!("{me}: name: {rule}"));
         }
-        if !(self.url.starts_with("http://") || self.url.starts_with("https://"))
-            || reqwest::Url::parse(&self.url).is_err()
-        {
+        let url = self.effective_url();
+        if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(&url).is_err() {
             p.push(format!("{me}: url {:?}: an http:// or https:// URL", self.url));
         }
         for k in &self.kinds {
@@ -166,13 +190,19 @@ impl SinkConfig {
                 p.push(format!("{me}: kinds: {k:?} is no event kind"));
             }
         }
-        match (self.kind, &self.secret_env, &self.secret_file) {
-            (SinkKind::Webhook, None, None) => {
+        let has_secret = self.secret_env.is_some() || self.secret_file.is_some();
+        match self.kind {
+            _ if self.secret_env.is_some() && self.secret_file.is_some() => {
+                p.push(format!("{me}: secret_env and secret_file exclude each other"))
+            }
+            SinkKind::Webhook if !has_secret => {
                 p.push(format!("{me}: a webhook needs secret_env or secret_file (its payloads are signed)"))
             }
-            (_, Some(_), Some(_)) => p.push(format!("{me}: secret_env and secret_file exclude each other")),
-            (SinkKind::Alertmanager, Some(_), _) | (SinkKind::Alertmanager, _, Some(_)) => {
-                p.push(format!("{me}: alertmanager takes no secret"))
+            SinkKind::Pagerduty if !has_secret => {
+                p.push(format!("{me}: pagerduty needs its integration's routing key in secret_env or secret_file"))
+            }
+            SinkKind::Alertmanager | SinkKind::Slack if has_secret => {
+                p.push(format!("{me}: {} takes no secret", self.kind.name()))
             }
             _ => {}
         }
@@ -185,11 +215,19 @@ impl SinkConfig {
         p
     }
 
+    /// The URL posted to (PagerDuty's Events API when none is set).
+    pub fn effective_url(&self) -> String {
+        match (self.kind, self.url.is_empty()) {
+            (SinkKind::Pagerduty, true) => pagerduty::EVENTS_URL.to_string(),
+            (SinkKind::Alertmanager, _) => alertmanager::url(&self.url),
+            _ => self.url.clone(),
+        }
+    }
+
     /// Whether the event goes to this sink.
     pub fn admits(&self, e: &EventView) -> bool {
         let kind_ok = self.kinds.contains(&e.kind)
-            || (self.kind == SinkKind::Alertmanager
-                && pair_of(&e.kind).is_some_and(|p| self.kinds.iter().any(|k| k == p)));
+            || (self.kind.pairs_ends() && pair_of(&e.kind).is_some_and(|p| self.kinds.iter().any(|k| k == p)));
         let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
         kind_ok
             && any(&self.targets, &e.target)
@@ -420,10 +458,7 @@ async fn run_sink(
     mut stop: watch::Receiver<bool>,
 ) {
     let name = sink.cfg.name.clone();
-    let kind = match sink.cfg.kind {
-        SinkKind::Webhook => "webhook",
-        SinkKind::Alertmanager => "alertmanager",
-    };
+    let kind = sink.cfg.kind.name();
     // A new sink starts at the end of the log: it is not sent the history.
     let cursor = {
         let (store, name) = (store.clone(), name.clone());
@@ -485,7 +520,7 @@ async fn run_sink(
                     // Re-posted while active, so Alertmanager does not resolve them itself.
                     let body = state.repost(&sink);
                     if let Attempt::Retry { error, .. } | Attempt::Refused { error, .. } =
-                        sink.post(&alertmanager::url(&sink.cfg.url), body, &[]).await
+                        sink.post(&sink.cfg.effective_url(), body, &[]).await
                     {
                         tracing::warn!(sink = %name, error = %error, "re-posting active alerts failed");
                     }
@@ -503,14 +538,8 @@ async fn run_sink(
                         return;
                     }
                 }
-                let (url, body, headers) = match sink.cfg.kind {
-                    SinkKind::Webhook => {
-                        let (body, headers) = webhook::request(&sink, &e, &mut state);
-                        (sink.cfg.url.clone(), body, headers)
-                    }
-                    SinkKind::Alertmanager => (alertmanager::url(&sink.cfg.url), state.apply(&sink, &e), Vec::new()),
-                };
-                if !deliver(&sink, &statuses, &e, &url, body, &headers, &mut stop).await {
+                let (body, headers) = build(&sink, &e, &mut state);
+                if !deliver(&sink, &statuses, &e, &sink.cfg.effective_url(), body, &headers, &mut stop).await {
                     return;
                 }
                 last_sent = Some(tokio::time::Instant::now());
@@ -522,6 +551,16 @@ async fn run_sink(
             }
             statuses.update(&name, |s| s.cursor = seq);
         }
+    }
+}
+
+/// The body and headers of one event's notification; `state` tracks what is open.
+fn build(sink: &Sink, e: &EventView, state: &mut alertmanager::Active) -> (Vec<u8>, Vec<(&'static str, String)>) {
+    match sink.cfg.kind {
+        SinkKind::Webhook => webhook::request(sink, e, state),
+        SinkKind::Alertmanager => (state.apply(sink, e), Vec::new()),
+        SinkKind::Pagerduty => (pagerduty::request(sink, e, state), Vec::new()),
+        SinkKind::Slack => (slack::request(sink, e), Vec::new()),
     }
 }
 
@@ -610,16 +649,8 @@ pub async fn send_test(sink: &Sink) -> Attempt {
         "test": true,
     });
     let e = EventView::parse(0, &line.to_string()).unwrap_or_else(|| unreachable!("a literal event"));
-    match sink.cfg.kind {
-        SinkKind::Webhook => {
-            let (body, headers) = webhook::request(sink, &e, &mut alertmanager::Active::default());
-            sink.post(&sink.cfg.url, body, &headers).await
-        }
-        SinkKind::Alertmanager => {
-            let body = alertmanager::Active::default().apply(sink, &e);
-            sink.post(&alertmanager::url(&sink.cfg.url), body, &[]).await
-        }
-    }
+    let (body, headers) = build(sink, &e, &mut alertmanager::Active::default());
+    sink.post(&sink.cfg.effective_url(), body, &headers).await
 }
 
 #[cfg(test)]
@@ -627,15 +658,10 @@ mod tests {
     use super::*;
 
     fn sink(kind: SinkKind) -> SinkConfig {
-        let text = format!(
-            "name = \"s\"\nkind = \"{}\"\nurl = \"http://127.0.0.1:9/\"\nsecret_env = \"X\"\n",
-            match kind {
-                SinkKind::Webhook => "webhook",
-                SinkKind::Alertmanager => "alertmanager",
-            }
-        );
+        let text =
+            format!("name = \"s\"\nkind = \"{}\"\nurl = \"http://127.0.0.1:9/\"\nsecret_env = \"X\"\n", kind.name());
         let mut c: SinkConfig = toml::from_str(&text).unwrap();
-        if kind == SinkKind::Alertmanager {
+        if matches!(kind, SinkKind::Alertmanager | SinkKind::Slack) {
             c.secret_env = None;
         }
         c
