@@ -64,6 +64,10 @@ pub struct CollectorConfig {
     /// Notification sinks (`[[sink]]`): webhooks and Alertmanagers. Default: none.
     #[serde(default, rename = "sink")]
     pub sinks: Vec<crate::alert::SinkConfig>,
+    /// Maintenance windows (`[[maintenance]]`): no notifications for their targets and
+    /// regions while they last; events are still recorded. Default: none.
+    #[serde(default, rename = "maintenance")]
+    pub maintenance: Vec<crate::alert::Window>,
 }
 
 /// `[api]`.
@@ -137,6 +141,7 @@ impl Default for CollectorConfig {
             api: ApiConfig::default(),
             public_url: None,
             sinks: Vec::new(),
+            maintenance: Vec::new(),
         }
     }
 }
@@ -242,6 +247,9 @@ impl CollectorConfig {
                 problems.push(format!("sink {:?}: duplicate name", sink.name));
             }
             problems.extend(sink.problems());
+        }
+        for (i, w) in self.maintenance.iter().enumerate() {
+            problems.extend(w.problems(i));
         }
         if let Some(u) = &self.public_url
             && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -176,10 +176,11 @@ impl Collector {
         // Links in notifications: `public_url`, else the API's address as bound.
         let scheme = if cfg.api.tls_cert_file.is_some() { "https" } else { "http" };
         let link_base = cfg.public_url.clone().unwrap_or_else(|| format!("{scheme}://{api_addr}"));
+        let windows = Arc::new(cfg.maintenance.clone());
         let sinks = cfg
             .sinks
             .iter()
-            .map(|c| crate::alert::Sink::new(c.clone(), &link_base, |k| std::env::var(k).ok()))
+            .map(|c| crate::alert::Sink::new(c.clone(), &link_base, Arc::clone(&windows), |k| std::env::var(k).ok()))
             .collect::<Result<Vec<_>, _>>()?;
         let alert_status = Arc::new(crate::alert::Statuses::default());
         let (stop_sinks, sinks_stopped) = watch::channel(false);

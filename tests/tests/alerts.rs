@@ -415,3 +415,37 @@ fn pagerduty_and_slack_get_their_documented_shapes() {
         assert_eq!(blocks[3]["type"], "context");
     }
 }
+
+#[test]
+fn a_maintenance_window_silences_its_cells_and_the_events_are_still_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let hook = Receiver::start();
+    let t = |ms: i64| blockwatch_proto::time::format_rfc3339(blockwatch_proto::time::now() + ms);
+    // The window covers every decision of the next ten minutes, for the target deepseek only.
+    let config = format!(
+        "{}[[maintenance]]\nstart = \"{}\"\nend = \"{}\"\ntargets = [\"deepseek\"]\nreason = \"provider migration\"\n",
+        webhook_sink("hook", &hook.url("/"), &secret, ""),
+        t(-60_000),
+        t(600_000)
+    );
+    let collector = CollectorProc::start_insecure(dir.path(), None, &config);
+    stream(&collector, by_agent(&session_sample(Family::LiftAndRollout, 3), |_| true));
+    // Settled: every logged block event either delivered or suppressed.
+    let (silenced, others) = wait_for("each event delivered or suppressed", Duration::from_secs(30), || {
+        let l = logged(&collector, &["block_started", "block_ended"]);
+        let (_, body) = http_get(collector.api, "/v1/events?limit=100000");
+        let silenced =
+            body.lines().filter(|l| l.contains("\"target\":\"deepseek\"") && l.contains("\"kind\":\"block_")).count();
+        let (_, status) = http_get(collector.api, "/v1/alerts");
+        let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let (sent, held) =
+            (s["hook"]["delivered_total"].as_u64()? as usize, s["hook"]["suppressed_total"].as_u64()? as usize);
+        (silenced > 0 && held == silenced && sent + held == l.len()).then_some((silenced, sent))
+    });
+    assert!(silenced > 0 && others > 0, "{silenced} {others}");
+    let got = delivered(&hook);
+    assert_eq!(got.len(), others);
+    assert!(got.iter().all(|r| json(r)["target"] != "deepseek"), "nothing of deepseek sent");
+}

@@ -237,6 +237,49 @@ impl SinkConfig {
     }
 }
 
+/// A `[[maintenance]]` window: no notifications for its targets and regions while it lasts
+/// (judged by the event's `detected_at`); the events are still recorded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Window {
+    /// RFC 3339 (`2026-12-24T22:00:00Z`).
+    pub start: String,
+    /// RFC 3339; the window ends before it.
+    pub end: String,
+    /// Only these targets / regions; empty: all.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Why, for the logs.
+    #[serde(default)]
+    pub reason: String,
+}
+
+impl Window {
+    fn span(&self) -> Option<(i64, i64)> {
+        let t = blockwatch_proto::time::parse_rfc3339;
+        Some((t(&self.start)?, t(&self.end)?))
+    }
+
+    /// Every problem, each naming the window.
+    pub fn problems(&self, i: usize) -> Vec<String> {
+        match self.span() {
+            None => vec![format!("maintenance[{i}]: start and end must be RFC 3339 times (2026-12-24T22:00:00Z)")],
+            Some((a, b)) if a >= b => vec![format!("maintenance[{i}]: start must be before end")],
+            Some(_) => Vec::new(),
+        }
+    }
+
+    /// Whether the window silences the event.
+    pub fn covers(&self, e: &EventView) -> bool {
+        let Some((start, end)) = self.span() else { return false };
+        let Some(at) = blockwatch_proto::time::parse_rfc3339(&e.detected_at) else { return false };
+        let any = |list: &[String], v: &str| list.is_empty() || list.iter().any(|x| x == v);
+        (start..end).contains(&at) && any(&self.targets, &e.target) && any(&self.regions, &e.region)
+    }
+}
+
 /// The fields of a logged event a sink needs; the whole line rides along as `raw`.
 #[derive(Debug, Clone)]
 pub struct EventView {
@@ -284,6 +327,8 @@ pub struct SinkStatus {
     pub failed_attempts_total: u64,
     /// Events the receiver refused for good (a 4xx other than 408/429), skipped.
     pub refused_total: u64,
+    /// Events not sent because a maintenance window covered them.
+    pub suppressed_total: u64,
     /// Attempts by answer: HTTP status, or `error` when none came.
     pub attempts_by_status: BTreeMap<String, u64>,
     /// The event being delivered now, when one is waiting for a retry.
@@ -345,11 +390,18 @@ pub struct Sink {
     secret: Option<Vec<u8>>,
     /// Where a person follows an event up (`public_url`).
     link_base: String,
+    /// Maintenance windows.
+    windows: Arc<Vec<Window>>,
 }
 
 impl Sink {
     /// Builds the client (TLS with the web roots plus `ca_file`) and reads the secret.
-    pub fn new(cfg: SinkConfig, link_base: &str, env: impl Fn(&str) -> Option<String>) -> Result<Sink, SinkError> {
+    pub fn new(
+        cfg: SinkConfig,
+        link_base: &str,
+        windows: Arc<Vec<Window>>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Sink, SinkError> {
         let setup = |why: String| SinkError::Setup { sink: cfg.name.clone(), why };
         let secret = match (&cfg.secret_env, &cfg.secret_file) {
             (Some(var), _) => Some(env(var).ok_or_else(|| setup(format!("secret_env {var} is not set")))?),
@@ -391,6 +443,7 @@ impl Sink {
             client,
             secret: secret.map(String::into_bytes),
             link_base: link_base.trim_end_matches('/').into(),
+            windows,
         })
     }
 
@@ -531,7 +584,14 @@ async fn run_sink(
         }
         for (seq, line) in events {
             let admitted = EventView::parse(seq, &line).filter(|e| sink.cfg.admits(e));
-            if let Some(e) = admitted {
+            if let Some(e) = admitted.as_ref().filter(|e| sink.windows.iter().any(|w| w.covers(e))) {
+                // Still tracked, so an alert opened before the window closes after it.
+                let _ = build(&sink, e, &mut state);
+                let reason = sink.windows.iter().find(|w| w.covers(e)).map(|w| w.reason.clone()).unwrap_or_default();
+                tracing::info!(sink = %name, event = e.seq, kind = %e.kind, target = %e.target, region = %e.region,
+                    reason = %reason, "notification suppressed: maintenance window");
+                statuses.update(&name, |s| s.suppressed_total += 1);
+            } else if let Some(e) = admitted {
                 if let Some(at) = last_sent {
                     let wait = (at + pace).saturating_duration_since(tokio::time::Instant::now());
                     if !wait.is_zero() && !sleep_or_stop(wait, &mut stop).await {
@@ -705,6 +765,29 @@ mod tests {
         for want in ["block_start", "ftp://x", "needs secret_env or secret_file", "max_per_minute"] {
             assert!(p.contains(want), "{want}: {p}");
         }
+    }
+
+    #[test]
+    fn maintenance_windows_cover_their_span_targets_and_regions() {
+        let w = |targets: &[&str], regions: &[&str]| Window {
+            start: "2026-01-01T00:00:00Z".into(),
+            end: "2026-01-01T01:00:00Z".into(),
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            regions: regions.iter().map(|s| s.to_string()).collect(),
+            reason: String::new(),
+        };
+        let mut e = event("block_started", "openai", "hk", "geo");
+        e.detected_at = "2026-01-01T00:30:00Z".into();
+        assert!(w(&[], &[]).covers(&e));
+        assert!(w(&["openai"], &["hk", "cn"]).covers(&e));
+        assert!(!w(&["anthropic"], &[]).covers(&e));
+        assert!(!w(&[], &["cn"]).covers(&e));
+        e.detected_at = "2026-01-01T01:00:00Z".into();
+        assert!(!w(&[], &[]).covers(&e), "the end is outside");
+        let bad = Window { end: "2025-12-31T00:00:00Z".into(), ..w(&[], &[]) };
+        assert_eq!(bad.problems(0), ["maintenance[0]: start must be before end"]);
+        let bad = Window { start: "tomorrow".into(), ..w(&[], &[]) };
+        assert!(bad.problems(2)[0].starts_with("maintenance[2]: start and end must be RFC 3339"));
     }
 
     #[test]
