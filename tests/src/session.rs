@@ -175,3 +175,18 @@ pub async fn stream_agent(addr: std::net::SocketAddr, agent: String, region: Str
         }
     }
 }
+
+/// Every agent of `per_agent` (agent → region and results, in order) streams its results at
+/// once to the collector at `addr`, each batch acked; returns when all are.
+pub fn stream_all(addr: SocketAddr, per_agent: std::collections::BTreeMap<String, (String, Vec<ProbeResult>)>) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let tasks: Vec<_> = per_agent
+            .into_iter()
+            .map(|(agent, (region, results))| tokio::spawn(stream_agent(addr, agent, region, results)))
+            .collect();
+        for t in tasks {
+            t.await.expect("agent task");
+        }
+    });
+}

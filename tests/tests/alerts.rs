@@ -10,7 +10,7 @@ use std::time::Duration;
 use blockwatch_proto::v1::ProbeResult;
 use blockwatch_sim::Family;
 use blockwatch_tests::receiver::{Received, Receiver};
-use blockwatch_tests::session::stream_agent;
+use blockwatch_tests::session::stream_all;
 use blockwatch_tests::*;
 
 const SECRET: &str = "whsec-test-0123456789";
@@ -38,18 +38,9 @@ fn verify(secret: &[u8], header: &str, body: &[u8], now: i64, tolerance: i64) ->
     ring::hmac::verify(&key, &signed, &want).map_err(|_| "signature does not match".to_string())
 }
 
-/// Streams every agent's results of `records` (in trace order) into the collector.
+/// Streams every agent's results (in trace order) into the collector.
 fn stream(collector: &CollectorProc, results: BTreeMap<String, (String, Vec<ProbeResult>)>) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let tasks: Vec<_> = results
-            .into_iter()
-            .map(|(agent, (region, rs))| tokio::spawn(stream_agent(collector.addr, agent, region, rs)))
-            .collect();
-        for t in tasks {
-            t.await.expect("agent task");
-        }
-    });
+    stream_all(collector.addr, results);
 }
 
 fn by_agent(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use blockwatch_proto::v1::ProbeResult;
 use blockwatch_sim::Family;
-use blockwatch_tests::session::{sample, stream_agent};
+use blockwatch_tests::session::{sample, stream_all};
 use blockwatch_tests::*;
 
 fn strip_seq(line: &str) -> String {
@@ -38,16 +38,7 @@ fn live_equals_replay(family: Family, seed: u64) {
     }
 
     let mut collector = CollectorProc::start_insecure(dir.path(), None, "max_batch = 100");
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let tasks: Vec<_> = per_agent
-            .into_iter()
-            .map(|(agent, (region, results))| tokio::spawn(stream_agent(collector.addr, agent, region, results)))
-            .collect();
-        for t in tasks {
-            t.await.expect("agent task");
-        }
-    });
+    stream_all(collector.addr, per_agent);
     // Graceful stop: the detector drains its queue and the event log is complete.
     assert_eq!(collector.proc.terminate(), Some(0), "{}", collector.proc.log());
 
