@@ -51,6 +51,9 @@ fn key(e: &EventView) -> Key {
 struct Open {
     start_seq: u64,
     alert: Value,
+    /// It reached the receiver (a start a maintenance window held back did not): only
+    /// posted alerts are re-posted.
+    posted: bool,
 }
 
 /// The alerts a sink has open, by (family, target, region, agent).
@@ -60,33 +63,45 @@ pub struct Active {
 }
 
 impl Active {
-    pub fn is_empty(&self) -> bool {
-        self.open.is_empty()
-    }
-
     /// The open alerts as of event `upto`, from the log: what a restarted sink holds.
-    pub fn rebuild(store: &Reader, cfg: &SinkConfig, upto: u64) -> Active {
+    /// `held(e)`: a window held the event back (its alert was never posted).
+    pub fn rebuild(store: &Reader, cfg: &SinkConfig, upto: u64, held: impl Fn(&EventView) -> bool) -> Active {
         let mut a = Active::default();
         for (seq, line) in store.events().map_while(Result::ok) {
             if seq > upto {
                 break;
             }
-            if let Some(e) = EventView::parse(seq, &line).filter(|e| cfg.admits(e)) {
-                a.track(&e, String::new(), cfg);
+            if let Some(e) = EventView::parse(seq, &line).filter(|e| a.admits(cfg, e)) {
+                let posted = !held(&e);
+                a.track(&e, String::new(), cfg, posted);
             }
         }
         a
     }
 
+    /// The sink's filters, and for receivers that keep state, the end of anything open
+    /// (whatever the filters say: an end must close what its start opened).
+    pub fn admits(&self, cfg: &SinkConfig, e: &EventView) -> bool {
+        cfg.admits(e) || (cfg.kind.pairs_ends() && self.closes_open(e))
+    }
+
+    /// The event ends an alert that is open.
+    pub fn closes_open(&self, e: &EventView) -> bool {
+        !is_start(&e.kind) && pair_of(&e.kind).is_some() && self.open.contains_key(&key(e))
+    }
+
     /// Opens or closes the event's alert; returns it (as posted now) and the seq of the
     /// event that opened it.
-    fn track(&mut self, e: &EventView, link: String, cfg: &SinkConfig) -> (Value, u64) {
+    fn track(&mut self, e: &EventView, link: String, cfg: &SinkConfig, posted: bool) -> (Value, u64) {
         let k = key(e);
         let fam = family(&e.kind);
         if is_start(&e.kind) {
+            // A second start of what is open keeps the first's identity (its dedup key).
+            let start_seq = self.open.get(&k).map_or(e.seq, |o| o.start_seq);
             let alert = build(e, fam, link);
-            self.open.insert(k, Open { start_seq: e.seq, alert: alert.clone() });
-            return (with_ends(alert, cfg, None), e.seq);
+            let was_posted = self.open.get(&k).is_some_and(|o| o.posted);
+            self.open.insert(k, Open { start_seq, alert: alert.clone(), posted: posted || was_posted });
+            return (with_ends(alert, cfg, None), start_seq);
         }
         let closes = pair_of(&e.kind).is_some();
         let open = if closes { self.open.remove(&k) } else { self.open.get(&k).cloned() };
@@ -106,20 +121,27 @@ impl Active {
         (with_ends(alert, cfg, None), start)
     }
 
-    /// The seq of the event that opened the event's alert (its own, for a start), tracking it.
-    pub fn block_start(&mut self, e: &EventView, cfg: &SinkConfig) -> u64 {
-        self.track(e, String::new(), cfg).1
+    /// The seq of the event that opened the event's alert (its own, for a start), tracking
+    /// it; `posted`: this event reaches the receiver.
+    pub fn block_start(&mut self, e: &EventView, cfg: &SinkConfig, posted: bool) -> u64 {
+        self.track(e, String::new(), cfg, posted).1
     }
 
     /// The body to post for one event.
-    pub fn apply(&mut self, sink: &Sink, e: &EventView) -> Vec<u8> {
-        let (alert, _) = self.track(e, sink.link(e), &sink.cfg);
+    pub fn apply(&mut self, sink: &Sink, e: &EventView, posted: bool) -> Vec<u8> {
+        let (alert, _) = self.track(e, sink.link(e), &sink.cfg, posted);
         serde_json::to_vec(&json!([alert])).unwrap_or_default()
     }
 
-    /// Every open alert, its `endsAt` moved on.
+    /// Whether any open alert was posted (and so is to be re-posted).
+    pub fn any_posted(&self) -> bool {
+        self.open.values().any(|o| o.posted)
+    }
+
+    /// Every open alert that was posted, its `endsAt` moved on.
     pub fn repost(&self, sink: &Sink) -> Vec<u8> {
-        let all: Vec<Value> = self.open.values().map(|o| with_ends(o.alert.clone(), &sink.cfg, None)).collect();
+        let all: Vec<Value> =
+            self.open.values().filter(|o| o.posted).map(|o| with_ends(o.alert.clone(), &sink.cfg, None)).collect();
         serde_json::to_vec(&all).unwrap_or_default()
     }
 }

@@ -60,7 +60,7 @@ impl SinkKind {
     }
 
     /// Kinds whose receivers keep state (an incident, an alert) that an end must close.
-    fn pairs_ends(self) -> bool {
+    pub(crate) fn pairs_ends(self) -> bool {
         matches!(self, SinkKind::Alertmanager | SinkKind::Pagerduty)
     }
 }
@@ -461,12 +461,16 @@ impl Sink {
         match req.body(body).send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let text = resp.text().await.unwrap_or_default();
-                let shown: String = text.chars().take(200).collect();
+                // The start of the answer, for the logs: no more is read, whatever it sends.
+                let mut resp = resp;
+                let head = resp.chunk().await.ok().flatten().unwrap_or_default();
+                let shown: String = String::from_utf8_lossy(&head[..head.len().min(200)]).into_owned();
                 match status {
                     200..=299 => Attempt::Delivered(status),
-                    408 | 429 | 500..=599 => Attempt::Retry { status: Some(status), error: shown },
-                    _ => Attempt::Refused { status, error: shown },
+                    // A 4xx is the receiver's last word on this payload (but 408, 429: later).
+                    400..=499 if status != 408 && status != 429 => Attempt::Refused { status, error: shown },
+                    // A redirect (not followed), a 5xx, anything else: try again.
+                    _ => Attempt::Retry { status: Some(status), error: shown },
                 }
             }
             Err(e) => Attempt::Retry { status: None, error: blockwatch_proto::error::chain(&e) },
@@ -512,21 +516,22 @@ async fn run_sink(
 ) {
     let name = sink.cfg.name.clone();
     let kind = sink.cfg.kind.name();
-    // A new sink starts at the end of the log: it is not sent the history.
+    // A new sink starts at the end of the log: it is not sent the history (and holds no
+    // alerts from it).
     let cursor = {
         let (store, name) = (store.clone(), name.clone());
         blocking(move || match store.sink_cursor(&name) {
-            Ok(Some(c)) => Ok(c),
+            Ok(Some(c)) => Ok((c, false)),
             Ok(None) => {
                 let end = store.last_event_seq()?;
                 store.set_sink_cursor(&name, end)?;
-                Ok(end)
+                Ok((end, true))
             }
             Err(e) => Err(e),
         })
         .await
     };
-    let mut cursor = match cursor {
+    let (mut cursor, fresh) = match cursor {
         Some(Ok(c)) => c,
         Some(Err(e)) => {
             tracing::error!(sink = %name, error = %e, "cannot read the sink's cursor; the sink does not run");
@@ -540,14 +545,18 @@ async fn run_sink(
     });
     // The alerts open at the cursor (Alertmanager re-posts them; a webhook names its blocks
     // by the event that opened them).
-    let mut state = {
-        let (store, cfg) = (store.clone(), sink.cfg.clone());
-        blocking(move || alertmanager::Active::rebuild(&store, &cfg, cursor)).await.unwrap_or_default()
+    let mut state = if fresh {
+        alertmanager::Active::default()
+    } else {
+        let (store, cfg, windows) = (store.clone(), sink.cfg.clone(), Arc::clone(&sink.windows));
+        let held = move |e: &EventView| windows.iter().any(|w| w.covers(e));
+        blocking(move || alertmanager::Active::rebuild(&store, &cfg, cursor, held)).await.unwrap_or_default()
     };
     let pace = Duration::from_secs(60) / sink.cfg.max_per_minute.max(1);
     let mut last_sent: Option<tokio::time::Instant> = None;
     let mut resend = tokio::time::interval(sink.cfg.resend_every);
     resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_repost = tokio::time::Instant::now();
     tracing::info!(sink = %name, kind, cursor, "sink running");
     loop {
         if *stop.borrow() {
@@ -567,26 +576,36 @@ async fn run_sink(
         };
         if events.is_empty() {
             tokio::select! {
-                _ = wake.recv() => {}
-                _ = tokio::time::sleep(POLL) => {}
-                _ = resend.tick(), if sink.cfg.kind == SinkKind::Alertmanager && !state.is_empty() => {
-                    // Re-posted while active, so Alertmanager does not resolve them itself.
-                    let body = state.repost(&sink);
-                    if let Attempt::Retry { error, .. } | Attempt::Refused { error, .. } =
-                        sink.post(&sink.cfg.effective_url(), body, &[]).await
-                    {
-                        tracing::warn!(sink = %name, error = %error, "re-posting active alerts failed");
+                r = wake.recv() => {
+                    // Closed only as the collector goes; then the log is polled.
+                    if matches!(r, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+                        tokio::time::sleep(POLL).await;
                     }
+                }
+                _ = tokio::time::sleep(POLL) => {}
+                _ = resend.tick(), if sink.cfg.kind == SinkKind::Alertmanager && state.any_posted() => {
+                    repost(&sink, &state).await;
+                    last_repost = tokio::time::Instant::now();
                 }
                 _ = stop.changed() => {}
             }
             continue;
         }
         for (seq, line) in events {
-            let admitted = EventView::parse(seq, &line).filter(|e| sink.cfg.admits(e));
-            if let Some(e) = admitted.as_ref().filter(|e| sink.windows.iter().any(|w| w.covers(e))) {
+            // A backlog must not starve the re-posts: Alertmanager would resolve open alerts.
+            if sink.cfg.kind == SinkKind::Alertmanager
+                && state.any_posted()
+                && last_repost.elapsed() >= sink.cfg.resend_every
+            {
+                repost(&sink, &state).await;
+                last_repost = tokio::time::Instant::now();
+            }
+            let admitted = EventView::parse(seq, &line).filter(|e| state.admits(&sink.cfg, e));
+            // A window holds back what it covers, but never the end of an alert that is open.
+            let held = |e: &&EventView| sink.windows.iter().any(|w| w.covers(e)) && !state.closes_open(e);
+            if let Some(e) = admitted.as_ref().filter(held) {
                 // Still tracked, so an alert opened before the window closes after it.
-                let _ = build(&sink, e, &mut state);
+                let _ = build(&sink, e, &mut state, false);
                 let reason = sink.windows.iter().find(|w| w.covers(e)).map(|w| w.reason.clone()).unwrap_or_default();
                 tracing::info!(sink = %name, event = e.seq, kind = %e.kind, target = %e.target, region = %e.region,
                     reason = %reason, "notification suppressed: maintenance window");
@@ -598,8 +617,8 @@ async fn run_sink(
                         return;
                     }
                 }
-                let (body, headers) = build(&sink, &e, &mut state);
-                if !deliver(&sink, &statuses, &e, &sink.cfg.effective_url(), body, &headers, &mut stop).await {
+                let body = build(&sink, &e, &mut state, true);
+                if !deliver(&sink, &statuses, &e, &sink.cfg.effective_url(), body, &mut stop).await {
                     return;
                 }
                 last_sent = Some(tokio::time::Instant::now());
@@ -614,13 +633,32 @@ async fn run_sink(
     }
 }
 
-/// The body and headers of one event's notification; `state` tracks what is open.
-fn build(sink: &Sink, e: &EventView, state: &mut alertmanager::Active) -> (Vec<u8>, Vec<(&'static str, String)>) {
+/// The body of one event's notification; `state` tracks what is open, `posted`: this one
+/// is sent (not held back by a window).
+fn build(sink: &Sink, e: &EventView, state: &mut alertmanager::Active, posted: bool) -> Vec<u8> {
     match sink.cfg.kind {
-        SinkKind::Webhook => webhook::request(sink, e, state),
-        SinkKind::Alertmanager => (state.apply(sink, e), Vec::new()),
-        SinkKind::Pagerduty => (pagerduty::request(sink, e, state), Vec::new()),
-        SinkKind::Slack => (slack::request(sink, e), Vec::new()),
+        SinkKind::Webhook => webhook::request(sink, e, state, posted),
+        SinkKind::Alertmanager => state.apply(sink, e, posted),
+        SinkKind::Pagerduty => pagerduty::request(sink, e, state, posted),
+        SinkKind::Slack => slack::request(sink, e),
+    }
+}
+
+/// The headers of one attempt (a webhook's signature is made at each).
+fn headers(sink: &Sink, e: &EventView, body: &[u8]) -> Vec<(&'static str, String)> {
+    match sink.cfg.kind {
+        SinkKind::Webhook => webhook::headers(sink, e, body),
+        _ => Vec::new(),
+    }
+}
+
+/// Posts every open alert again, so Alertmanager does not resolve them itself.
+async fn repost(sink: &Sink, state: &alertmanager::Active) {
+    let body = state.repost(sink);
+    if let Attempt::Retry { error, .. } | Attempt::Refused { error, .. } =
+        sink.post(&sink.cfg.effective_url(), body, &[]).await
+    {
+        tracing::warn!(sink = %sink.cfg.name, error = %error, "re-posting open alerts failed");
     }
 }
 
@@ -639,15 +677,15 @@ async fn deliver(
     e: &EventView,
     url: &str,
     body: Vec<u8>,
-    headers: &[(&str, String)],
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let name = &sink.cfg.name;
     let mut attempts = 0u32;
     loop {
         attempts += 1;
+        let signed = headers(sink, e, &body);
         let outcome = tokio::select! {
-            a = sink.post(url, body.clone(), headers) => a,
+            a = sink.post(url, body.clone(), &signed) => a,
             _ = stop.wait_for(|s| *s) => return false,
         };
         let status_key = |s: Option<u16>| s.map_or("error".to_string(), |s| s.to_string());
@@ -709,8 +747,8 @@ pub async fn send_test(sink: &Sink) -> Attempt {
         "test": true,
     });
     let e = EventView::parse(0, &line.to_string()).unwrap_or_else(|| unreachable!("a literal event"));
-    let (body, headers) = build(sink, &e, &mut alertmanager::Active::default());
-    sink.post(&sink.cfg.effective_url(), body, &headers).await
+    let body = build(sink, &e, &mut alertmanager::Active::default(), true);
+    sink.post(&sink.cfg.effective_url(), body.clone(), &headers(sink, &e, &body)).await
 }
 
 #[cfg(test)]
@@ -752,6 +790,27 @@ mod tests {
         assert!(am.problems().is_empty(), "{:?}", am.problems());
         assert!(am.admits(&event("outage_ended", "openai", "*", "")));
         assert!(!am.admits(&event("block_started", "openai", "hk", "geo")));
+    }
+
+    /// An end closes what its start opened, whatever the filters say of the end itself.
+    #[test]
+    fn ends_of_open_alerts_pass_every_filter() {
+        let mut pd = sink(SinkKind::Pagerduty);
+        pd.min_severity = Some(Severity::Critical);
+        pd.signatures = vec!["geo".into()];
+        let mut state = alertmanager::Active::default();
+        let start = event("block_started", "openai", "hk", "geo");
+        let end = event("block_ended", "openai", "hk", "");
+        assert!(state.admits(&pd, &start));
+        assert!(!state.admits(&pd, &end), "nothing open yet");
+        state.block_start(&start, &pd, true);
+        assert!(state.admits(&pd, &end), "the end of an open block");
+        assert!(!state.admits(&pd, &event("block_ended", "openai", "cn", "")), "another cell");
+        // A second start of an open block keeps the first's identity.
+        let again = EventView { seq: 9, ..start.clone() };
+        assert_eq!(state.block_start(&again, &pd, true), 7);
+        assert_eq!(state.block_start(&end, &pd, true), 7);
+        assert!(!state.any_posted(), "closed");
     }
 
     #[test]

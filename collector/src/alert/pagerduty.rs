@@ -20,8 +20,8 @@ fn severity(kind: &str) -> &'static str {
 }
 
 /// The body for one event.
-pub fn request(sink: &Sink, e: &EventView, active: &mut Active) -> Vec<u8> {
-    let start = active.block_start(e, &sink.cfg);
+pub fn request(sink: &Sink, e: &EventView, active: &mut Active, posted: bool) -> Vec<u8> {
+    let start = active.block_start(e, &sink.cfg, posted);
     let dedup_key = format!("blockwatch/{}/{}/{start}", e.target, e.region);
     let routing_key = String::from_utf8_lossy(sink.secret.as_deref().unwrap_or_default()).into_owned();
     let is_end = pair_of(&e.kind).is_some() && Severity::of(&e.kind) == Severity::Info;

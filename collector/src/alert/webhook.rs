@@ -25,9 +25,9 @@ pub fn signature(secret: &[u8], t: i64, body: &[u8]) -> String {
     format!("t={t},v1={hex}")
 }
 
-/// The body and headers for one event.
-pub fn request(sink: &Sink, e: &EventView, active: &mut Active) -> (Vec<u8>, Vec<(&'static str, String)>) {
-    let start = active.block_start(e, &sink.cfg);
+/// The body for one event (its headers come from [`headers`], signed at each attempt).
+pub fn request(sink: &Sink, e: &EventView, active: &mut Active, posted: bool) -> Vec<u8> {
+    let start = active.block_start(e, &sink.cfg, posted);
     let payload = json!({
         "schema": SCHEMA,
         "id": e.seq.to_string(),
@@ -44,10 +44,14 @@ pub fn request(sink: &Sink, e: &EventView, active: &mut Active) -> (Vec<u8>, Vec
         "link": sink.link(e),
         "test": e.raw.get("test").is_some(),
     });
-    let body = serde_json::to_vec(&payload).unwrap_or_default();
+    serde_json::to_vec(&payload).unwrap_or_default()
+}
+
+/// The headers of one attempt: signed now, so a retry hours later is not taken for a replay.
+pub fn headers(sink: &Sink, e: &EventView, body: &[u8]) -> Vec<(&'static str, String)> {
     let t = blockwatch_proto::time::now() / 1000;
-    let sig = signature(sink.secret.as_deref().unwrap_or_default(), t, &body);
-    (body, vec![("x-blockwatch-signature", sig), ("x-blockwatch-event-id", e.seq.to_string())])
+    let sig = signature(sink.secret.as_deref().unwrap_or_default(), t, body);
+    vec![("x-blockwatch-signature", sig), ("x-blockwatch-event-id", e.seq.to_string())]
 }
 
 #[cfg(test)]
