@@ -198,7 +198,7 @@ impl Collector {
             },
         ));
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");
-        let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone()));
+        let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone(), store.reader()));
         Ok(Collector {
             addr,
             api_addr,

@@ -13,11 +13,18 @@ use crate::store::EventLog;
 /// Marks agents silent when the collector has heard nothing from them for
 /// `SILENT_AFTER_HEARTBEATS` heartbeat intervals (`Ingest::is_silent`), and back when they speak again; both are
 /// events in the log. Ends at shutdown.
-pub(crate) async fn watch_silence(ingest: Arc<Ingest>, log: Arc<Mutex<EventLog>>, events: broadcast::Sender<Event>) {
+/// Agents silent as of the log's end start silent (an `agent_silent` with no `agent_back`
+/// after it), so one heard again after a restart gets its `agent_back`.
+pub(crate) async fn watch_silence(
+    ingest: Arc<Ingest>,
+    log: Arc<Mutex<EventLog>>,
+    events: broadcast::Sender<Event>,
+    store: crate::store::Reader,
+) {
     let beat = ingest.heartbeat();
     let mut stop = ingest.stopping();
     let mut tick = tokio::time::interval(beat / 2);
-    let mut silent: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut silent = tokio::task::spawn_blocking(move || silent_in_log(&store)).await.unwrap_or_default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -52,4 +59,23 @@ pub(crate) async fn watch_silence(ingest: Arc<Ingest>, log: Arc<Mutex<EventLog>>
             let _ = tokio::task::spawn_blocking(move || publish(&log, &events, &mut out, None)).await;
         }
     }
+}
+
+/// The agents whose last `agent_silent` / `agent_back` in the log is `agent_silent`.
+fn silent_in_log(store: &crate::store::Reader) -> std::collections::HashSet<String> {
+    let mut silent = std::collections::HashSet::new();
+    for (_, line) in store.events().map_while(Result::ok) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let Some(agent) = v.get("agent_id").and_then(|a| a.as_str()) else { continue };
+        match v.get("kind").and_then(|k| k.as_str()) {
+            Some("agent_silent") => {
+                silent.insert(agent.to_string());
+            }
+            Some("agent_back") => {
+                silent.remove(agent);
+            }
+            _ => {}
+        }
+    }
+    silent
 }

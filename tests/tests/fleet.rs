@@ -335,6 +335,11 @@ fn an_agent_that_stops_talking_is_marked_silent_and_back() {
     let took = t.elapsed();
     assert!(took >= Duration::from_secs(2), "silent after only {took:?} with 1 s heartbeats");
     assert!(agents(&|a| a["silent"] == true && a["connected"] == false).is_some());
+    // The collector restarts while the agent is silent: it still knows, from its log.
+    let port = collector.addr.port();
+    let mut collector = collector;
+    assert_eq!(collector.proc.terminate(), Some(0));
+    let collector = CollectorProc::start(dir.path(), Some(port), "heartbeat_interval = \"1s\"");
     let _agent = start_agent(dir.path(), "s-1", &cfg);
     wait_for("agent_back", Duration::from_secs(20), || {
         let (_, body) = http_get(collector.api, "/v1/events?kind=agent_back");
