@@ -23,6 +23,14 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# Python packages from PyPI: aiosmtpd is the SMTP server the e-mail sink's tests send to.
+if command -v python3 >/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null; then
+  echo "installing test dependencies from PyPI: aiosmtpd"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore aiosmtpd \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd \
+    || echo "note: could not install aiosmtpd; the e-mail tests will say so and skip"
+fi
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads=2
 

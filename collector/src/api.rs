@@ -68,6 +68,7 @@ struct Api {
     ingest: Arc<Ingest>,
     exports: Arc<Semaphore>,
     alerts: Arc<crate::alert::Statuses>,
+    maintenance: Arc<crate::alert::Maintenance>,
 }
 
 /// Where the API takes its connections from.
@@ -84,6 +85,7 @@ pub async fn serve(
     store: Reader,
     ingest: Arc<Ingest>,
     alerts: Arc<crate::alert::Statuses>,
+    maintenance: Arc<crate::alert::Maintenance>,
     tokens: Option<Arc<Tokens>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -94,8 +96,10 @@ pub async fn serve(
         .route("/v1/results", get(results))
         .route("/v1/networks", get(networks))
         .route("/v1/alerts", get(alert_status))
+        .route("/v1/maintenance", get(maintenance_list).post(maintenance_add))
+        .route("/v1/maintenance/{id}", axum::routing::delete(maintenance_remove))
         .route("/v1/probe", axum::routing::post(probe))
-        .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)), alerts });
+        .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)), alerts, maintenance });
     if let Some(tokens) = tokens {
         app = app.layer(axum::middleware::from_fn_with_state(tokens, authorize));
     }
@@ -358,6 +362,57 @@ async fn results(
 async fn alert_status(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
     let body = serde_json::to_string(&api.alerts.snapshot()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
+}
+
+/// `GET /v1/maintenance`: every maintenance window, the config's and the API's.
+async fn maintenance_list(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
+    let body = serde_json::to_string(&api.maintenance.list()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
+}
+
+/// Longest `POST /v1/maintenance` body.
+const MAX_WINDOW_BODY: usize = 64 * 1024;
+
+/// `POST /v1/maintenance` (admin): adds a window; `201` with it and its id.
+async fn maintenance_add(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    if body.len() > MAX_WINDOW_BODY {
+        return (StatusCode::PAYLOAD_TOO_LARGE, format!("a window is at most {MAX_WINDOW_BODY} bytes\n"))
+            .into_response();
+    }
+    let new: crate::alert::NewWindow = match serde_json::from_slice(&body) {
+        Ok(w) => w,
+        Err(e) => return bad_request(format!("not a maintenance window: {e}")),
+    };
+    let m = Arc::clone(&api.maintenance);
+    match tokio::task::spawn_blocking(move || m.add(new)).await {
+        Ok(Ok(listed)) => {
+            let body = serde_json::to_string(&listed).unwrap_or_default();
+            (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
+        }
+        Ok(Err(e)) => maintenance_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// `DELETE /v1/maintenance/{id}` (admin): removes a window the API added.
+async fn maintenance_remove(State(api): State<Api>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
+    let m = Arc::clone(&api.maintenance);
+    match tokio::task::spawn_blocking(move || m.remove(&id)).await {
+        Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
+        Ok(Err(e)) => maintenance_error(e),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+fn maintenance_error(e: crate::alert::MaintenanceError) -> Response {
+    use crate::alert::MaintenanceError as E;
+    let status = match e {
+        E::Invalid(_) => StatusCode::BAD_REQUEST,
+        E::NotFound(_) => StatusCode::NOT_FOUND,
+        E::Full => StatusCode::CONFLICT,
+        E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, format!("{e}\n")).into_response()
 }
 
 /// A route that takes no query parameters.

@@ -58,6 +58,8 @@ pub enum StartError {
     NoTokens,
     #[error(transparent)]
     Sink(#[from] crate::alert::SinkError),
+    #[error("maintenance windows: {0}")]
+    Maintenance(String),
 }
 
 /// A collector that is running.
@@ -176,7 +178,14 @@ impl Collector {
         // Links in notifications: `public_url`, else the API's address as bound.
         let scheme = if cfg.api.tls_cert_file.is_some() { "https" } else { "http" };
         let link_base = cfg.public_url.clone().unwrap_or_else(|| format!("{scheme}://{api_addr}"));
-        let windows = Arc::new(cfg.maintenance.clone());
+        let windows = {
+            let (config, reader) = (cfg.maintenance.clone(), store.reader());
+            tokio::task::spawn_blocking(move || crate::alert::Maintenance::open(config, reader))
+                .await
+                .map_err(|e| StartError::Maintenance(e.to_string()))?
+                .map_err(|e| StartError::Maintenance(e.to_string()))?
+        };
+        let windows = Arc::new(windows);
         let sinks = cfg
             .sinks
             .iter()
@@ -192,6 +201,7 @@ impl Collector {
             store.reader(),
             Arc::clone(&ingest),
             alert_status,
+            Arc::clone(&windows),
             tokens,
             async {
                 let _ = api_stopped.await;

@@ -78,7 +78,7 @@ pub async fn run(
     let hook_addr = hook_listener.local_addr()?;
     let _receiver = crate::receiver::serve(hook_listener, secret.into_bytes(), hook_tx)?;
     let sink: blockwatch_collector::alert::SinkConfig = toml::from_str(&format!(
-        "name = \"demo-webhook\"\nkind = \"webhook\"\nurl = \"http://{hook_addr}/blockwatch\"\nsecret_file = {:?}\n",
+        "name = \"demo-webhook\"\nkind = \"webhook\"\nurl = \"http://{hook_addr}/blockwatch\"\nsecret_file = {:?}\ngroup_window = \"2s\"\n",
         secret_file.display().to_string()
     ))?;
     let collector = Collector::start(&CollectorConfig {
@@ -172,17 +172,23 @@ pub async fn run(
             Some(n) = hooks.recv() => {
                 let p = &n.payload;
                 let field = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+                let regions: Vec<&str> =
+                    p["regions"].as_array().map(|r| r.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+                let blocks: Vec<&str> = p["events"]
+                    .as_array()
+                    .map(|e| e.iter().filter_map(|v| v["block_id"].as_str()).collect())
+                    .unwrap_or_default();
                 writeln!(
                     out,
-                    "--> webhook receiver got {} for {} in {} (event {}, block {}, signature {})\n",
+                    "--> webhook receiver got {} for {} in {} (notification {}, block {}, signature {})\n",
                     field("kind"),
                     field("target"),
-                    field("region"),
+                    regions.join(", "),
                     field("id"),
-                    field("block_id"),
+                    blocks.join(", "),
                     if n.verified { "verified" } else { "INVALID" }
                 )?;
-                if n.verified && field("kind") == "block_started" && field("target") == "openai" && field("region") == BLOCKED_REGION {
+                if n.verified && field("kind") == "block_started" && field("target") == "openai" && regions.contains(&BLOCKED_REGION) {
                     report.notified = true;
                 }
             }

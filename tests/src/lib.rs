@@ -395,16 +395,37 @@ pub fn http_request(
     token: Option<&str>,
     tls_ca: Option<&Path>,
 ) -> (u16, String) {
+    http_exchange(addr, method, path, token, tls_ca, b"")
+}
+
+/// `method path` with a JSON `body` on a plain-HTTP server, no token; (status, body).
+pub fn http_send(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    http_exchange(addr, method, path, None, None, body)
+}
+
+fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    tls_ca: Option<&Path>,
+    body: &[u8],
+) -> (u16, String) {
     use std::io::Write;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the API");
     s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
+    let kind = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
     let mut raw = Vec::new();
     match tls_ca {
         None => {
-            s.write_all(request.as_bytes()).expect("send request");
+            s.write_all(&request).expect("send request");
             s.read_to_end(&mut raw).expect("read response");
         }
         Some(ca) => {
@@ -420,7 +441,7 @@ pub fn http_request(
             let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
             let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("a TLS client");
             let mut tls = rustls::StreamOwned::new(conn, s);
-            tls.write_all(request.as_bytes()).expect("send request over TLS");
+            tls.write_all(&request).expect("send request over TLS");
             // A server closing without close_notify is an error to rustls; what was read counts.
             let _ = tls.read_to_end(&mut raw);
         }

@@ -78,6 +78,14 @@ fn json(r: &Received) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap()
 }
 
+/// The ids of the events the webhook notifications carried, in the order they came.
+fn event_ids(got: &[Received]) -> Vec<u64> {
+    got.iter()
+        .flat_map(|r| json(r)["events"].as_array().unwrap().clone())
+        .map(|e| e["id"].as_str().unwrap().parse().unwrap())
+        .collect()
+}
+
 fn webhook_sink(name: &str, url: &str, secret_file: &Path, extra: &str) -> String {
     format!(
         "[[sink]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret_file = {:?}\n{extra}\n",
@@ -94,11 +102,12 @@ fn webhooks_are_signed_retried_in_order_once_each_and_not_held_up() {
     hook.answer_next(&[503, 503]);
     let stuck = Receiver::start();
     stuck.hang();
-    let kinds = "kinds = [\"block_started\", \"block_ended\", \"outage_started\", \"outage_ended\"]";
+    let kinds =
+        "kinds = [\"block_started\", \"block_ended\", \"outage_started\", \"outage_ended\"]\ngroup_window = \"0s\"";
     let config = format!(
         "public_url = \"https://blockwatch.example\"\n{}{}",
         webhook_sink("hook", &hook.url("/in"), &secret, kinds),
-        webhook_sink("stuck", &stuck.url("/in"), &secret, "timeout = \"2s\"")
+        webhook_sink("stuck", &stuck.url("/in"), &secret, "timeout = \"2s\"\ngroup_window = \"0s\"")
     );
     let collector = CollectorProc::start_insecure(dir.path(), None, &config);
     let records = session_sample(Family::LiftAndRollout, 3);
@@ -118,7 +127,7 @@ fn webhooks_are_signed_retried_in_order_once_each_and_not_held_up() {
     // The first was retried through two 503s.
     let all = hook.received();
     assert_eq!(all.iter().map(|r| r.status).take(3).collect::<Vec<_>>(), [503, 503, 200]);
-    assert!(all.iter().take(3).all(|r| r.headers["x-blockwatch-event-id"] == ids[0].to_string()));
+    assert!(all.iter().take(3).all(|r| r.headers["x-blockwatch-notification-id"] == ids[0].to_string()));
     assert!(all[2].at.duration_since(all[0].at) >= Duration::from_millis(1500), "backoff between attempts");
     let now = blockwatch_proto::time::now() / 1000;
     let mut opened: BTreeMap<String, String> = BTreeMap::new();
@@ -134,22 +143,28 @@ fn webhooks_are_signed_retried_in_order_once_each_and_not_held_up() {
         let p = json(r);
         assert_eq!(p["schema"], "blockwatch.alert.v1");
         assert_eq!(r.path, "/in");
-        for key in ["kind", "target", "region", "onset", "detected_at", "summary", "severity", "block_id"] {
+        for key in ["kind", "target", "onset", "detected_at", "summary", "severity"] {
             assert!(p[key].is_string(), "{key} in {p}");
         }
         assert!(p["link"].as_str().unwrap().starts_with("https://blockwatch.example/v1/events?after="), "{p}");
-        assert!(p["evidence"].is_object(), "{p}");
+        // Without a group window, one event per notification, its id the notification's.
+        let [e] = p["events"].as_array().unwrap().as_slice() else { panic!("one event: {p}") };
+        assert_eq!((&e["id"], &p["regions"][0]), (&p["id"], &e["region"]), "{p}");
+        for key in ["region", "onset", "detected_at", "summary", "block_id", "link"] {
+            assert!(e[key].is_string(), "{key} in {p}");
+        }
+        assert!(e["evidence"].is_object(), "{p}");
         // A block's end names the block its start opened.
-        let cell = format!("{}/{}", p["target"], p["region"]);
+        let cell = format!("{}/{}", p["target"], e["region"]);
         match p["kind"].as_str().unwrap() {
             "block_started" => {
                 assert_eq!(p["severity"], "critical");
-                assert!(p["block_id"].as_str().unwrap().ends_with(&format!("/{}", p["id"].as_str().unwrap())));
-                opened.insert(cell, p["block_id"].as_str().unwrap().to_string());
+                assert!(e["block_id"].as_str().unwrap().ends_with(&format!("/{}", p["id"].as_str().unwrap())));
+                opened.insert(cell, e["block_id"].as_str().unwrap().to_string());
             }
             "block_ended" => {
                 if let Some(id) = opened.remove(&cell) {
-                    assert_eq!(p["block_id"].as_str().unwrap(), id, "{p}");
+                    assert_eq!(e["block_id"].as_str().unwrap(), id, "{p}");
                 }
             }
             _ => {}
@@ -179,7 +194,7 @@ fn undelivered_notifications_survive_a_kill9_of_the_collector() {
     std::fs::write(&secret, SECRET).unwrap();
     let hook = Receiver::start();
     hook.answer_always(503);
-    let config = webhook_sink("hook", &hook.url("/"), &secret, "");
+    let config = webhook_sink("hook", &hook.url("/"), &secret, "group_window = \"1s\"");
     let mut collector = CollectorProc::start_insecure(dir.path(), None, &config);
     stream(&collector, by_agent(&session_sample(Family::GeoBlock, 11), |_| true));
     let want = wait_for("block events", Duration::from_secs(30), || {
@@ -192,13 +207,12 @@ fn undelivered_notifications_survive_a_kill9_of_the_collector() {
     let collector = CollectorProc::start_insecure(dir.path(), None, &config);
     let got = wait_for("delivery after the restart", Duration::from_secs(60), || {
         let d = delivered(&hook);
-        (d.len() >= want.len()).then_some(d)
+        (event_ids(&d).len() >= want.len()).then_some(d)
     });
-    let ids: Vec<u64> = got.iter().map(|r| json(r)["id"].as_str().unwrap().parse().unwrap()).collect();
-    assert_eq!(ids, want.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    assert_eq!(event_ids(&got), want.iter().map(|(s, _)| *s).collect::<Vec<_>>());
     // And nothing more comes: the cursor moved past them.
-    std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(delivered(&hook).len(), want.len());
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(delivered(&hook).len(), got.len());
     drop(collector);
 }
 
@@ -329,7 +343,7 @@ fn pagerduty_and_slack_get_their_documented_shapes() {
     let slack = Receiver::start();
     let config = format!(
         "[[sink]]\nname = \"pd\"\nkind = \"pagerduty\"\nurl = \"{}\"\nsecret_file = {:?}\n\
-         [[sink]]\nname = \"slack\"\nkind = \"slack\"\nurl = \"{}\"\n",
+         [[sink]]\nname = \"slack\"\nkind = \"slack\"\nurl = \"{}\"\ngroup_window = \"0s\"\n",
         pd.url("/v2/enqueue"),
         key.display().to_string(),
         slack.url("/services/T000/B000/XXXX")
@@ -417,7 +431,7 @@ fn a_maintenance_window_silences_its_cells_and_the_events_are_still_logged() {
     // The window covers every decision of the next ten minutes, for the target deepseek only.
     let config = format!(
         "{}[[maintenance]]\nstart = \"{}\"\nend = \"{}\"\ntargets = [\"deepseek\"]\nreason = \"provider migration\"\n",
-        webhook_sink("hook", &hook.url("/"), &secret, ""),
+        webhook_sink("hook", &hook.url("/"), &secret, "group_window = \"1s\""),
         t(-60_000),
         t(600_000)
     );
@@ -432,11 +446,336 @@ fn a_maintenance_window_silences_its_cells_and_the_events_are_still_logged() {
         let (_, status) = http_get(collector.api, "/v1/alerts");
         let s: serde_json::Value = serde_json::from_str(&status).unwrap();
         let (sent, held) =
-            (s["hook"]["delivered_total"].as_u64()? as usize, s["hook"]["suppressed_total"].as_u64()? as usize);
+            (s["hook"]["events_delivered_total"].as_u64()? as usize, s["hook"]["suppressed_total"].as_u64()? as usize);
         (silenced > 0 && held == silenced && sent + held == l.len()).then_some((silenced, sent))
     });
     assert!(silenced > 0 && others > 0, "{silenced} {others}");
     let got = delivered(&hook);
-    assert_eq!(got.len(), others);
+    assert_eq!(event_ids(&got).len(), others);
     assert!(got.iter().all(|r| json(r)["target"] != "deepseek"), "nothing of deepseek sent");
+}
+
+/// An enforcement wave: `target` refused in every region of `blocked` from the same round,
+/// fine in `fine`; two agents a region, a probe a minute for the last hour.
+fn wave(target: &str, blocked: &[&str], fine: &[&str]) -> BTreeMap<String, (String, Vec<ProbeResult>)> {
+    use blockwatch_proto::Outcome;
+    let t0 = blockwatch_proto::time::now() - 3_600_000;
+    let mut out = BTreeMap::new();
+    for (region, refused) in blocked.iter().map(|r| (r, true)).chain(fine.iter().map(|r| (r, false))) {
+        for n in 1..=2 {
+            let agent = format!("{region}-{n}");
+            let results = (0..60u64)
+                .map(|i| {
+                    let outcome = if refused && i >= 40 { Outcome::HttpGeoBlocked } else { Outcome::Ok };
+                    let at = t0 + i as i64 * 60_000 + n as i64 * 1000;
+                    blockwatch_tests::session::result(&agent, region, i + 1, target, at, outcome)
+                })
+                .collect();
+            out.insert(agent, (region.to_string(), results));
+        }
+    }
+    out
+}
+
+const WAVE: [&str; 6] = ["hk", "cn", "ru", "ir", "by", "ve"];
+
+#[test]
+fn an_enforcement_wave_is_one_notification_listing_its_regions() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let hook = Receiver::start();
+    let slack = Receiver::start();
+    let config = format!(
+        "{}[[sink]]\nname = \"slack\"\nkind = \"slack\"\nurl = \"{}\"\ngroup_window = \"10s\"\n",
+        webhook_sink("hook", &hook.url("/"), &secret, "group_window = \"10s\""),
+        slack.url("/services/T/B/X")
+    );
+    let collector = CollectorProc::start_insecure(dir.path(), None, &config);
+    stream(&collector, wave("openai", &WAVE, &["us", "de"]));
+    let starts = wait_for("six block starts", Duration::from_secs(30), || {
+        let l = logged(&collector, &["block_started"]);
+        (l.len() >= WAVE.len()).then_some(l)
+    });
+    assert_eq!(starts.len(), WAVE.len(), "{starts:?}");
+    let got = wait_for("the wave's notification", Duration::from_secs(30), || {
+        let d = delivered(&hook);
+        (!d.is_empty()).then_some(d)
+    });
+    assert_eq!(got.len(), 1, "one notification for the wave");
+    let p = json(&got[0]);
+    assert_eq!((p["kind"].as_str(), p["target"].as_str()), (Some("block_started"), Some("openai")));
+    let mut regions: Vec<&str> = p["regions"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    regions.sort();
+    let mut want = WAVE.to_vec();
+    want.sort();
+    assert_eq!(regions, want);
+    assert_eq!(
+        p["summary"],
+        format!(
+            "openai is blocked in 6 regions: {}",
+            p["regions"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect::<Vec<_>>().join(", ")
+        )
+    );
+    // Every event, each with its block and evidence; the id is the first event's.
+    assert_eq!(event_ids(&got), starts.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    assert_eq!(p["id"].as_str().unwrap(), starts[0].0.to_string());
+    assert_eq!(got[0].headers["x-blockwatch-notification-id"], starts[0].0.to_string());
+    for e in p["events"].as_array().unwrap() {
+        assert!(e["block_id"].as_str().unwrap().starts_with("openai/"), "{e}");
+        assert_eq!(e["evidence"]["signature"], "geo", "{e}");
+    }
+    // Slack: one message, a header naming the count, a line per region.
+    let msgs = wait_for("the Slack message", Duration::from_secs(30), || {
+        let d: Vec<_> = slack.received().into_iter().filter(|r| r.status == 200).collect();
+        (!d.is_empty()).then_some(d)
+    });
+    assert_eq!(msgs.len(), 1);
+    let m = json(&msgs[0]);
+    let blocks = m["blocks"].as_array().unwrap();
+    assert!(blocks[0]["text"]["text"].as_str().unwrap().contains("openai is blocked in 6 regions"), "{m}");
+    let lines = blocks.iter().filter(|b| b["text"]["text"].as_str().is_some_and(|t| t.contains(" since "))).count();
+    assert_eq!(lines, WAVE.len(), "{m}");
+    let (_, status) = http_get(collector.api, "/v1/alerts");
+    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        (s["hook"]["delivered_total"].as_u64(), s["hook"]["events_delivered_total"].as_u64()),
+        (Some(1), Some(6))
+    );
+}
+
+#[test]
+fn a_template_makes_the_webhook_speak_to_discord() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let discord = Receiver::start();
+    discord.answer_always(204);
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/templates/discord.json.j2");
+    let config = webhook_sink(
+        "discord",
+        &discord.url("/api/webhooks/1/tok"),
+        &secret,
+        &format!("template_file = {:?}\ngroup_window = \"5s\"", template.display().to_string()),
+    );
+    let collector = CollectorProc::start_insecure(dir.path(), None, &config);
+    stream(&collector, wave("anthropic", &WAVE[..3], &["us"]));
+    let got = wait_for("the Discord message", Duration::from_secs(40), || {
+        let d: Vec<_> = discord.received().into_iter().filter(|r| r.status == 204).collect();
+        (!d.is_empty()).then_some(d)
+    });
+    let m = json(&got[0]);
+    assert!(m["content"].as_str().unwrap().starts_with("anthropic is blocked in 3 regions"), "{m}");
+    let fields = m["embeds"][0]["fields"].as_array().unwrap();
+    assert_eq!(fields.len(), 3, "{m}");
+    assert!(fields.iter().all(|f| f["value"].as_str().unwrap().starts_with("since ")), "{m}");
+    // Still signed: the receiver can check it came from us.
+    let now = blockwatch_proto::time::now() / 1000;
+    verify(SECRET.as_bytes(), &got[0].headers["x-blockwatch-signature"], &got[0].body, now, 300).unwrap();
+    drop(collector);
+}
+
+/// An SMTP server from PyPI (aiosmtpd) with STARTTLS required, on a free port; `None` when
+/// Python or aiosmtpd is missing.
+fn smtp_server(dir: &Path, ca: &blockwatch_demo::faultkit::TestPki) -> Option<(Proc, u16, std::path::PathBuf)> {
+    let ok = std::process::Command::new("python3").args(["-c", "import aiosmtpd"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: python3 with aiosmtpd is not installed (tests/run.sh installs it)");
+        return None;
+    }
+    let (cert, key) = ca.server_pem(&["127.0.0.1"]).unwrap();
+    std::fs::write(dir.join("smtp.crt"), cert).unwrap();
+    std::fs::write(dir.join("smtp.key"), key).unwrap();
+    let out = dir.join("mail");
+    std::fs::create_dir_all(&out).unwrap();
+    let port = free_port();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("smtp_server.py");
+    let p = |x: &Path| x.display().to_string();
+    let port_s = port.to_string();
+    let (crt, key) = (p(&dir.join("smtp.crt")), p(&dir.join("smtp.key")));
+    let args = [p(&script), port_s, crt, key, p(&out), "blockwatch".into(), "smtp-pass-0123".into()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let proc = Proc::start(Path::new("python3"), &args, dir.join("smtp.log"));
+    wait_for("the SMTP server", Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+    });
+    Some((proc, port, out))
+}
+
+fn mails(dir: &Path) -> Vec<String> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+        .collect();
+    files.sort();
+    files.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect()
+}
+
+#[test]
+fn email_goes_over_starttls_with_auth_and_lists_the_wave() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = blockwatch_demo::faultkit::TestPki::new().unwrap();
+    let Some((_smtp, port, out)) = smtp_server(dir.path(), &pki) else { return };
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, pki.ca_pem()).unwrap();
+    let password = dir.path().join("smtp-password");
+    std::fs::write(&password, "smtp-pass-0123\n").unwrap();
+    let sink = |name: &str, pass: &Path| {
+        format!(
+            "[[sink]]\nname = \"{name}\"\nkind = \"email\"\nurl = \"smtp://127.0.0.1:{port}\"\nca_file = {:?}\n\
+             from = \"blockwatch <alerts@blockwatch.test>\"\nto = [\"oncall@example.test\", \"sre@example.test\"]\n\
+             username = \"blockwatch\"\nsecret_file = {:?}\ngroup_window = \"5s\"\nkinds = [\"block_started\"]\n",
+            ca.display().to_string(),
+            pass.display().to_string()
+        )
+    };
+    // A second sink with the wrong password: the server refuses it, and it says so.
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "nope").unwrap();
+    let config = format!("{}{}", sink("mail", &password), sink("badauth", &wrong));
+    let collector = CollectorProc::start_insecure(dir.path(), None, &config);
+    stream(&collector, wave("openai", &WAVE[..4], &["us"]));
+    let got = wait_for("the e-mail", Duration::from_secs(40), || {
+        let m = mails(&out);
+        (!m.is_empty()).then_some(m)
+    });
+    assert_eq!(got.len(), 1, "one message for the wave");
+    let m = &got[0];
+    assert!(m.contains("X-Was-TLS: True") && m.contains("X-Auth: True"), "STARTTLS, then AUTH: {m}");
+    assert!(m.contains("X-Envelope-To: oncall@example.test,sre@example.test"), "{m}");
+    assert!(m.contains("Subject: [blockwatch] openai is blocked in 4 regions"), "{m}");
+    for region in &WAVE[..4] {
+        assert!(m.contains(&format!("block_started in {region}")), "{region}: {m}");
+    }
+    assert!(m.contains("signature: geo") && m.contains("/v1/events?after="), "{m}");
+    // A refused login is the config's fault, not the message's: retried, never skipped.
+    let s = wait_for("the bad login counted", Duration::from_secs(60), || {
+        let (_, status) = http_get(collector.api, "/v1/alerts");
+        let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+        (s["badauth"]["failed_attempts_total"].as_u64()? >= 1).then_some(s)
+    });
+    assert_eq!(s["badauth"]["pending"]["last_status"], "535", "{s}");
+    assert_eq!(
+        (s["badauth"]["delivered_total"].as_u64(), s["badauth"]["refused_total"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert_eq!(s["mail"]["delivered_total"], 1, "{s}");
+
+    // The CLI's test message goes the same way.
+    let cfg = dir.path().join("collector.toml");
+    let out_cli =
+        run(&bin("blockwatch-collector"), &["alert", "test", "--config", cfg.to_str().unwrap(), "--sink", "mail"]);
+    assert!(out_cli.status.success(), "{}", String::from_utf8_lossy(&out_cli.stderr));
+    let got = wait_for("the test e-mail", Duration::from_secs(20), || {
+        let m = mails(&out);
+        (m.len() >= 2).then_some(m)
+    });
+    assert!(got[1].contains("Subject: [test] [blockwatch]"), "{}", got[1]);
+}
+
+#[test]
+fn an_smtp_server_without_starttls_gets_nothing() {
+    // A plain listener that greets as SMTP and offers no STARTTLS: the sink must not send
+    // credentials or mail in the clear.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen2 = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for stream in listener.incoming().flatten() {
+            let mut w = stream.try_clone().unwrap();
+            let _ = w.write_all(b"220 plain.test ESMTP\r\n");
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                seen2.lock().unwrap().push_str(&format!("{line}\n"));
+                let reply: &[u8] =
+                    if line.starts_with("EHLO") { b"250-plain.test\r\n250 AUTH PLAIN\r\n" } else { b"250 ok\r\n" };
+                if w.write_all(reply).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "secret-password").unwrap();
+    let config = dir.path().join("collector.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "insecure = true\n[[sink]]\nname = \"mail\"\nkind = \"email\"\nurl = \"smtp://127.0.0.1:{port}\"\n\
+             from = \"a@b.test\"\nto = [\"c@d.test\"]\nusername = \"u\"\nsecret_file = {:?}\n",
+            pass.display().to_string()
+        ),
+    )
+    .unwrap();
+    let out =
+        run(&bin("blockwatch-collector"), &["alert", "test", "--config", config.to_str().unwrap(), "--sink", "mail"]);
+    assert!(!out.status.success());
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.starts_with("EHLO"), "{seen}");
+    assert!(!seen.contains("AUTH") && !seen.contains("MAIL FROM"), "nothing in the clear: {seen}");
+}
+
+#[test]
+fn maintenance_windows_are_managed_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, SECRET).unwrap();
+    let hook = Receiver::start();
+    let config = webhook_sink("hook", &hook.url("/"), &secret, "group_window = \"1s\"");
+    let mut collector = CollectorProc::start_insecure(dir.path(), None, &config);
+    let t = |ms: i64| blockwatch_proto::time::format_rfc3339(blockwatch_proto::time::now() + ms);
+    let window = |targets: &str| {
+        format!(
+            "{{\"start\": \"{}\", \"end\": \"{}\", \"targets\": [{targets}], \"reason\": \"failover drill\"}}",
+            t(-60_000),
+            t(600_000)
+        )
+    };
+    // Bad windows: a precise 400 each.
+    for (body, want) in [
+        ("{\"start\": \"x\", \"end\": \"y\"}".to_string(), "RFC 3339"),
+        (format!("{{\"start\": \"{}\", \"end\": \"{}\"}}", t(10_000), t(0)), "start must be before end"),
+        (window("\"bad target!\""), "\"bad target!\""),
+        ("{\"start\": 1}".to_string(), "not a maintenance window"),
+        (window("\"openai\"").replace("\"reason\"", "\"colour\""), "unknown field"),
+    ] {
+        let (status, text) = http_send(collector.api, "POST", "/v1/maintenance", body.as_bytes());
+        assert_eq!(status, 400, "{body}: {text}");
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    let (status, text) = http_send(collector.api, "POST", "/v1/maintenance", window("\"openai\"").as_bytes());
+    assert_eq!(status, 201, "{text}");
+    let added: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let id = added["id"].as_str().unwrap().to_string();
+    assert_eq!((added["active"].as_bool(), added["source"].as_str()), (Some(true), Some("api")));
+    // It outlives a restart.
+    collector.proc.kill9();
+    let collector = CollectorProc::start_insecure(dir.path(), None, &config);
+    let (_, list) = http_get(collector.api, "/v1/maintenance");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list[0]["id"], id, "{list}");
+    assert_eq!(list[0]["reason"], "failover drill", "{list}");
+    // openai's wave is held back; anthropic's is sent.
+    stream(&collector, wave("openai", &WAVE[..2], &["us"]));
+    stream(&collector, wave("anthropic", &WAVE[2..4], &["us"]));
+    let s = wait_for("both waves settled", Duration::from_secs(40), || {
+        let (_, status) = http_get(collector.api, "/v1/alerts");
+        let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+        (s["hook"]["suppressed_total"].as_u64()? == 2 && s["hook"]["events_delivered_total"].as_u64()? == 2)
+            .then_some(s)
+    });
+    let got = delivered(&hook);
+    assert!(got.iter().all(|r| json(r)["target"] == "anthropic"), "{s}");
+    // Deleted: gone from the list, a second delete is a 404.
+    let (status, _) = http_send(collector.api, "DELETE", &format!("/v1/maintenance/{id}"), b"");
+    assert_eq!(status, 204);
+    let (status, text) = http_send(collector.api, "DELETE", &format!("/v1/maintenance/{id}"), b"");
+    assert_eq!(status, 404, "{text}");
+    let (_, list) = http_get(collector.api, "/v1/maintenance");
+    assert_eq!(list.trim(), "[]");
 }

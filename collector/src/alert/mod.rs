@@ -12,9 +12,15 @@
 //! on notifications, and the other sinks run on.
 
 mod alertmanager;
+mod email;
+mod group;
+mod maintenance;
 mod pagerduty;
 mod slack;
+mod template;
 mod webhook;
+
+pub use maintenance::{Maintenance, MaintenanceError, NewWindow};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -47,6 +53,8 @@ pub enum SinkKind {
     Pagerduty,
     /// A Slack incoming webhook: Block Kit messages.
     Slack,
+    /// E-mail over SMTP (STARTTLS on `smtp://`, TLS from the start on `smtps://`).
+    Email,
 }
 
 impl SinkKind {
@@ -56,12 +64,18 @@ impl SinkKind {
             SinkKind::Alertmanager => "alertmanager",
             SinkKind::Pagerduty => "pagerduty",
             SinkKind::Slack => "slack",
+            SinkKind::Email => "email",
         }
     }
 
     /// Kinds whose receivers keep state (an incident, an alert) that an end must close.
     pub(crate) fn pairs_ends(self) -> bool {
         matches!(self, SinkKind::Alertmanager | SinkKind::Pagerduty)
+    }
+
+    /// Kinds whose notifications list an enforcement wave at once.
+    pub(crate) fn groups(self) -> bool {
+        matches!(self, SinkKind::Webhook | SinkKind::Slack | SinkKind::Email)
     }
 }
 
@@ -125,6 +139,11 @@ fn default_per_minute() -> u32 {
     60
 }
 
+/// The group window of the sinks that group, unless set.
+pub const DEFAULT_GROUP_WINDOW: Duration = Duration::from_secs(30);
+/// The longest group window (a notification must not wait long).
+pub const MAX_GROUP_WINDOW: Duration = Duration::from_secs(600);
+
 /// One `[[sink]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -133,11 +152,12 @@ pub struct SinkConfig {
     pub name: String,
     pub kind: SinkKind,
     /// Where to send: the webhook's or Slack's URL, Alertmanager's base URL
-    /// (`http://am:9093`); PagerDuty's defaults to its Events API.
+    /// (`http://am:9093`); PagerDuty's defaults to its Events API; e-mail's SMTP server,
+    /// `smtp://host:587` (STARTTLS, required) or `smtps://host:465`.
     #[serde(default)]
     pub url: String,
-    /// Webhook: the signing secret; PagerDuty: the integration's routing key. From this
-    /// environment variable…
+    /// Webhook: the signing secret; PagerDuty: the integration's routing key; e-mail: the
+    /// SMTP password (with `username`). From this environment variable…
     #[serde(default)]
     pub secret_env: Option<String>,
     /// …or from this file (trailing whitespace ignored).
@@ -171,6 +191,32 @@ pub struct SinkConfig {
     /// alert that is not, after its `endsAt`). Default 1m.
     #[serde(default = "default_resend", with = "humantime_serde")]
     pub resend_every: Duration,
+    /// Webhook, Slack, e-mail: events of one kind and target detected within this window of
+    /// the first are one notification (an enforcement wave); `0s` sends each alone.
+    /// Default 30s. Alertmanager groups by its own config; PagerDuty opens one incident per
+    /// block.
+    #[serde(default, with = "humantime_serde")]
+    pub group_window: Option<Duration>,
+    /// Webhook: the body, rendered from the payload by this template (MiniJinja, Jinja2's
+    /// syntax), so the sink speaks to Discord, Teams, Mattermost and the like…
+    #[serde(default)]
+    pub template: Option<String>,
+    /// …or the template in this file.
+    #[serde(default)]
+    pub template_file: Option<PathBuf>,
+    /// Webhook: the body's content type. Default `application/json` (a rendered body must
+    /// then be JSON).
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// E-mail: the sender (`blockwatch <alerts@example.com>`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// E-mail: the recipients.
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// E-mail: the SMTP user, whose password is the secret.
+    #[serde(default)]
+    pub username: Option<String>,
 }
 
 impl SinkConfig {
@@ -182,8 +228,33 @@ impl SinkConfig {
             p.push(format!("{me}: name: {rule}"));
         }
         let url = self.effective_url();
-        if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(&url).is_err() {
+        if self.kind == SinkKind::Email {
+            p.extend(email::problems(self).into_iter().map(|x| format!("{me}: {x}")));
+        } else if !(url.starts_with("http://") || url.starts_with("https://")) || reqwest::Url::parse(&url).is_err() {
             p.push(format!("{me}: url {:?}: an http:// or https:// URL", self.url));
+        }
+        if self.kind != SinkKind::Email && (self.from.is_some() || !self.to.is_empty() || self.username.is_some()) {
+            p.push(format!("{me}: from, to and username are for e-mail sinks"));
+        }
+        let templated = self.template.is_some() || self.template_file.is_some() || self.content_type.is_some();
+        if templated && self.kind != SinkKind::Webhook {
+            p.push(format!("{me}: template, template_file and content_type are for webhook sinks"));
+        }
+        if self.template.is_some() && self.template_file.is_some() {
+            p.push(format!("{me}: template and template_file exclude each other"));
+        }
+        match self.group_window {
+            Some(w) if !self.kind.groups() && !w.is_zero() => p.push(format!(
+                "{me}: group_window: {} sinks do not group ({})",
+                self.kind.name(),
+                if self.kind == SinkKind::Alertmanager {
+                    "Alertmanager groups by its own route config"
+                } else {
+                    "one incident per block"
+                }
+            )),
+            Some(w) if w > MAX_GROUP_WINDOW => p.push(format!("{me}: group_window: at most 10m")),
+            _ => {}
         }
         for k in &self.kinds {
             if blockwatch_detector::EventKind::ALL.iter().all(|known| known.name() != k) {
@@ -215,6 +286,11 @@ impl SinkConfig {
         p
     }
 
+    /// How long the sink gathers a wave (zero: it does not).
+    pub fn grouping(&self) -> Duration {
+        if self.kind.groups() { self.group_window.unwrap_or(DEFAULT_GROUP_WINDOW) } else { Duration::ZERO }
+    }
+
     /// The URL posted to (PagerDuty's Events API when none is set).
     pub fn effective_url(&self) -> String {
         match (self.kind, self.url.is_empty()) {
@@ -239,7 +315,7 @@ impl SinkConfig {
 
 /// A `[[maintenance]]` window: no notifications for its targets and regions while it lasts
 /// (judged by the event's `detected_at`); the events are still recorded.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
     /// RFC 3339 (`2026-12-24T22:00:00Z`).
@@ -257,7 +333,7 @@ pub struct Window {
 }
 
 impl Window {
-    fn span(&self) -> Option<(i64, i64)> {
+    pub(crate) fn span(&self) -> Option<(i64, i64)> {
         let t = blockwatch_proto::time::parse_rfc3339;
         Some((t(&self.start)?, t(&self.end)?))
     }
@@ -322,10 +398,14 @@ pub struct SinkStatus {
     pub kind: String,
     /// The last event it finished with (delivered, filtered out or refused).
     pub cursor: u64,
+    /// Notifications delivered (a wave is one)…
     pub delivered_total: u64,
+    /// …and the events they carried.
+    pub events_delivered_total: u64,
     /// Attempts that failed (each retry counts).
     pub failed_attempts_total: u64,
-    /// Events the receiver refused for good (a 4xx other than 408/429), skipped.
+    /// Notifications the receiver refused for good (a 4xx other than 408/429, an SMTP 5xx),
+    /// or that the sink's template could not render: skipped.
     pub refused_total: u64,
     /// Events not sent because a maintenance window covered them.
     pub suppressed_total: u64,
@@ -383,15 +463,23 @@ pub enum Attempt {
     },
 }
 
-/// A ready sink: its config, its HTTP client and its secret.
+/// How a sink reaches its receiver.
+enum Transport {
+    Http(reqwest::Client),
+    Smtp(Box<email::Mailer>),
+}
+
+/// A ready sink: its config, its client and its secret.
 pub struct Sink {
     pub cfg: SinkConfig,
-    client: reqwest::Client,
+    transport: Transport,
     secret: Option<Vec<u8>>,
     /// Where a person follows an event up (`public_url`).
     link_base: String,
     /// Maintenance windows.
-    windows: Arc<Vec<Window>>,
+    windows: Arc<Maintenance>,
+    /// A webhook's body template.
+    template: Option<template::Template>,
 }
 
 impl Sink {
@@ -399,7 +487,7 @@ impl Sink {
     pub fn new(
         cfg: SinkConfig,
         link_base: &str,
-        windows: Arc<Vec<Window>>,
+        windows: Arc<Maintenance>,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Sink, SinkError> {
         let setup = |why: String| SinkError::Setup { sink: cfg.name.clone(), why };
@@ -426,24 +514,31 @@ impl Sink {
                 roots.add(cert).map_err(|e| setup(format!("ca_file {}: {e}", path.display())))?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| setup(e.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(cfg.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("blockwatch-collector/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| setup(e.to_string()))?;
+        let transport = if cfg.kind == SinkKind::Email {
+            Transport::Smtp(Box::new(email::Mailer::new(&cfg, secret.as_deref()).map_err(setup)?))
+        } else {
+            let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| setup(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let client = reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .timeout(cfg.timeout)
+                .redirect(reqwest::redirect::Policy::none())
+                .user_agent(concat!("blockwatch-collector/", env!("CARGO_PKG_VERSION")))
+                .build()
+                .map_err(|e| setup(e.to_string()))?;
+            Transport::Http(client)
+        };
+        let template = template::Template::of(&cfg).map_err(setup)?;
         Ok(Sink {
             cfg,
-            client,
+            transport,
             secret: secret.map(String::into_bytes),
             link_base: link_base.trim_end_matches('/').into(),
             windows,
+            template,
         })
     }
 
@@ -452,9 +547,15 @@ impl Sink {
         format!("{}/v1/events?after={}&limit=1", self.link_base, e.seq.saturating_sub(1))
     }
 
-    /// One POST of `body` (JSON) to `url` with `headers`.
-    async fn post(&self, url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> Attempt {
-        let mut req = self.client.post(url).header("content-type", "application/json");
+    /// One attempt: `body` POSTed with `headers` (or, for e-mail, the message sent).
+    async fn send(&self, body: Vec<u8>, headers: &[(&str, String)]) -> Attempt {
+        let client = match &self.transport {
+            Transport::Http(c) => c,
+            Transport::Smtp(m) => return m.send(&body).await,
+        };
+        let url = self.cfg.effective_url();
+        let content_type = self.cfg.content_type.as_deref().unwrap_or("application/json");
+        let mut req = client.post(url).header("content-type", content_type);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
@@ -549,7 +650,7 @@ async fn run_sink(
         alertmanager::Active::default()
     } else {
         let (store, cfg, windows) = (store.clone(), sink.cfg.clone(), Arc::clone(&sink.windows));
-        let held = move |e: &EventView| windows.iter().any(|w| w.covers(e));
+        let held = move |e: &EventView| windows.covering(e).is_some();
         blocking(move || alertmanager::Active::rebuild(&store, &cfg, cursor, held)).await.unwrap_or_default()
     };
     let pace = Duration::from_secs(60) / sink.cfg.max_per_minute.max(1);
@@ -557,6 +658,10 @@ async fn run_sink(
     let mut resend = tokio::time::interval(sink.cfg.resend_every);
     resend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_repost = tokio::time::Instant::now();
+    // Events read and not finished with, as the notifications they become.
+    let mut queue = group::Queue::new(sink.cfg.grouping());
+    // The last event read; `cursor` trails it while a group is waiting.
+    let mut read = cursor;
     tracing::info!(sink = %name, kind, cursor, "sink running");
     loop {
         if *stop.borrow() {
@@ -564,7 +669,7 @@ async fn run_sink(
         }
         let batch = {
             let store = store.clone();
-            blocking(move || store.events_after(cursor).take(READ_BATCH).collect::<Result<Vec<_>, _>>()).await
+            blocking(move || store.events_after(read).take(READ_BATCH).collect::<Result<Vec<_>, _>>()).await
         };
         let events = match batch {
             Some(Ok(events)) => events,
@@ -575,6 +680,7 @@ async fn run_sink(
             None => return,
         };
         if events.is_empty() {
+            let due = queue.next_due();
             tokio::select! {
                 r = wake.recv() => {
                     // Closed only as the collector goes; then the log is polled.
@@ -583,13 +689,13 @@ async fn run_sink(
                     }
                 }
                 _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
                 _ = resend.tick(), if sink.cfg.kind == SinkKind::Alertmanager && state.any_posted() => {
                     repost(&sink, &state).await;
                     last_repost = tokio::time::Instant::now();
                 }
                 _ = stop.changed() => {}
             }
-            continue;
         }
         for (seq, line) in events {
             // A backlog must not starve the re-posts: Alertmanager would resolve open alerts.
@@ -600,54 +706,96 @@ async fn run_sink(
                 repost(&sink, &state).await;
                 last_repost = tokio::time::Instant::now();
             }
-            let admitted = EventView::parse(seq, &line).filter(|e| state.admits(&sink.cfg, e));
-            // A window holds back what it covers, but never the end of an alert that is open.
-            let held = |e: &&EventView| sink.windows.iter().any(|w| w.covers(e)) && !state.closes_open(e);
-            if let Some(e) = admitted.as_ref().filter(held) {
-                // Still tracked, so an alert opened before the window closes after it.
-                let _ = build(&sink, e, &mut state, false);
-                let reason = sink.windows.iter().find(|w| w.covers(e)).map(|w| w.reason.clone()).unwrap_or_default();
-                tracing::info!(sink = %name, event = e.seq, kind = %e.kind, target = %e.target, region = %e.region,
-                    reason = %reason, "notification suppressed: maintenance window");
-                statuses.update(&name, |s| s.suppressed_total += 1);
-            } else if let Some(e) = admitted {
-                if let Some(at) = last_sent {
-                    let wait = (at + pace).saturating_duration_since(tokio::time::Instant::now());
-                    if !wait.is_zero() && !sleep_or_stop(wait, &mut stop).await {
-                        return;
-                    }
-                }
-                let body = build(&sink, &e, &mut state, true);
-                if !deliver(&sink, &statuses, &e, &sink.cfg.effective_url(), body, &mut stop).await {
-                    return;
-                }
-                last_sent = Some(tokio::time::Instant::now());
+            read = seq;
+            if let Some(e) = EventView::parse(seq, &line).filter(|e| state.admits(&sink.cfg, e)) {
+                // A window holds back what it covers, but never the end of an alert that is
+                // open (or about to be).
+                let held = sink.windows.covering(&e).is_some() && !state.closes_open(&e) && !queue.opens(&e);
+                queue.push(e, held, tokio::time::Instant::now());
             }
-            cursor = seq;
-            let (store, n) = (store.clone(), name.clone());
-            if let Some(Err(e)) = blocking(move || store.set_sink_cursor(&n, seq)).await {
-                tracing::warn!(sink = %name, error = %e, "cannot record the sink's cursor (the event may be sent again)");
+            // Without a group window, each event goes before the next is looked at (what
+            // Alertmanager and PagerDuty are told depends on what was sent before).
+            if !flush(&sink, &statuses, &mut queue, &mut state, pace, &mut last_sent, &mut stop).await {
+                return;
             }
-            statuses.update(&name, |s| s.cursor = seq);
+            cursor = advance(&store, &name, &statuses, cursor, queue.first_seq().map_or(read, |s| s - 1)).await;
         }
+        if !flush(&sink, &statuses, &mut queue, &mut state, pace, &mut last_sent, &mut stop).await {
+            return;
+        }
+        cursor = advance(&store, &name, &statuses, cursor, queue.first_seq().map_or(read, |s| s - 1)).await;
     }
 }
 
-/// The body of one event's notification; `state` tracks what is open, `posted`: this one
-/// is sent (not held back by a window).
-fn build(sink: &Sink, e: &EventView, state: &mut alertmanager::Active, posted: bool) -> Vec<u8> {
-    match sink.cfg.kind {
-        SinkKind::Webhook => webhook::request(sink, e, state, posted),
+/// Moves the sink's durable cursor to `to` (when it moved); returns the cursor.
+async fn advance(store: &Reader, name: &str, statuses: &Statuses, cursor: u64, to: u64) -> u64 {
+    if to <= cursor {
+        return cursor;
+    }
+    let (store, n) = (store.clone(), name.to_string());
+    if let Some(Err(e)) = blocking(move || store.set_sink_cursor(&n, to)).await {
+        tracing::warn!(sink = %name, error = %e, "cannot record the sink's cursor (events may be sent again)");
+    }
+    statuses.update(name, |s| s.cursor = to);
+    to
+}
+
+/// Sends (or, when a window holds them, only tracks) every group that is due; false on `stop`.
+async fn flush(
+    sink: &Sink,
+    statuses: &Statuses,
+    queue: &mut group::Queue,
+    state: &mut alertmanager::Active,
+    pace: Duration,
+    last_sent: &mut Option<tokio::time::Instant>,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    let name = &sink.cfg.name;
+    while let Some(g) = queue.pop_due(tokio::time::Instant::now()) {
+        if g.held {
+            for e in &g.events {
+                // Still tracked, so an alert opened before the window closes after it.
+                let _ = build(sink, std::slice::from_ref(e), state, false);
+                let reason = sink.windows.covering(e).unwrap_or_default();
+                tracing::info!(sink = %name, event = e.seq, kind = %e.kind, target = %e.target, region = %e.region,
+                    reason = %reason, "notification suppressed: maintenance window");
+            }
+            statuses.update(name, |s| s.suppressed_total += g.events.len() as u64);
+            continue;
+        }
+        if let Some(at) = *last_sent {
+            let wait = (at + pace).saturating_duration_since(tokio::time::Instant::now());
+            if !wait.is_zero() && !sleep_or_stop(wait, stop).await {
+                return false;
+            }
+        }
+        let body = build(sink, &g.events, state, true);
+        if !deliver(sink, statuses, &g.events, body, stop).await {
+            return false;
+        }
+        *last_sent = Some(tokio::time::Instant::now());
+    }
+    true
+}
+
+/// The body of one notification (a group of events: one, or a wave); `state` tracks what is
+/// open, `posted`: it is sent (not held back by a window). An error: the sink's template
+/// made no body the receiver could take.
+fn build(sink: &Sink, events: &[EventView], state: &mut alertmanager::Active, posted: bool) -> Result<Vec<u8>, String> {
+    let e = &events[0];
+    Ok(match sink.cfg.kind {
+        SinkKind::Webhook => return webhook::request(sink, events, state, posted),
         SinkKind::Alertmanager => state.apply(sink, e, posted),
         SinkKind::Pagerduty => pagerduty::request(sink, e, state, posted),
-        SinkKind::Slack => slack::request(sink, e),
-    }
+        SinkKind::Slack => slack::request(sink, events),
+        SinkKind::Email => email::message(sink, events)?,
+    })
 }
 
 /// The headers of one attempt (a webhook's signature is made at each).
-fn headers(sink: &Sink, e: &EventView, body: &[u8]) -> Vec<(&'static str, String)> {
+fn headers(sink: &Sink, events: &[EventView], body: &[u8]) -> Vec<(&'static str, String)> {
     match sink.cfg.kind {
-        SinkKind::Webhook => webhook::headers(sink, e, body),
+        SinkKind::Webhook => webhook::headers(sink, events, body),
         _ => Vec::new(),
     }
 }
@@ -655,9 +803,7 @@ fn headers(sink: &Sink, e: &EventView, body: &[u8]) -> Vec<(&'static str, String
 /// Posts every open alert again, so Alertmanager does not resolve them itself.
 async fn repost(sink: &Sink, state: &alertmanager::Active) {
     let body = state.repost(sink);
-    if let Attempt::Retry { error, .. } | Attempt::Refused { error, .. } =
-        sink.post(&sink.cfg.effective_url(), body, &[]).await
-    {
+    if let Attempt::Retry { error, .. } | Attempt::Refused { error, .. } = sink.send(body, &[]).await {
         tracing::warn!(sink = %sink.cfg.name, error = %error, "re-posting open alerts failed");
     }
 }
@@ -670,31 +816,46 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
-/// Sends one event until the receiver takes it (or refuses it for good); false on `stop`.
+/// Sends one notification until the receiver takes it (or refuses it for good); false on
+/// `stop`.
 async fn deliver(
     sink: &Sink,
     statuses: &Statuses,
-    e: &EventView,
-    url: &str,
-    body: Vec<u8>,
+    events: &[EventView],
+    body: Result<Vec<u8>, String>,
     stop: &mut watch::Receiver<bool>,
 ) -> bool {
     let name = &sink.cfg.name;
+    let e = &events[0];
+    let n = events.len();
+    let body = match body {
+        Ok(b) => b,
+        Err(error) => {
+            tracing::error!(sink = %name, event = e.seq, events = n, error = %error,
+                "the sink's template made no body; skipping the notification");
+            statuses.update(name, |s| {
+                s.refused_total += 1;
+                *s.attempts_by_status.entry("template".into()).or_default() += 1;
+            });
+            return true;
+        }
+    };
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let signed = headers(sink, e, &body);
+        let signed = headers(sink, events, &body);
         let outcome = tokio::select! {
-            a = sink.post(url, body.clone(), &signed) => a,
+            a = sink.send(body.clone(), &signed) => a,
             _ = stop.wait_for(|s| *s) => return false,
         };
         let status_key = |s: Option<u16>| s.map_or("error".to_string(), |s| s.to_string());
         match outcome {
             Attempt::Delivered(status) => {
-                tracing::info!(sink = %name, event = e.seq, kind = %e.kind, target = %e.target, region = %e.region,
-                    status, attempts, "notification delivered");
+                tracing::info!(sink = %name, event = e.seq, events = n, kind = %e.kind, target = %e.target,
+                    regions = %group::places(events).join(","), status, attempts, "notification delivered");
                 statuses.update(name, |s| {
                     s.delivered_total += 1;
+                    s.events_delivered_total += n as u64;
                     *s.attempts_by_status.entry(status.to_string()).or_default() += 1;
                     s.pending = None;
                 });
@@ -747,8 +908,11 @@ pub async fn send_test(sink: &Sink) -> Attempt {
         "test": true,
     });
     let e = EventView::parse(0, &line.to_string()).unwrap_or_else(|| unreachable!("a literal event"));
-    let body = build(sink, &e, &mut alertmanager::Active::default(), true);
-    sink.post(&sink.cfg.effective_url(), body.clone(), &headers(sink, &e, &body)).await
+    let events = [e];
+    match build(sink, &events, &mut alertmanager::Active::default(), true) {
+        Ok(body) => sink.send(body.clone(), &headers(sink, &events, &body)).await,
+        Err(error) => Attempt::Refused { status: 0, error: format!("the template: {error}") },
+    }
 }
 
 #[cfg(test)]

@@ -21,8 +21,46 @@ fn headline(e: &EventView) -> String {
     if e.raw.get("test").is_some() { format!("[test] {what}") } else { what }
 }
 
-/// The body for one event.
-pub fn request(sink: &Sink, e: &EventView) -> Vec<u8> {
+/// The body for a group of events: one event in detail, or a wave with a line per event.
+pub fn request(sink: &Sink, events: &[EventView]) -> Vec<u8> {
+    let e = &events[0];
+    let summary = super::group::summary(events);
+    let title = if events.len() == 1 { headline(e) } else { wave_headline(events) };
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": title.chars().take(150).collect::<String>(), "emoji": true}}),
+        json!({"type": "section", "text": {"type": "mrkdwn", "text": summary.chars().take(3000).collect::<String>()}}),
+    ];
+    if events.len() == 1 {
+        blocks.push(json!({"type": "section", "fields": fields(e)}));
+    } else {
+        // Slack takes at most 50 blocks: one line each for the first 45.
+        for e in events.iter().take(45) {
+            let line = format!("*{}* since {} (detected {}): {}", e.region, e.onset, e.detected_at, e.summary);
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": line.chars().take(3000).collect::<String>()}}));
+        }
+        if events.len() > 45 {
+            blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": format!("…and {} more", events.len() - 45)}}));
+        }
+    }
+    blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn", "text": format!("<{}|event {} in blockwatch>", sink.link(e), e.seq)}]}));
+    let body = json!({ "text": format!("{title}: {summary}"), "blocks": blocks });
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// A wave's header: "openai is blocked in 3 regions".
+fn wave_headline(events: &[EventView]) -> String {
+    let e = &events[0];
+    let n = super::group::places(events).len();
+    let what = match e.kind.as_str() {
+        "block_started" => format!(":no_entry: {} is blocked in {n} regions", e.target),
+        "block_ended" => format!(":white_check_mark: {} reachable again in {n} regions", e.target),
+        _ => format!("blockwatch: {} {} events", events.len(), e.kind),
+    };
+    if e.raw.get("test").is_some() { format!("[test] {what}") } else { what }
+}
+
+/// The facts of one event, as Block Kit fields.
+fn fields(e: &EventView) -> Vec<Value> {
     let ev = e.raw.get("evidence").cloned().unwrap_or(Value::Null);
     let num = |k: &str| ev.get(k).and_then(Value::as_f64).unwrap_or(0.0);
     let agents = ev
@@ -48,15 +86,5 @@ pub fn request(sink: &Sink, e: &EventView) -> Vec<u8> {
     if !agents.is_empty() {
         fields.push(json!({"type": "mrkdwn", "text": format!("*Agents*\n{agents}")}));
     }
-    let title = headline(e);
-    let body = json!({
-        "text": format!("{title}: {}", e.summary),
-        "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": title.chars().take(150).collect::<String>(), "emoji": true}},
-            {"type": "section", "text": {"type": "mrkdwn", "text": e.summary.chars().take(3000).collect::<String>()}},
-            {"type": "section", "fields": fields},
-            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("<{}|event {} in blockwatch>", sink.link(e), e.seq)}]},
-        ],
-    });
-    serde_json::to_vec(&body).unwrap_or_default()
+    fields
 }

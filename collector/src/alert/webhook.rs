@@ -25,33 +25,59 @@ pub fn signature(secret: &[u8], t: i64, body: &[u8]) -> String {
     format!("t={t},v1={hex}")
 }
 
-/// The body for one event (its headers come from [`headers`], signed at each attempt).
-pub fn request(sink: &Sink, e: &EventView, active: &mut Active, posted: bool) -> Vec<u8> {
-    let start = active.block_start(e, &sink.cfg, posted);
-    let payload = json!({
+/// The payload for a group of events (one, or an enforcement wave): what a template renders
+/// and, without one, the body.
+pub fn payload(sink: &Sink, events: &[EventView], active: &mut Active, posted: bool) -> serde_json::Value {
+    let first = &events[0];
+    let listed: Vec<serde_json::Value> = events
+        .iter()
+        .map(|e| {
+            let start = active.block_start(e, &sink.cfg, posted);
+            json!({
+                "id": e.seq.to_string(),
+                "block_id": format!("{}/{}/{}", e.target, e.region, start),
+                "region": e.region,
+                "agent_id": if e.agent_id.is_empty() { serde_json::Value::Null } else { json!(e.agent_id) },
+                "onset": e.onset,
+                "detected_at": e.detected_at,
+                "summary": e.summary,
+                "evidence": e.raw.get("evidence").cloned().unwrap_or(serde_json::Value::Null),
+                "link": sink.link(e),
+            })
+        })
+        .collect();
+    let onset = events.iter().map(|e| e.onset.as_str()).min().unwrap_or_default();
+    json!({
         "schema": SCHEMA,
-        "id": e.seq.to_string(),
-        "block_id": format!("{}/{}/{}", e.target, e.region, start),
-        "kind": e.kind,
-        "severity": Severity::of(&e.kind).name(),
-        "target": e.target,
-        "region": e.region,
-        "agent_id": if e.agent_id.is_empty() { serde_json::Value::Null } else { json!(e.agent_id) },
-        "onset": e.onset,
-        "detected_at": e.detected_at,
-        "summary": e.summary,
-        "evidence": e.raw.get("evidence").cloned().unwrap_or(serde_json::Value::Null),
-        "link": sink.link(e),
-        "test": e.raw.get("test").is_some(),
-    });
-    serde_json::to_vec(&payload).unwrap_or_default()
+        "id": first.seq.to_string(),
+        "kind": first.kind,
+        "severity": Severity::of(&first.kind).name(),
+        "target": first.target,
+        "regions": super::group::places(events),
+        "onset": onset,
+        "detected_at": first.detected_at,
+        "summary": super::group::summary(events),
+        "link": sink.link(first),
+        "test": first.raw.get("test").is_some(),
+        "events": listed,
+    })
+}
+
+/// The body for a group: the payload as JSON, or rendered through the sink's template.
+pub fn request(sink: &Sink, events: &[EventView], active: &mut Active, posted: bool) -> Result<Vec<u8>, String> {
+    let p = payload(sink, events, active, posted);
+    match &sink.template {
+        None => Ok(serde_json::to_vec(&p).unwrap_or_default()),
+        Some(t) => t.render(&p),
+    }
 }
 
 /// The headers of one attempt: signed now, so a retry hours later is not taken for a replay.
-pub fn headers(sink: &Sink, e: &EventView, body: &[u8]) -> Vec<(&'static str, String)> {
+/// The id is the group's first event's sequence number, the same on every retry.
+pub fn headers(sink: &Sink, events: &[EventView], body: &[u8]) -> Vec<(&'static str, String)> {
     let t = blockwatch_proto::time::now() / 1000;
     let sig = signature(sink.secret.as_deref().unwrap_or_default(), t, body);
-    vec![("x-blockwatch-signature", sig), ("x-blockwatch-event-id", e.seq.to_string())]
+    vec![("x-blockwatch-signature", sig), ("x-blockwatch-notification-id", events[0].seq.to_string())]
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ fn test(config: &Path, name: &str) -> anyhow::Result<()> {
     if let Err(p) = cfg.validate() {
         bail!("{}: {}", config.display(), p.join("; "));
     }
-    let sink = Sink::new(sc.clone(), &cfg.link_base(), Default::default(), |k| std::env::var(k).ok())?;
+    let windows = std::sync::Arc::new(crate::alert::Maintenance::fixed(Vec::new()));
+    let sink = Sink::new(sc.clone(), &cfg.link_base(), windows, |k| std::env::var(k).ok())?;
     let attempt = blockwatch_proto::process::runtime(Some(1))?.block_on(send_test(&sink));
     match attempt {
         Attempt::Delivered(status) => {

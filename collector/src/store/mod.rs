@@ -9,7 +9,8 @@
 //! - `meta`: `detector_processed` → how many results (in store order) the live detector had
 //!   handled when it last appended events; written in the same commit as those events, so a
 //!   restart re-publishes exactly the events a crash kept from the log. `sink_cursor/NAME` →
-//!   the last event notification sink NAME finished with.
+//!   the last event notification sink NAME finished with; `maintenance/ID` → a maintenance
+//!   window added through the API (JSON).
 //!
 //! All result writes go through one writer thread ([`writer`]) that does the dedupe check, so
 //! two concurrent batches carrying the same probe id cannot both store it, and that commits
@@ -245,6 +246,31 @@ impl Reader {
             .meta
             .insert(format!("sink_cursor/{sink}"), seq.to_be_bytes())
             .map_err(|e| StoreError::Write(describe(&e)))
+    }
+
+    /// Maintenance windows added through the API: id → window JSON. Blocking.
+    pub fn maintenance_windows(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.ks.meta.prefix("maintenance/") {
+            let (k, v) = kv.into_inner().map_err(|e| StoreError::Read(describe(&e)))?;
+            let id = String::from_utf8_lossy(&k["maintenance/".len()..]).into_owned();
+            out.push((id, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Records a maintenance window (durably: the API answers only once it is kept). Blocking.
+    pub fn put_maintenance(&self, id: &str, window: &[u8]) -> Result<(), StoreError> {
+        let mut batch = self.ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
+        batch.insert(&self.ks.meta, format!("maintenance/{id}"), window);
+        batch.commit().map_err(|e| StoreError::Write(describe(&e)))
+    }
+
+    /// Removes a maintenance window. Blocking.
+    pub fn delete_maintenance(&self, id: &str) -> Result<(), StoreError> {
+        let mut batch = self.ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
+        batch.remove(&self.ks.meta, format!("maintenance/{id}"));
+        batch.commit().map_err(|e| StoreError::Write(describe(&e)))
     }
 
     /// Number of stored results. Blocking.

@@ -42,6 +42,15 @@ impl TestPki {
         self.config_for(params, &self.issuer, &self.ca_der)
     }
 
+    /// A certificate for `names` and its key, PEM (the certificate followed by the CA's), for
+    /// servers that read files (an SMTP server in Python, say).
+    pub fn server_pem(&self, names: &[&str]) -> Result<(String, String), FaultError> {
+        let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok((format!("{}{}", cert.pem(), self.ca_pem), key.serialize_pem()))
+    }
+
     /// A certificate for `names` issued by a CA nobody trusts.
     pub fn untrusted_server_config(&self, names: &[&str]) -> Result<Arc<ServerConfig>, FaultError> {
         let (_, other_der, other) = new_ca("untrusted CA")?;
