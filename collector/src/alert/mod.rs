@@ -242,6 +242,8 @@ impl SinkConfig {
         }
         if self.template.is_some() && self.template_file.is_some() {
             p.push(format!("{me}: template and template_file exclude each other"));
+        } else if let Err(e) = template::Template::of(self) {
+            p.push(format!("{me}: {e}"));
         }
         match self.group_window {
             Some(w) if !self.kind.groups() && !w.is_zero() => p.push(format!(
@@ -984,8 +986,9 @@ mod tests {
         c.url = "ftp://x".into();
         c.secret_env = None;
         c.max_per_minute = 0;
+        c.template = Some("{% if %}".into());
         let p = c.problems().join("\n");
-        for want in ["block_start", "ftp://x", "needs secret_env or secret_file", "max_per_minute"] {
+        for want in ["block_start", "ftp://x", "needs secret_env or secret_file", "max_per_minute", "template: "] {
             assert!(p.contains(want), "{want}: {p}");
         }
     }
