@@ -3,6 +3,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod metrics;
 pub mod plan;
 pub mod probe;
 pub mod scheduler;
@@ -36,6 +37,8 @@ pub async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub enum StartError {
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    #[error("metrics_listen {addr}")]
+    Metrics { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("probe engine")]
     Engine(#[from] crate::probe::EngineError),
     #[error("cannot read ca_file {path}")]
@@ -114,6 +117,15 @@ impl Agent {
                 },
             ));
         }
+        let metrics = Arc::new(metrics::AgentMetrics::new(&cfg.agent_id, &cfg.region));
+        if let Some(addr) = cfg.metrics_listen {
+            let listener = metrics::bind(addr).await.map_err(|source| StartError::Metrics { addr, source })?;
+            tracing::info!(%addr, "serving metrics at /metrics");
+            tokio::spawn(metrics::serve(listener, Arc::clone(&metrics), Arc::clone(&spool), {
+                let mut stop = probes_rx.clone();
+                async move { stopped(&mut stop).await }
+            }));
+        }
         let ctx = ProbeContext {
             cfg: Arc::clone(&cfg),
             engine,
@@ -123,6 +135,7 @@ impl Agent {
             permits: Arc::new(Semaphore::new(cfg.concurrency)),
             credentials,
             egress: egress_rx,
+            metrics: Arc::clone(&metrics),
         };
         let scheduler = tokio::spawn(scheduler::run(ctx, plan_rx, probe_now_rx, probes_rx.clone()));
         // Shutdown commits what is staged itself, after the last probe.
@@ -139,6 +152,7 @@ impl Agent {
                 probe_now: probe_now_tx,
                 stop: uplink_rx,
                 drain_deadline: Duration::from_secs(5),
+                metrics,
             }
             .run(),
         );

@@ -36,6 +36,8 @@ pub struct ProbeContext {
     pub credentials: Arc<Credentials>,
     /// The agent's egress address (and its network) as last looked up; empty when unknown.
     pub egress: watch::Receiver<crate::probe::egress::Egress>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 /// Requests from the collector to probe the same target closer together than this are
@@ -197,6 +199,7 @@ pub async fn probe_once(ctx: &ProbeContext, target: &Target, confirmation: bool)
     ctx.egress.borrow().fill(&mut result);
     report.fill(&mut result);
     let outcome = result.outcome();
+    ctx.metrics.probe(&target.id, &result);
     // Staged for the spool's next group commit, which comes before any send.
     ctx.spool.stage(&ctx.cfg.agent_id, &mut result);
     tracing::debug!(target = %target.id, probe_id = %result.probe_id, outcome = outcome.name(),

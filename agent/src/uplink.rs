@@ -185,6 +185,8 @@ pub struct Uplink {
     pub stop: watch::Receiver<bool>,
     /// How long shutdown waits for outstanding acks.
     pub drain_deadline: Duration,
+    /// The uplink's state, for `/metrics`.
+    pub metrics: Arc<crate::metrics::AgentMetrics>,
 }
 
 enum End {
@@ -200,7 +202,11 @@ impl Uplink {
                 return;
             }
             let started = Instant::now();
-            match self.session().await {
+            let ended = self.session().await;
+            self.metrics.connected.set(0);
+            self.metrics.unacked.set(0);
+            self.metrics.sessions.with_label_values(&[if ended.is_ok() { "stopped" } else { "error" }]).inc();
+            match ended {
                 Ok(End::Stopped) => return,
                 Err(e) => {
                     if started.elapsed() > BACKOFF_MAX {
@@ -304,6 +310,7 @@ impl Uplink {
             .map_err(UplinkError::Refused)?
             .into_inner();
         tracing::info!(collector = %self.cfg.collector, "connected to collector");
+        self.metrics.connected.set(1);
 
         let mut in_flight: HashMap<u64, Vec<u64>> = HashMap::new();
         let mut next_batch = 1u64;
@@ -321,6 +328,7 @@ impl Uplink {
         loop {
             let mut send_now = false;
             // The catch-up tick paces a backlog; with none, an idle agent sleeps through it.
+            self.metrics.unacked.set(in_flight.values().map(Vec::len).sum::<usize>() as i64);
             let behind = backlog(&self.spool, &in_flight);
             tokio::select! {
                 m = inbound.message() => {

@@ -69,6 +69,19 @@ struct Api {
     exports: Arc<Semaphore>,
     alerts: Arc<crate::alert::Statuses>,
     maintenance: Arc<crate::alert::Maintenance>,
+    status: Arc<crate::status::Status>,
+    data_dir: Arc<std::path::PathBuf>,
+}
+
+/// What the API serves from.
+pub struct Parts {
+    pub store: Reader,
+    pub ingest: Arc<Ingest>,
+    pub alerts: Arc<crate::alert::Statuses>,
+    pub maintenance: Arc<crate::alert::Maintenance>,
+    pub status: Arc<crate::status::Status>,
+    /// The store's directory (its size for `/metrics`).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Where the API takes its connections from.
@@ -82,10 +95,7 @@ pub enum ApiListener {
 /// `/healthz` needs a bearer token.
 pub async fn serve(
     listener: ApiListener,
-    store: Reader,
-    ingest: Arc<Ingest>,
-    alerts: Arc<crate::alert::Statuses>,
-    maintenance: Arc<crate::alert::Maintenance>,
+    parts: Parts,
     tokens: Option<Arc<Tokens>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -99,7 +109,18 @@ pub async fn serve(
         .route("/v1/maintenance", get(maintenance_list).post(maintenance_add))
         .route("/v1/maintenance/{id}", axum::routing::delete(maintenance_remove))
         .route("/v1/probe", axum::routing::post(probe))
-        .with_state(Api { store, ingest, exports: Arc::new(Semaphore::new(MAX_EXPORTS)), alerts, maintenance });
+        .route("/v1/status", get(status))
+        .route("/v1/blocks", get(blocks))
+        .route("/metrics", get(metrics))
+        .with_state(Api {
+            store: parts.store,
+            ingest: parts.ingest,
+            exports: Arc::new(Semaphore::new(MAX_EXPORTS)),
+            alerts: parts.alerts,
+            maintenance: parts.maintenance,
+            status: parts.status,
+            data_dir: Arc::new(parts.data_dir),
+        });
     if let Some(tokens) = tokens {
         app = app.layer(axum::middleware::from_fn_with_state(tokens, authorize));
     }
@@ -221,7 +242,7 @@ fn parsed<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) 
 }
 
 fn bad_request(msg: String) -> Response {
-    (StatusCode::BAD_REQUEST, format!("{msg}\n")).into_response()
+    json_error(StatusCode::BAD_REQUEST, msg)
 }
 
 async fn events(
@@ -413,6 +434,128 @@ fn maintenance_error(e: crate::alert::MaintenanceError) -> Response {
         E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, format!("{e}\n")).into_response()
+}
+
+/// `GET /metrics`: Prometheus' text format.
+async fn metrics(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
+    let rendered = tokio::task::spawn_blocking(move || {
+        crate::metrics::render(&crate::metrics::Scrape {
+            ingest: &api.ingest,
+            status: &api.status,
+            alerts: &api.alerts,
+            data_dir: &api.data_dir,
+        })
+    })
+    .await;
+    match rendered {
+        Ok(Ok(text)) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}")),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics: {e}")),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusQuery {
+    target: Option<String>,
+    region: Option<String>,
+    state: Option<String>,
+}
+
+const STATES: [&str; 5] = ["blocked", "outage", "vantage_problem", "unknown", "reachable"];
+
+/// `GET /v1/status`: every (target, region) and its state now.
+async fn status(
+    State(api): State<Api>,
+    query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match parsed(query) {
+        Ok(q) => q,
+        Err(why) => return bad_request(why),
+    };
+    if let Some(st) = q.state.as_deref().filter(|s| !STATES.contains(s)) {
+        return bad_request(format!("state={st:?}: one of {}", STATES.join(", ")));
+    }
+    let cells: Vec<crate::status::Cell> = api
+        .status
+        .cells()
+        .into_iter()
+        .filter(|c| q.target.as_deref().is_none_or(|t| t == c.target))
+        .filter(|c| q.region.as_deref().is_none_or(|r| r == c.region))
+        .filter(|c| q.state.as_deref().is_none_or(|s| s == c.state))
+        .collect();
+    let mut counts: BTreeMap<&str, usize> = STATES.iter().map(|s| (*s, 0)).collect();
+    for c in &cells {
+        *counts.entry(c.state).or_default() += 1;
+    }
+    let body = serde_json::json!({
+        "generated_at": blockwatch_proto::time::format_rfc3339(blockwatch_proto::time::now()),
+        "counts": counts,
+        "cells": cells,
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.to_string() + "\n").into_response()
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlocksQuery {
+    target: Option<String>,
+    region: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+    #[serde(default)]
+    open: Option<bool>,
+}
+
+/// `GET /v1/blocks`: the block history as blocks (a start and its end), oldest first.
+async fn blocks(
+    State(api): State<Api>,
+    query: Result<Query<BlocksQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match parsed(query) {
+        Ok(q) => q,
+        Err(why) => return bad_request(why),
+    };
+    let t = |name: &str, v: &Option<String>| match v {
+        None => Ok(None),
+        Some(s) => blockwatch_proto::time::parse_rfc3339(s)
+            .map(Some)
+            .ok_or_else(|| format!("{name}={s:?}: an RFC 3339 time (2026-12-01T08:00:00Z)")),
+    };
+    let (from, to) = match (t("from", &q.from), t("to", &q.to)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    let limit = q.limit.unwrap_or(1000);
+    if limit == 0 || limit > 10_000 {
+        return bad_request(format!("limit={limit}: must be 1..=10000"));
+    }
+    let filter = crate::blocks::Filter {
+        target: q.target,
+        region: q.region,
+        from,
+        to,
+        after: q.after.unwrap_or(0),
+        limit,
+        open: q.open,
+    };
+    let store = api.store.clone();
+    match tokio::task::spawn_blocking(move || crate::blocks::list(&store, &filter)).await {
+        Ok(Ok(page)) => {
+            ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&page).unwrap_or_default() + "\n")
+                .into_response()
+        }
+        Ok(Err(e)) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// An error as JSON: `{"error": MESSAGE}` with its status.
+fn json_error(status: StatusCode, message: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({"error": message}).to_string() + "\n")
+        .into_response()
 }
 
 /// A route that takes no query parameters.

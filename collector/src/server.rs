@@ -195,18 +195,32 @@ impl Collector {
         let (stop_sinks, sinks_stopped) = watch::channel(false);
         let sinks =
             crate::alert::spawn(sinks, store.reader(), events.clone(), Arc::clone(&alert_status), sinks_stopped);
-        let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-        let api = tokio::spawn(crate::api::serve(
-            api_listener,
+        // The live view of every cell: rebuilt from the log and the newest results, then
+        // kept current; it stops with the sinks.
+        let status = {
+            let reader = store.reader();
+            let rebuilt = tokio::task::spawn_blocking(move || crate::status::Status::rebuild(&reader)).await;
+            Arc::new(rebuilt.map_err(|e| StartError::Maintenance(format!("status view: {e}")))?)
+        };
+        tokio::spawn(crate::status::follow(
+            Arc::clone(&status),
             store.reader(),
-            Arc::clone(&ingest),
-            alert_status,
-            Arc::clone(&windows),
-            tokens,
-            async {
-                let _ = api_stopped.await;
-            },
+            results.subscribe(),
+            events.subscribe(),
+            stop_sinks.subscribe(),
         ));
+        let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+        let parts = crate::api::Parts {
+            store: store.reader(),
+            ingest: Arc::clone(&ingest),
+            alerts: alert_status,
+            maintenance: Arc::clone(&windows),
+            status,
+            data_dir: cfg.data_dir.clone(),
+        };
+        let api = tokio::spawn(crate::api::serve(api_listener, parts, tokens, async {
+            let _ = api_stopped.await;
+        }));
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");
         let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone(), store.reader()));
         Ok(Collector {

@@ -264,6 +264,7 @@ fn agent_config(
         control: None,
         egress_echo_url: None,
         geoip_db: Vec::new(),
+        metrics_listen: None,
     }
 }
 

@@ -190,3 +190,28 @@ pub fn stream_all(addr: SocketAddr, per_agent: std::collections::BTreeMap<String
         }
     });
 }
+
+/// An enforcement wave: `target` refused in every region of `blocked` from the same round,
+/// fine in `fine`; two agents a region, a probe a minute for the last hour.
+pub fn wave(
+    target: &str,
+    blocked: &[&str],
+    fine: &[&str],
+) -> std::collections::BTreeMap<String, (String, Vec<ProbeResult>)> {
+    let t0 = blockwatch_proto::time::now() - 3_600_000;
+    let mut out = std::collections::BTreeMap::new();
+    for (region, refused) in blocked.iter().map(|r| (r, true)).chain(fine.iter().map(|r| (r, false))) {
+        for n in 1..=2 {
+            let agent = format!("{region}-{n}");
+            let results = (0..60u64)
+                .map(|i| {
+                    let outcome = if refused && i >= 40 { Outcome::HttpGeoBlocked } else { Outcome::Ok };
+                    let at = t0 + i as i64 * 60_000 + n as i64 * 1000;
+                    result(&agent, region, i + 1, target, at, outcome)
+                })
+                .collect();
+            out.insert(agent, (region.to_string(), results));
+        }
+    }
+    out
+}

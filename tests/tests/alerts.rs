@@ -455,27 +455,7 @@ fn a_maintenance_window_silences_its_cells_and_the_events_are_still_logged() {
     assert!(got.iter().all(|r| json(r)["target"] != "deepseek"), "nothing of deepseek sent");
 }
 
-/// An enforcement wave: `target` refused in every region of `blocked` from the same round,
-/// fine in `fine`; two agents a region, a probe a minute for the last hour.
-fn wave(target: &str, blocked: &[&str], fine: &[&str]) -> BTreeMap<String, (String, Vec<ProbeResult>)> {
-    use blockwatch_proto::Outcome;
-    let t0 = blockwatch_proto::time::now() - 3_600_000;
-    let mut out = BTreeMap::new();
-    for (region, refused) in blocked.iter().map(|r| (r, true)).chain(fine.iter().map(|r| (r, false))) {
-        for n in 1..=2 {
-            let agent = format!("{region}-{n}");
-            let results = (0..60u64)
-                .map(|i| {
-                    let outcome = if refused && i >= 40 { Outcome::HttpGeoBlocked } else { Outcome::Ok };
-                    let at = t0 + i as i64 * 60_000 + n as i64 * 1000;
-                    blockwatch_tests::session::result(&agent, region, i + 1, target, at, outcome)
-                })
-                .collect();
-            out.insert(agent, (region.to_string(), results));
-        }
-    }
-    out
-}
+use blockwatch_tests::session::wave;
 
 const WAVE: [&str; 6] = ["hk", "cn", "ru", "ir", "by", "ve"];
 
@@ -536,12 +516,13 @@ fn an_enforcement_wave_is_one_notification_listing_its_regions() {
     assert!(blocks[0]["text"]["text"].as_str().unwrap().contains("openai is blocked in 6 regions"), "{m}");
     let lines = blocks.iter().filter(|b| b["text"]["text"].as_str().is_some_and(|t| t.contains(" since "))).count();
     assert_eq!(lines, WAVE.len(), "{m}");
-    let (_, status) = http_get(collector.api, "/v1/alerts");
-    let s: serde_json::Value = serde_json::from_str(&status).unwrap();
-    assert_eq!(
-        (s["hook"]["delivered_total"].as_u64(), s["hook"]["events_delivered_total"].as_u64()),
-        (Some(1), Some(6))
-    );
+    // Counted once the receiver's answer is in.
+    wait_for("the delivery counted", Duration::from_secs(10), || {
+        let (_, status) = http_get(collector.api, "/v1/alerts");
+        let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let counts = (s["hook"]["delivered_total"].as_u64()?, s["hook"]["events_delivered_total"].as_u64()?);
+        (counts == (1, 6)).then_some(())
+    });
 }
 
 #[test]

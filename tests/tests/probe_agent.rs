@@ -104,6 +104,7 @@ async fn config_keys_control_and_egress_reach_the_results() {
         permits: Arc::new(Semaphore::new(4)),
         credentials: Arc::new(credentials),
         egress: egress_rx,
+        metrics: Arc::new(blockwatch_agent::metrics::AgentMetrics::new(&cfg.agent_id, &cfg.region)),
     };
     let active = plan::initial(&cfg);
     assert_eq!(active.targets.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["acme", "control"]);

@@ -90,6 +90,10 @@ pub struct AgentConfig {
     /// Default: none (results carry no egress address).
     #[serde(default)]
     pub egress_echo_url: Option<String>,
+    /// Where to serve the agent's Prometheus metrics (`GET /metrics`), e.g.
+    /// `127.0.0.1:9464`. Default: not served.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// MaxMind-format databases (`.mmdb`: GeoLite2 ASN / Country / City, DB-IP lite, IPinfo
     /// lite), one path or a list, that name the egress address's network — ASN, AS
     /// organisation, country — in every result. Needs `egress_echo_url`. Default: none.

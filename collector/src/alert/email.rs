@@ -129,7 +129,12 @@ pub fn message(sink: &Sink, events: &[EventView]) -> Result<Vec<u8>, String> {
     let first = &events[0];
     let summary = super::group::summary(events);
     let test = if first.raw.get("test").is_some() { "[test] " } else { "" };
-    let subject: String = format!("{test}[blockwatch] {summary}").chars().take(200).collect();
+    // What the network put in a summary stays out of the headers' structure.
+    let subject: String = format!("{test}[blockwatch] {summary}")
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
     let mut body = format!("{summary}\n\n");
     for e in events {
         body.push_str(&format!("{} in {}\n", e.kind, if e.region.is_empty() { "-" } else { &e.region }));

@@ -132,6 +132,7 @@ pub struct Ingest {
     /// With mutual TLS: the current configuration (its revoked serials). `None`: plaintext,
     /// agents unauthenticated.
     tls: Option<watch::Receiver<ServerTls>>,
+    metrics: crate::metrics::IngestMetrics,
 }
 
 impl Ingest {
@@ -156,7 +157,13 @@ impl Ingest {
             streams,
             stop: watch::channel(false).0,
             tls,
+            metrics: crate::metrics::IngestMetrics::default(),
         }
+    }
+
+    /// What ingest counts, for `/metrics`.
+    pub fn metrics(&self) -> &crate::metrics::IngestMetrics {
+        &self.metrics
     }
 
     /// With mutual TLS, the identity the connection's certificate proves, which `agent_id`
@@ -518,14 +525,32 @@ impl Ingest {
         };
         if !bad.is_empty() {
             self.note_refusals(agent_id, &bad, received_at);
+            for (problem, r) in &bad {
+                let reason = crate::metrics::reason_label(problem.as_deref().unwrap_or_default(), &r.probe_id);
+                self.metrics.rejected.with_label_values(&[&reason]).inc();
+            }
         }
         let good: Vec<_> = good.into_iter().map(|(_, r)| r).collect();
         let ids: Vec<String> = good.iter().map(|r| r.probe_id.clone()).collect();
+        let outcomes: Vec<i32> = good.iter().map(|r| r.outcome).collect();
         let outcome = self
             .store
             .write_results(good, received_at)
             .await
             .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        self.metrics
+            .durable_seconds
+            .with_label_values::<&str>(&[])
+            .observe((time::now() - received_at).max(0) as f64 / 1000.0);
+        let dups: HashSet<&str> = outcome.duplicates.iter().map(String::as_str).collect();
+        for (id, o) in ids.iter().zip(&outcomes) {
+            if !dups.contains(id.as_str()) {
+                let name =
+                    blockwatch_proto::Outcome::try_from(*o).unwrap_or(blockwatch_proto::Outcome::Unspecified).name();
+                self.metrics.ingested.with_label_values(&[name]).inc();
+            }
+        }
+        self.metrics.duplicates.with_label_values::<&str>(&[]).inc_by(dups.len() as u64);
         self.touch(agent_id, |_| {});
         let mut replies = Vec::with_capacity(2);
         if !bad.is_empty() {
