@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 # Test dependencies: python3 runs the detector's scorer; nftables, iproute2 and util-linux
 # (unshare) let the black-hole/reset tests build a private network namespace; Prometheus
 # Alertmanager receives the collector's alerts in the alerting tests; Prometheus (with
-# promtool) scrapes and checks both binaries' /metrics.
+# promtool) scrapes and checks both binaries' /metrics; Chromium loads the dashboard headless.
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v nft >/dev/null || need+=(nftables)
@@ -16,6 +16,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing test dependencies: ${need[*]}"

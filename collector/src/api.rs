@@ -109,6 +109,10 @@ pub async fn serve(
         .route("/v1/maintenance", get(maintenance_list).post(maintenance_add))
         .route("/v1/maintenance/{id}", axum::routing::delete(maintenance_remove))
         .route("/v1/probe", axum::routing::post(probe))
+        .route("/", get(dashboard_page))
+        .route("/dashboard.js", get(dashboard_js))
+        .route("/dashboard.css", get(dashboard_css))
+        .route("/v1/timeline", get(timeline))
         .route("/v1/status", get(status))
         .route("/v1/blocks", get(blocks))
         .route("/metrics", get(metrics))
@@ -138,7 +142,9 @@ async fn authorize(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    if req.uri().path() == "/healthz" {
+    // The dashboard's page, script and style hold no data (what they show comes from the API,
+    // with the token the page asks for).
+    if matches!(req.uri().path(), "/healthz" | "/" | "/dashboard.js" | "/dashboard.css") {
         return next.run(req).await;
     }
     let needs = match *req.method() {
@@ -212,6 +218,8 @@ struct EventQuery {
     target: Option<String>,
     region: Option<String>,
     limit: Option<usize>,
+    /// Only the newest N events of the log (then filtered).
+    last: Option<u64>,
 }
 
 /// The fields filters look at.
@@ -262,11 +270,18 @@ async fn events(
         let known: Vec<&str> = EventKind::ALL.iter().map(|k| k.name()).collect();
         return bad_request(format!("kind={kind}: unknown event kind (one of {})", known.join(", ")));
     }
+    if q.last.is_some() && q.after != 0 {
+        return bad_request("after= and last= exclude each other".into());
+    }
     let store = api.store.clone();
     let body = tokio::task::spawn_blocking(move || {
         let mut body = String::new();
         let mut n = 0;
-        for item in store.events_after(q.after) {
+        let after = match q.last {
+            Some(last) => store.last_event_seq()?.saturating_sub(last),
+            None => q.after,
+        };
+        for item in store.events_after(after) {
             let (seq, line) = item?;
             if !q.matches(&line) {
                 continue;
@@ -296,6 +311,66 @@ struct ResultQuery {
     #[serde(default)]
     after: u64,
     limit: Option<u64>,
+    target: Option<String>,
+    region: Option<String>,
+    agent: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    cursor: Option<String>,
+}
+
+/// Most results one filtered page holds.
+const MAX_PAGE: u64 = 100_000;
+
+impl ResultQuery {
+    fn filtered(&self) -> bool {
+        self.target.is_some()
+            || self.region.is_some()
+            || self.agent.is_some()
+            || self.from.is_some()
+            || self.to.is_some()
+            || self.cursor.is_some()
+    }
+
+    fn into_filter(self) -> Result<crate::export::Filtered, String> {
+        for (name, v) in [("target", &self.target), ("region", &self.region), ("agent", &self.agent)] {
+            if let Some(v) = v
+                && let Err(rule) = blockwatch_proto::id::check(v)
+            {
+                return Err(format!("{name}={v:?}: {rule}"));
+            }
+        }
+        if self.after != 0 {
+            return Err("after= pages the unfiltered export; filtered results page with cursor=".into());
+        }
+        let t = |name: &str, v: &Option<String>| match v {
+            None => Ok(None),
+            Some(s) => blockwatch_proto::time::parse_rfc3339(s)
+                .map(Some)
+                .ok_or_else(|| format!("{name}={s:?}: an RFC 3339 time (2026-12-01T08:00:00Z)")),
+        };
+        let (from, to) = (t("from", &self.from)?, t("to", &self.to)?);
+        let cursor = match &self.cursor {
+            None => None,
+            Some(c) => Some(
+                crate::export::parse_cursor(c)
+                    .ok_or_else(|| format!("cursor={c:?}: not a cursor this API gave (x-next-cursor)"))?,
+            ),
+        };
+        let limit = self.limit.unwrap_or(1000);
+        if limit == 0 || limit > MAX_PAGE {
+            return Err(format!("limit={limit}: must be 1..={MAX_PAGE} with filters"));
+        }
+        Ok(crate::export::Filtered {
+            target: self.target,
+            region: self.region,
+            agent: self.agent,
+            from,
+            to,
+            cursor,
+            limit: limit as usize,
+        })
+    }
 }
 
 /// Bytes buffered before a chunk of an export goes out.
@@ -362,6 +437,30 @@ async fn results(
     let Ok(permit) = Arc::clone(&api.exports).try_acquire_owned() else {
         return busy(format!("{MAX_EXPORTS} result exports are running; retry shortly"));
     };
+    if q.filtered() {
+        let filter = match q.into_filter() {
+            Ok(f) => f,
+            Err(why) => return bad_request(why),
+        };
+        let store = api.store.clone();
+        let page = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut body = Vec::new();
+            crate::export::export_filtered(&store, &filter, &mut body).map(|(_, next)| (body, next))
+        })
+        .await;
+        return match page {
+            Ok(Ok((body, next))) => {
+                let mut resp = ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response();
+                if let Some(next) = next.and_then(|n| axum::http::HeaderValue::from_str(&n).ok()) {
+                    resp.headers_mut().insert("x-next-cursor", next);
+                }
+                resp
+            }
+            Ok(Err(e)) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+    }
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let store = api.store.clone();
     tokio::task::spawn_blocking(move || {
@@ -434,6 +533,95 @@ fn maintenance_error(e: crate::alert::MaintenanceError) -> Response {
         E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     (status, format!("{e}\n")).into_response()
+}
+
+/// The dashboard: static, embedded, no CDN. A strict policy: its own script and style only.
+fn asset(kind: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, kind),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn dashboard_page() -> Response {
+    asset("text/html; charset=utf-8", include_str!("dashboard/index.html"))
+}
+
+async fn dashboard_js() -> Response {
+    asset("text/javascript; charset=utf-8", include_str!("dashboard/dashboard.js"))
+}
+
+async fn dashboard_css() -> Response {
+    asset("text/css; charset=utf-8", include_str!("dashboard/dashboard.css"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimelineQuery {
+    target: String,
+    region: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    step: Option<String>,
+}
+
+/// `GET /v1/timeline`: results per time bucket and outcome, for one target in one region or
+/// across regions.
+async fn timeline(
+    State(api): State<Api>,
+    query: Result<Query<TimelineQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match parsed(query) {
+        Ok(q) => q,
+        Err(why) => return bad_request(why),
+    };
+    let now = blockwatch_proto::time::now();
+    let t = |name: &str, v: &Option<String>, default: i64| match v {
+        None => Ok(default),
+        Some(s) => blockwatch_proto::time::parse_rfc3339(s)
+            .ok_or_else(|| format!("{name}={s:?}: an RFC 3339 time (2026-12-01T08:00:00Z)")),
+    };
+    let (to, from) = match (t("to", &q.to, now), t("from", &q.from, now - 86_400_000)) {
+        (Ok(to), Ok(from)) => (to, from),
+        (Err(e), _) | (_, Err(e)) => return bad_request(e),
+    };
+    let step = match q.step.as_deref().map(humantime::parse_duration) {
+        None => 900_000,
+        Some(Ok(d)) if d.as_millis() >= 1000 => d.as_millis() as i64,
+        Some(_) => {
+            return bad_request(format!("step={:?}: a duration of at least 1s (15m, 1h)", q.step.unwrap_or_default()));
+        }
+    };
+    if from >= to {
+        return bad_request("from must be before to".into());
+    }
+    if (to - from) / step > crate::timeline::MAX_BUCKETS as i64 {
+        return bad_request(format!("at most {} buckets: widen step or narrow from/to", crate::timeline::MAX_BUCKETS));
+    }
+    let Ok(permit) = Arc::clone(&api.exports).try_acquire_owned() else {
+        return busy(format!("{MAX_EXPORTS} result scans are running; retry shortly"));
+    };
+    let store = api.store.clone();
+    let asked = crate::timeline::Ask { target: q.target, region: q.region, from, to, step };
+    match tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        crate::timeline::build(&store, &asked)
+    })
+    .await
+    {
+        Ok(Ok(t)) => {
+            ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&t).unwrap_or_default() + "\n")
+                .into_response()
+        }
+        Ok(Err(e)) => json_error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 /// `GET /metrics`: Prometheus' text format.
@@ -658,6 +846,24 @@ struct AgentView {
     /// within 30 days of it (time to issue a new one).
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate: Option<CertView>,
+    /// The egress network its latest result named.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    egress: Option<EgressView>,
+}
+
+#[derive(Serialize)]
+struct EgressView {
+    address: String,
+    #[serde(skip_serializing_if = "is_zero")]
+    asn: u32,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    as_org: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    country: String,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]
@@ -711,6 +917,12 @@ async fn agents(
                         serial: c.serial.clone(),
                         expires: blockwatch_proto::time::format_rfc3339(c.not_after.saturating_mul(1000)),
                         expires_soon: crate::ingest::expires_soon(c, now),
+                    }),
+                    egress: a.egress.map(|(address, asn, as_org, country)| EgressView {
+                        address,
+                        asn,
+                        as_org,
+                        country,
                     }),
                 },
             )

@@ -21,4 +21,5 @@ pub mod server;
 mod silence;
 pub mod status;
 pub mod store;
+pub mod timeline;
 pub mod tls;

@@ -114,7 +114,7 @@ impl Status {
     pub fn rebuild(store: &Reader) -> Status {
         let s = Status::default();
         s.read_events(store);
-        let count = store.result_count().unwrap_or(0) as u64;
+        let count = store.last_result_seq();
         let recent: Vec<StoredResult> =
             store.results_after(count.saturating_sub(SEED_RESULTS)).map_while(Result::ok).collect();
         s.observe(&recent, false);

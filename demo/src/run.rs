@@ -40,10 +40,12 @@ pub struct DemoReport {
     pub notified: bool,
 }
 
-/// Runs the demo for `duration`, probing every `interval`, printing as it goes.
+/// Runs the demo for `duration`, probing every `interval`, printing as it goes; then keeps
+/// everything up for `stay` (or until Ctrl-C) so a person can open the dashboard.
 pub async fn run(
     duration: Duration,
     interval: Duration,
+    stay: Duration,
     out: &mut (dyn std::io::Write + Send),
 ) -> anyhow::Result<DemoReport> {
     let work = tempfile_dir()?;
@@ -98,6 +100,11 @@ pub async fn run(
         out,
         "  collector        grpc+mTLS://{}   events: curl http://{}/v1/events",
         collector.addr, collector.api_addr
+    )?;
+    writeln!(
+        out,
+        "  dashboard            http://{}/   (metrics: http://{}/metrics)",
+        collector.api_addr, collector.api_addr
     )?;
     writeln!(
         out,
@@ -204,12 +211,25 @@ pub async fn run(
         }
     }
     writeln!(out)?;
+    summarize(out, &report, interval)?;
+    if !stay.is_zero() {
+        writeln!(
+            out,
+            "\nThe dashboard stays up for {} at http://{}/ (Ctrl-C ends it sooner).",
+            humantime::format_duration(stay),
+            collector.api_addr
+        )?;
+        out.flush()?;
+        tokio::select! {
+            _ = tokio::time::sleep(stay) => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
     for a in agents {
         a.shutdown().await;
     }
     collector.shutdown(Duration::from_secs(5)).await;
     drop(servers);
-    summarize(out, &report, interval)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(report)
 }

@@ -46,6 +46,8 @@ pub struct AgentInfo {
     pub refused_total: u64,
     /// The certificate it registered with (mutual TLS only).
     pub cert: Option<Arc<AgentIdentity>>,
+    /// The egress network its latest result named: (address, ASN, AS organisation, country).
+    pub egress: Option<(String, u32, String, String)>,
     /// When a refusal of this agent's results was last logged (one line a minute at most).
     last_refusal_logged: time::Millis,
 }
@@ -350,6 +352,7 @@ impl Fleet for FleetService {
                 dropped_total: previous.map_or(0, |a| a.dropped_total),
                 refused_total: previous.map_or(0, |a| a.refused_total),
                 cert: cert.clone(),
+                egress: previous.and_then(|a| a.egress.clone()),
                 last_refusal_logged: 0,
             };
             agents.insert(req.agent_id.clone(), info);
@@ -533,6 +536,11 @@ impl Ingest {
         let good: Vec<_> = good.into_iter().map(|(_, r)| r).collect();
         let ids: Vec<String> = good.iter().map(|r| r.probe_id.clone()).collect();
         let outcomes: Vec<i32> = good.iter().map(|r| r.outcome).collect();
+        let egress = good
+            .iter()
+            .rev()
+            .find(|r| !r.egress_address.is_empty())
+            .map(|r| (r.egress_address.clone(), r.egress_asn, r.egress_as_org.clone(), r.egress_country.clone()));
         let outcome = self
             .store
             .write_results(good, received_at)
@@ -551,7 +559,11 @@ impl Ingest {
             }
         }
         self.metrics.duplicates.with_label_values::<&str>(&[]).inc_by(dups.len() as u64);
-        self.touch(agent_id, |_| {});
+        self.touch(agent_id, |a| {
+            if egress.is_some() {
+                a.egress = egress;
+            }
+        });
         let mut replies = Vec::with_capacity(2);
         if !bad.is_empty() {
             replies.push(CollectorMessage {

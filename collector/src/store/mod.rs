@@ -80,6 +80,8 @@ pub(crate) struct Keyspaces {
     db: Database,
     results: Keyspace,
     ids: Keyspace,
+    /// The results by target, region and time: `cell_key` → the outcome (one byte).
+    cells: Keyspace,
     events: Keyspace,
     meta: Keyspace,
 }
@@ -109,10 +111,12 @@ impl Store {
         let ks = Keyspaces {
             results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
             ids: db.keyspace("ids", KeyspaceCreateOptions::default).map_err(open_err)?,
+            cells: db.keyspace("cells", KeyspaceCreateOptions::default).map_err(open_err)?,
             events: db.keyspace("events", KeyspaceCreateOptions::default).map_err(open_err)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default).map_err(open_err)?,
             db,
         };
+        index_existing(&ks).map_err(|e| StoreError::Open { path: dir.to_owned(), cause: e.to_string() })?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let space = writer::Space { dir: dir.to_owned(), min_free };
         let handle = writer::spawn(ks.clone(), rx, feed, space).map_err(|e| StoreError::Open {
@@ -273,6 +277,99 @@ impl Reader {
         batch.commit().map_err(|e| StoreError::Write(describe(&e)))
     }
 
+    /// The sequence number a probe id was stored under. Blocking.
+    pub fn seq_of(&self, probe_id: &str) -> Result<Option<u64>, StoreError> {
+        let v = self.ks.ids.get(probe_id).map_err(|e| StoreError::Read(describe(&e)))?;
+        Ok(v.map(|v| key_seq(&v)))
+    }
+
+    /// The sequence number of the newest stored result (0: none). Blocking.
+    pub fn last_result_seq(&self) -> u64 {
+        last_key(&self.ks.results)
+    }
+
+    /// One stored result by its sequence number. Blocking.
+    pub fn result_at(&self, seq: u64) -> Result<Option<StoredResult>, StoreError> {
+        let Some(v) = self.ks.results.get(seq.to_be_bytes()).map_err(|e| StoreError::Read(describe(&e)))? else {
+            return Ok(None);
+        };
+        StoredResult::decode(&*v)
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt { key: format!("results/{seq}"), source })
+    }
+
+    /// The index entries of `target` (in `region`, or every region) started in `[from, to)`:
+    /// `f(region, started_at, seq, outcome)` for each, by region, then time, then seq, until it
+    /// returns false. Reads only the index. Blocking.
+    pub fn cell_entries(
+        &self,
+        target: &str,
+        region: Option<&str>,
+        from: i64,
+        to: i64,
+        mut f: impl FnMut(&str, i64, u64, i32) -> bool,
+    ) -> Result<(), StoreError> {
+        let read = |e: fjall::Error| StoreError::Read(describe(&e));
+        let mut region_now = match region {
+            Some(r) => Some(r.to_owned()),
+            None => self.first_region(target)?,
+        };
+        let mut target_prefix = target.as_bytes().to_vec();
+        target_prefix.push(0);
+        loop {
+            // Without a region: find the next region of the target, skipping past each.
+            let r = match &region_now {
+                Some(r) => r.clone(),
+                None => return Ok(()),
+            };
+            let lo = cell_key(target, &r, from, 0);
+            let hi = cell_key(target, &r, to, 0);
+            for g in self.ks.cells.range(lo..hi) {
+                let (k, v) = g.into_inner().map_err(read)?;
+                let Some((at, seq)) = parse_cell_key(&k) else { continue };
+                if !f(&r, at, seq, v.first().copied().map_or(0, i32::from)) {
+                    return Ok(());
+                }
+            }
+            if region.is_some() {
+                return Ok(());
+            }
+            // The next region after `r`: the first key past `target\0r\0…`.
+            let mut past = target_prefix.clone();
+            past.extend_from_slice(r.as_bytes());
+            past.push(1);
+            region_now = match self.ks.cells.range(past..).next() {
+                Some(g) => {
+                    let k = g.key().map_err(read)?;
+                    if !k.starts_with(&target_prefix) {
+                        None
+                    } else {
+                        let rest = &k[target_prefix.len()..];
+                        rest.iter().position(|b| *b == 0).map(|end| String::from_utf8_lossy(&rest[..end]).into_owned())
+                    }
+                }
+                None => None,
+            };
+            if region_now.is_none() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The first region of `target` in the index, to start a scan across regions.
+    pub fn first_region(&self, target: &str) -> Result<Option<String>, StoreError> {
+        let mut prefix = target.as_bytes().to_vec();
+        prefix.push(0);
+        match self.ks.cells.prefix(&prefix).next() {
+            Some(g) => {
+                let k = g.key().map_err(|e| StoreError::Read(describe(&e)))?;
+                let rest = &k[prefix.len()..];
+                Ok(rest.iter().position(|b| *b == 0).map(|end| String::from_utf8_lossy(&rest[..end]).into_owned()))
+            }
+            None => Ok(None),
+        }
+    }
+
     /// Number of stored results. Blocking.
     pub fn result_count(&self) -> Result<usize, StoreError> {
         self.ks.results.len().map_err(|e| StoreError::Read(describe(&e)))
@@ -304,6 +401,62 @@ impl EventLog {
         self.processed = processed;
         Ok(())
     }
+}
+
+/// `target \0 region \0 started_at seq`: results of one cell in time order. The ids obey the
+/// id rule, which has no NUL; the time is offset so that negative times sort first.
+pub(crate) fn cell_key(target: &str, region: &str, started_at: i64, seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(target.len() + region.len() + 18);
+    k.extend_from_slice(target.as_bytes());
+    k.push(0);
+    k.extend_from_slice(region.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&((started_at as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn parse_cell_key(k: &[u8]) -> Option<(i64, u64)> {
+    let tail = k.get(k.len().checked_sub(16)?..)?;
+    let at = u64::from_be_bytes(tail[..8].try_into().ok()?) ^ (1 << 63);
+    Some((at as i64, u64::from_be_bytes(tail[8..].try_into().ok()?)))
+}
+
+/// The index entry of a stored result.
+pub(crate) fn cell_entry(seq: u64, r: &ProbeResult) -> Option<(Vec<u8>, [u8; 1])> {
+    let at = blockwatch_proto::time::from_timestamp(r.started_at.as_ref()?);
+    Some((cell_key(&r.target_id, &r.region, at, seq), [u8::try_from(r.outcome).unwrap_or(0)]))
+}
+
+const CELLS_INDEXED: &[u8] = b"cells_index_v1";
+
+/// Indexes the results a store held before it had the index (once, at open).
+fn index_existing(ks: &Keyspaces) -> Result<(), fjall::Error> {
+    if ks.meta.get(CELLS_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let total = last_key(&ks.results);
+    if total > 0 {
+        tracing::info!(results = total, "indexing the stored results by target, region and time (once)");
+    }
+    let mut batch = ks.db.batch();
+    let mut n = 0;
+    for g in ks.results.iter() {
+        let (k, v) = g.into_inner()?;
+        let Ok(stored) = StoredResult::decode(&*v) else { continue };
+        if let Some((key, val)) = stored.result.as_ref().and_then(|r| cell_entry(key_seq(&k), r)) {
+            batch.insert(&ks.cells, key, val);
+            n += 1;
+        }
+        if n % 100_000 == 0 && n > 0 {
+            batch.commit()?;
+            batch = ks.db.batch();
+        }
+    }
+    batch.commit()?;
+    let mut done = ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
+    done.insert(&ks.meta, CELLS_INDEXED, [1]);
+    done.commit()
 }
 
 fn last_key(ks: &Keyspace) -> u64 {

@@ -144,6 +144,10 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>, s
                 let stored = StoredResult { result: Some(r.clone()), received_at: Some(to_timestamp(received_at)) };
                 batch.insert(&ks.results, seq.to_be_bytes(), stored.encode_to_vec());
                 batch.insert(&ks.ids, r.probe_id.as_bytes(), seq.to_be_bytes());
+                // The index, in the same commit as the result.
+                if let Some((key, val)) = super::cell_entry(seq, r) {
+                    batch.insert(&ks.cells, key, val);
+                }
                 seq += 1;
                 out.stored += 1;
                 fed.push(stored);
