@@ -26,12 +26,16 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
-# Python packages from PyPI: aiosmtpd is the SMTP server the e-mail sink's tests send to.
-if command -v python3 >/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null; then
-  echo "installing test dependencies from PyPI: aiosmtpd"
-  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore aiosmtpd \
-    || python3 -m pip install -q --disable-pip-version-check --break-system-packages aiosmtpd \
-    || echo "note: could not install aiosmtpd; the e-mail tests will say so and skip"
+# Python packages from PyPI: aiosmtpd is the SMTP server the e-mail sink's tests send to;
+# schemathesis fuzzes the API against its OpenAPI document.
+pypi=()
+command -v python3 >/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null && pypi+=(aiosmtpd)
+command -v python3 >/dev/null && ! command -v schemathesis >/dev/null && pypi+=(schemathesis)
+if [ ${#pypi[@]} -gt 0 ]; then
+  echo "installing test dependencies from PyPI: ${pypi[*]}"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${pypi[@]}" \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "${pypi[@]}" \
+    || echo "note: could not install ${pypi[*]}; the tests that need them will say so and skip"
 fi
 
 cargo build --workspace --bins --locked

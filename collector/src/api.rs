@@ -113,6 +113,7 @@ pub async fn serve(
         .route("/dashboard.js", get(dashboard_js))
         .route("/dashboard.css", get(dashboard_css))
         .route("/v1/timeline", get(timeline))
+        .route("/openapi.json", get(openapi))
         .route("/v1/status", get(status))
         .route("/v1/blocks", get(blocks))
         .route("/metrics", get(metrics))
@@ -165,14 +166,17 @@ async fn authorize(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ProbeQuery {
     target: String,
     region: String,
 }
 
 /// `POST /v1/probe`: asks the region's connected agents to probe the target now.
+#[utoipa::path(post, path = "/v1/probe", tag = "agents", params(ProbeQuery),
+    responses((status = 200, description = "how many connected agents were asked", body = Asked), (status = 400, body = ErrorBody)))]
 async fn probe(
     State(api): State<Api>,
     query: Result<Query<ProbeQuery>, axum::extract::rejection::QueryRejection>,
@@ -187,7 +191,8 @@ async fn probe(
         }
     }
     let asked = api.ingest.streams().probe_now(&q.target, &q.region, "requested through the API");
-    ([(header::CONTENT_TYPE, "application/json")], format!("{{\"asked\":{asked}}}\n")).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&Asked { asked }).unwrap_or_default() + "\n")
+        .into_response()
 }
 
 /// At most `MAX_REQUESTS` at once, each answered within `REQUEST_TIMEOUT`.
@@ -201,16 +206,19 @@ async fn bounded(
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, format!("no answer within {REQUEST_TIMEOUT:?}\n")).into_response(),
+        Err(_) => json_error(StatusCode::SERVICE_UNAVAILABLE, format!("no answer within {REQUEST_TIMEOUT:?}")),
     }
 }
 
 fn busy(why: String) -> Response {
-    (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, "5")], format!("{why}\n")).into_response()
+    let mut r = json_error(StatusCode::SERVICE_UNAVAILABLE, why);
+    r.headers_mut().insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+    r
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct EventQuery {
     #[serde(default)]
     after: u64,
@@ -253,6 +261,8 @@ fn bad_request(msg: String) -> Response {
     json_error(StatusCode::BAD_REQUEST, msg)
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(EventQuery),
+    responses((status = 200, description = "the event log as JSON lines, oldest first, each with its seq", content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody)))]
 async fn events(
     State(api): State<Api>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
@@ -300,13 +310,14 @@ async fn events(
     .await;
     match body {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}\n")).into_response(),
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ResultQuery {
     #[serde(default)]
     after: u64,
@@ -426,6 +437,8 @@ impl std::io::Write for ChunkWriter {
     }
 }
 
+#[utoipa::path(get, path = "/v1/results", tag = "results", params(ResultQuery),
+    responses((status = 200, description = "stored results in the trace format, one JSON object a line; a full filtered page carries x-next-cursor", content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn results(
     State(api): State<Api>,
     query: Result<Query<ResultQuery>, axum::extract::rejection::QueryRejection>,
@@ -479,12 +492,16 @@ async fn results(
 }
 
 /// `GET /v1/alerts`: every notification sink's cursor, counts and pending retry.
+#[utoipa::path(get, path = "/v1/alerts", tag = "alerting",
+    responses((status = 200, description = "every notification sink by name", body = std::collections::BTreeMap<String, crate::alert::SinkStatus>)))]
 async fn alert_status(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
     let body = serde_json::to_string(&api.alerts.snapshot()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
 }
 
 /// `GET /v1/maintenance`: every maintenance window, the config's and the API's.
+#[utoipa::path(get, path = "/v1/maintenance", tag = "alerting",
+    responses((status = 200, description = "every maintenance window", body = Vec<crate::alert::Listed>)))]
 async fn maintenance_list(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
     let body = serde_json::to_string(&api.maintenance.list()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
@@ -494,10 +511,11 @@ async fn maintenance_list(State(api): State<Api>, Query(_): Query<NoQuery>) -> R
 const MAX_WINDOW_BODY: usize = 64 * 1024;
 
 /// `POST /v1/maintenance` (admin): adds a window; `201` with it and its id.
+#[utoipa::path(post, path = "/v1/maintenance", tag = "alerting", request_body = crate::alert::NewWindow,
+    responses((status = 201, description = "the window, with its id", body = crate::alert::Listed), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn maintenance_add(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     if body.len() > MAX_WINDOW_BODY {
-        return (StatusCode::PAYLOAD_TOO_LARGE, format!("a window is at most {MAX_WINDOW_BODY} bytes\n"))
-            .into_response();
+        return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("a window is at most {MAX_WINDOW_BODY} bytes"));
     }
     let new: crate::alert::NewWindow = match serde_json::from_slice(&body) {
         Ok(w) => w,
@@ -510,17 +528,19 @@ async fn maintenance_add(State(api): State<Api>, body: axum::body::Bytes) -> Res
             (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body + "\n").into_response()
         }
         Ok(Err(e)) => maintenance_error(e),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 /// `DELETE /v1/maintenance/{id}` (admin): removes a window the API added.
+#[utoipa::path(delete, path = "/v1/maintenance/{id}", tag = "alerting", params(("id" = String, Path, description = "a window's id, as POST gave it")),
+    responses((status = 204, description = "removed"), (status = 404, body = ErrorBody)))]
 async fn maintenance_remove(State(api): State<Api>, axum::extract::Path(id): axum::extract::Path<String>) -> Response {
     let m = Arc::clone(&api.maintenance);
     match tokio::task::spawn_blocking(move || m.remove(&id)).await {
         Ok(Ok(())) => StatusCode::NO_CONTENT.into_response(),
         Ok(Err(e)) => maintenance_error(e),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(e) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -532,7 +552,7 @@ fn maintenance_error(e: crate::alert::MaintenanceError) -> Response {
         E::Full => StatusCode::CONFLICT,
         E::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
-    (status, format!("{e}\n")).into_response()
+    json_error(status, e.to_string())
 }
 
 /// The dashboard: static, embedded, no CDN. A strict policy: its own script and style only.
@@ -561,8 +581,9 @@ async fn dashboard_css() -> Response {
     asset("text/css; charset=utf-8", include_str!("dashboard/dashboard.css"))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct TimelineQuery {
     target: String,
     region: Option<String>,
@@ -573,6 +594,8 @@ struct TimelineQuery {
 
 /// `GET /v1/timeline`: results per time bucket and outcome, for one target in one region or
 /// across regions.
+#[utoipa::path(get, path = "/v1/timeline", tag = "results", params(TimelineQuery),
+    responses((status = 200, description = "results per bucket and outcome, by region", body = crate::timeline::Timeline), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn timeline(
     State(api): State<Api>,
     query: Result<Query<TimelineQuery>, axum::extract::rejection::QueryRejection>,
@@ -625,6 +648,8 @@ async fn timeline(
 }
 
 /// `GET /metrics`: Prometheus' text format.
+#[utoipa::path(get, path = "/metrics", tag = "status",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn metrics(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
     let rendered = tokio::task::spawn_blocking(move || {
         crate::metrics::render(&crate::metrics::Scrape {
@@ -642,8 +667,9 @@ async fn metrics(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct StatusQuery {
     target: Option<String>,
     region: Option<String>,
@@ -653,6 +679,8 @@ struct StatusQuery {
 const STATES: [&str; 5] = ["blocked", "outage", "vantage_problem", "unknown", "reachable"];
 
 /// `GET /v1/status`: every (target, region) and its state now.
+#[utoipa::path(get, path = "/v1/status", tag = "status", params(StatusQuery),
+    responses((status = 200, description = "every (target, region) and its state now", body = StatusAnswer), (status = 400, body = ErrorBody)))]
 async fn status(
     State(api): State<Api>,
     query: Result<Query<StatusQuery>, axum::extract::rejection::QueryRejection>,
@@ -676,16 +704,18 @@ async fn status(
     for c in &cells {
         *counts.entry(c.state).or_default() += 1;
     }
-    let body = serde_json::json!({
-        "generated_at": blockwatch_proto::time::format_rfc3339(blockwatch_proto::time::now()),
-        "counts": counts,
-        "cells": cells,
-    });
-    ([(header::CONTENT_TYPE, "application/json")], body.to_string() + "\n").into_response()
+    let body = StatusAnswer {
+        generated_at: blockwatch_proto::time::format_rfc3339(blockwatch_proto::time::now()),
+        counts: counts.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        cells,
+    };
+    ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&body).unwrap_or_default() + "\n")
+        .into_response()
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct BlocksQuery {
     target: Option<String>,
     region: Option<String>,
@@ -698,6 +728,8 @@ struct BlocksQuery {
 }
 
 /// `GET /v1/blocks`: the block history as blocks (a start and its end), oldest first.
+#[utoipa::path(get, path = "/v1/blocks", tag = "status", params(BlocksQuery),
+    responses((status = 200, description = "the block history as blocks, oldest first", body = crate::blocks::Page), (status = 400, body = ErrorBody)))]
 async fn blocks(
     State(api): State<Api>,
     query: Result<Query<BlocksQuery>, axum::extract::rejection::QueryRejection>,
@@ -740,6 +772,61 @@ async fn blocks(
     }
 }
 
+/// `GET /v1/status`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct StatusAnswer {
+    generated_at: String,
+    /// Cells by state.
+    counts: BTreeMap<String, usize>,
+    cells: Vec<crate::status::Cell>,
+}
+
+/// What every error answer is.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ErrorBody {
+    /// What is wrong, naming the parameter or value at fault.
+    error: String,
+}
+
+/// `POST /v1/probe`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Asked {
+    asked: usize,
+}
+
+/// The OpenAPI document of this API, generated from the handlers and types above.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "blockwatch collector API",
+        description = "Queries, status, alerting and metrics of a blockwatch collector."
+    ),
+    paths(
+        events,
+        results,
+        status,
+        blocks,
+        timeline,
+        agents,
+        networks,
+        alert_status,
+        maintenance_list,
+        maintenance_add,
+        maintenance_remove,
+        probe,
+        metrics
+    ),
+    components(schemas(ErrorBody, StatusAnswer, Asked))
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+async fn openapi() -> Response {
+    use utoipa::OpenApi;
+    ([(header::CONTENT_TYPE, "application/json")], ApiDoc::openapi().to_pretty_json().unwrap_or_default())
+        .into_response()
+}
+
 /// An error as JSON: `{"error": MESSAGE}` with its status.
 fn json_error(status: StatusCode, message: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({"error": message}).to_string() + "\n")
@@ -751,8 +838,9 @@ fn json_error(status: StatusCode, message: String) -> Response {
 #[serde(deny_unknown_fields)]
 struct NoQuery {}
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct NetworkQuery {
     by: Option<String>,
     target: Option<String>,
@@ -799,6 +887,8 @@ impl NetworkQuery {
 
 /// `GET /v1/networks`: results summed by egress network (a scan of the store, so it takes
 /// an export's slot).
+#[utoipa::path(get, path = "/v1/networks", tag = "results", params(NetworkQuery),
+    responses((status = 200, description = "results summed by egress network, JSON lines", content_type = "application/x-ndjson", body = String), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 async fn networks(
     State(api): State<Api>,
     query: Result<Query<NetworkQuery>, axum::extract::rejection::QueryRejection>,
@@ -825,12 +915,12 @@ async fn networks(
             }
             ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
         }
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Ok(Err(e)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("query failed: {e}\n")).into_response(),
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct AgentView {
     region: String,
     /// A Report stream is open now.
@@ -851,7 +941,7 @@ struct AgentView {
     egress: Option<EgressView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct EgressView {
     address: String,
     #[serde(skip_serializing_if = "is_zero")]
@@ -866,20 +956,23 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CertView {
     serial: String,
     expires: String,
     expires_soon: bool,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AgentQuery {
     after: Option<String>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/agents", tag = "agents", params(AgentQuery),
+    responses((status = 200, description = "agents by id, a page at a time", body = BTreeMap<String, AgentView>), (status = 400, body = ErrorBody)))]
 async fn agents(
     State(api): State<Api>,
     query: Result<Query<AgentQuery>, axum::extract::rejection::QueryRejection>,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::store::{Reader, StoreError};
 
 /// One block.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Block {
     /// The sequence number of the event that opened it (its id; the cursor of a page).
     pub id: u64,
@@ -48,7 +48,7 @@ pub struct Filter {
 }
 
 /// A page of blocks and where the next begins.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Page {
     pub blocks: Vec<Block>,
     /// Pass as `after=` for the next page; absent on the last.

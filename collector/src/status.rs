@@ -27,7 +27,7 @@ const SEED_RESULTS: u64 = 200_000;
 pub const MAX_CELLS: usize = 100_000;
 
 /// The latest result of a cell.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Latest {
     pub agent_id: String,
     pub started_at: String,
@@ -48,7 +48,7 @@ fn is_zero(n: &u32) -> bool {
 }
 
 /// An open condition: the event that opened it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Open {
     /// The opening event's sequence number in the log.
     pub seq: u64,
@@ -65,7 +65,7 @@ pub struct Open {
 }
 
 /// One cell as `/v1/status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Cell {
     pub target: String,
     pub region: String,

@@ -21,7 +21,7 @@ pub struct Ask {
 }
 
 /// One bucket of one region.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Bucket {
     pub start: String,
     pub total: u64,
@@ -29,7 +29,7 @@ pub struct Bucket {
     pub outcomes: BTreeMap<&'static str, u64>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Timeline {
     pub target: String,
     pub from: String,

@@ -137,4 +137,41 @@ fn prometheus_scrapes_the_collector_and_the_agent() {
     assert!(probes > 0.0);
     let up = query(prom_addr, "up");
     assert!(up.iter().all(|r| r["value"][1] == "1"), "{up:?}");
+
+    // The shipped Grafana dashboard asks only for what the binaries expose, in queries
+    // Prometheus accepts.
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana/blockwatch.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let both = format!("{text}{agent_text}");
+    for panel in dash["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for name in
+                expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("blockwatch_"))
+            {
+                assert!(
+                    both.contains(&format!("# TYPE {name} "))
+                        || both.contains(&format!("\n{name}{{"))
+                        || both.contains(&format!("\n{name} ")),
+                    "{}: {name} is not exposed",
+                    panel["title"]
+                );
+            }
+            let encoded: String =
+                expr.bytes()
+                    .map(|b| {
+                        if b.is_ascii_alphanumeric() || b == b'_' {
+                            (b as char).to_string()
+                        } else {
+                            format!("%{b:02X}")
+                        }
+                    })
+                    .collect();
+            let (status, body) = http_get(prom_addr, &format!("/api/v1/query?query={encoded}"));
+            assert_eq!(status, 200, "{}: {expr}: {body}", panel["title"]);
+        }
+    }
 }

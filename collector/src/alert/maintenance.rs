@@ -19,7 +19,7 @@ pub const MAX_NAMES: usize = 200;
 pub const MAX_REASON: usize = 500;
 
 /// A window as listed: where it comes from, and its id when the API may delete it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Listed {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
@@ -52,7 +52,7 @@ pub struct Maintenance {
 }
 
 /// The body of `POST /v1/maintenance`: a window, as in the config.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewWindow {
     pub start: String,

@@ -20,7 +20,7 @@ mod slack;
 mod template;
 mod webhook;
 
-pub use maintenance::{Maintenance, MaintenanceError, NewWindow};
+pub use maintenance::{Listed, Maintenance, MaintenanceError, NewWindow};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -317,7 +317,7 @@ impl SinkConfig {
 
 /// A `[[maintenance]]` window: no notifications for its targets and regions while it lasts
 /// (judged by the event's `detected_at`); the events are still recorded.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Window {
     /// RFC 3339 (`2026-12-24T22:00:00Z`).
@@ -395,7 +395,7 @@ impl EventView {
 }
 
 /// What a sink is doing, for `GET /v1/alerts` and the logs.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct SinkStatus {
     pub kind: String,
     /// The last event it finished with (delivered, filtered out or refused).
@@ -418,7 +418,7 @@ pub struct SinkStatus {
     pub pending: Option<Pending>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Pending {
     pub event: u64,
     pub attempts: u32,

@@ -34,6 +34,10 @@ pub use writer::{Feed, WriteOutcome};
 /// Requests waiting for the writer thread. When full, callers wait (backpressure reaches the
 /// agents' streams).
 pub const WRITE_QUEUE: usize = 64;
+/// The store's block cache. The dedupe check reads the `ids` index for every result; past a
+/// few million results fjall's default (32 MiB) no longer holds its filters and upper blocks,
+/// and every check goes to the disk.
+pub const CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Bound on fjall's journal before it forces memtable flushes.
 const MAX_JOURNAL_BYTES: u64 = 128 * 1024 * 1024;
@@ -107,7 +111,11 @@ impl Store {
     /// less is free on the store's filesystem.
     pub fn open_feeding(dir: &Path, feed: Option<Feed>, min_free: u64) -> Result<Store, StoreError> {
         let open_err = |e: fjall::Error| StoreError::Open { path: dir.to_owned(), cause: describe(&e) };
-        let db = Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).open().map_err(open_err)?;
+        let db = Database::builder(dir)
+            .max_journaling_size(MAX_JOURNAL_BYTES)
+            .cache_size(CACHE_BYTES)
+            .open()
+            .map_err(open_err)?;
         let ks = Keyspaces {
             results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
             ids: db.keyspace("ids", KeyspaceCreateOptions::default).map_err(open_err)?,
