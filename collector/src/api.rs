@@ -114,6 +114,7 @@ pub async fn serve(
         .route("/dashboard.css", get(dashboard_css))
         .route("/v1/timeline", get(timeline))
         .route("/openapi.json", get(openapi))
+        .route("/v1/export", get(export))
         .route("/v1/status", get(status))
         .route("/v1/blocks", get(blocks))
         .route("/metrics", get(metrics))
@@ -491,6 +492,64 @@ async fn results(
     ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct ExportQuery {
+    /// `results`, `blocks` or `events`.
+    what: crate::research::What,
+    /// `jsonl` (default), `csv` or `parquet`.
+    format: Option<crate::research::Format>,
+    /// RFC 3339: rows at or after it.
+    from: Option<String>,
+    /// RFC 3339: rows before it.
+    to: Option<String>,
+    target: Option<String>,
+    region: Option<String>,
+}
+
+/// `GET /v1/export`: results, blocks or events as JSONL, CSV or Parquet, streamed from a read
+/// of the store while the collector runs.
+#[utoipa::path(get, path = "/v1/export", tag = "results", params(ExportQuery),
+    responses((status = 200, description = "the export, streamed (JSONL, CSV or Parquet)", content_type = "application/octet-stream", body = String), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+async fn export(
+    State(api): State<Api>,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match parsed(query) {
+        Ok(q) => q,
+        Err(why) => return bad_request(why),
+    };
+    let format = q.format.unwrap_or(crate::research::Format::Jsonl);
+    let filter = match crate::cmd::export_filter(q.from, q.to, q.target, q.region) {
+        Ok(f) => f,
+        Err(e) => return bad_request(e.to_string().replace("--", "")),
+    };
+    let Ok(permit) = Arc::clone(&api.exports).try_acquire_owned() else {
+        return busy(format!("{MAX_EXPORTS} result exports are running; retry shortly"));
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let store = api.store.clone();
+    let what = q.what;
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let out = ChunkWriter { buf: Vec::with_capacity(CHUNK), tx: tx.clone() };
+        if let Err(e) = crate::research::export(&store, what, format, &filter, crate::research::Output::One(out)) {
+            tracing::warn!(error = %blockwatch_proto::error::chain(&e), "export over the API stopped");
+            let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
+        }
+    });
+    let noun = match what {
+        crate::research::What::Results => "results",
+        crate::research::What::Blocks => "blocks",
+        crate::research::What::Events => "events",
+    };
+    let disposition = format!("attachment; filename=\"blockwatch-{noun}.{}\"", format.extension());
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    ([(header::CONTENT_TYPE, format.content_type().to_string()), (header::CONTENT_DISPOSITION, disposition)], body)
+        .into_response()
+}
+
 /// `GET /v1/alerts`: every notification sink's cursor, counts and pending retry.
 #[utoipa::path(get, path = "/v1/alerts", tag = "alerting",
     responses((status = 200, description = "every notification sink by name", body = std::collections::BTreeMap<String, crate::alert::SinkStatus>)))]
@@ -804,6 +863,7 @@ struct Asked {
     paths(
         events,
         results,
+        export,
         status,
         blocks,
         timeline,

@@ -17,6 +17,7 @@ pub mod networks;
 pub mod plan;
 mod rebuild;
 pub mod replay;
+pub mod research;
 pub mod server;
 mod silence;
 pub mod status;

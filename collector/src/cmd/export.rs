@@ -5,14 +5,43 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 
 use crate::config::CollectorConfig;
-use crate::export::Format;
+use crate::research::{Filter, Format, Level, Output, What};
 use crate::store::Store;
+
+/// The filter of the command line, checked.
+pub fn filter(
+    from: Option<String>,
+    to: Option<String>,
+    target: Option<String>,
+    region: Option<String>,
+) -> anyhow::Result<Filter> {
+    let t = |name: &str, v: Option<String>| -> anyhow::Result<Option<i64>> {
+        match v {
+            None => Ok(None),
+            Some(s) => match blockwatch_proto::time::parse_rfc3339(&s) {
+                Some(t) => Ok(Some(t)),
+                None => bail!("--{name} {s:?}: an RFC 3339 time (2026-07-09T00:00:00Z)"),
+            },
+        }
+    };
+    for (name, v) in [("target", &target), ("region", &region)] {
+        if let Some(v) = v
+            && let Err(rule) = blockwatch_proto::id::check(v)
+        {
+            bail!("--{name} {v:?}: {rule}");
+        }
+    }
+    Ok(Filter { from: t("from", from)?, to: t("to", to)?, target, region })
+}
 
 pub fn run(
     config: Option<&Path>,
     data_dir: Option<PathBuf>,
+    what: What,
     format: Format,
+    filter: &Filter,
     output: Option<&Path>,
+    partition_by: &[Level],
 ) -> anyhow::Result<()> {
     let dir = match (config, data_dir) {
         (Some(c), _) => CollectorConfig::load(c)?.data_dir,
@@ -22,15 +51,36 @@ pub fn run(
     if !dir.is_dir() {
         bail!("no store at {}", dir.display());
     }
-    let store = Store::open(&dir)?;
-    let n = match output {
-        Some(p) => {
-            let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
-            crate::export::export(&store, format, BufWriter::new(f))?
+    let store = Store::open(&dir).with_context(|| {
+        format!(
+            "cannot open the store at {} (a running collector holds it: export through GET /v1/export)",
+            dir.display()
+        )
+    })?;
+    let reader = store.reader();
+    let n = match (output, partition_by.is_empty()) {
+        (Some(p), false) => {
+            std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
+            crate::research::export::<io::Sink>(&reader, what, format, filter, Output::Tree(p, partition_by))?
         }
-        None => crate::export::export(&store, format, BufWriter::new(io::stdout().lock()))?,
+        (None, false) => bail!("--partition-by writes a tree: give its directory with --output"),
+        (Some(p), true) => {
+            let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+            crate::research::export(&reader, what, format, filter, Output::One(BufWriter::new(f)))?
+        }
+        (None, true) => {
+            if format == Format::Parquet && std::io::IsTerminal::is_terminal(&io::stdout()) {
+                bail!("Parquet is binary: give --output FILE");
+            }
+            crate::research::export(&reader, what, format, filter, Output::One(BufWriter::new(io::stdout())))?
+        }
     };
     store.close();
-    eprintln!("exported {n} results");
+    let noun = match what {
+        What::Results => "results",
+        What::Blocks => "blocks, outages and vantage problems",
+        What::Events => "events",
+    };
+    eprintln!("exported {n} {noun}");
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod alert;
 mod ca;
 mod export;
+pub use export::filter as export_filter;
 mod replay;
 mod serve;
 mod token;
@@ -54,7 +55,8 @@ pub enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Write every stored result.
+    /// Export stored results, blocks or events (of a stopped collector's store; a running
+    /// collector exports through `GET /v1/export`).
     Export {
         /// Collector config (for `data_dir`).
         #[arg(long, conflicts_with = "data_dir")]
@@ -62,12 +64,30 @@ pub enum Command {
         /// Store directory (instead of --config).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// What to export.
+        #[arg(long, value_enum, default_value = "results")]
+        what: crate::research::What,
         /// Output format.
         #[arg(long, value_enum, default_value = "jsonl")]
-        format: crate::export::Format,
-        /// Output file (default stdout).
+        format: crate::research::Format,
+        /// Only rows at or after this time (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Only rows before this time (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this target.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this region.
+        #[arg(long)]
+        region: Option<String>,
+        /// Output file (default stdout), or with --partition-by the tree's directory.
         #[arg(long)]
         output: Option<PathBuf>,
+        /// Write a Hive-style tree, one level per name: date, target, region.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        partition_by: Vec<crate::research::Level>,
     },
 }
 
@@ -79,8 +99,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token { command } => token::run(command),
         Command::Alert { command } => alert::run(command),
         Command::Replay { input, output, config } => replay::run(&input, &output, config.as_deref()),
-        Command::Export { config, data_dir, format, output } => {
-            export::run(config.as_deref(), data_dir, format, output.as_deref())
+        Command::Export { config, data_dir, what, format, from, to, target, region, output, partition_by } => {
+            let filter = export::filter(from, to, target, region)?;
+            export::run(config.as_deref(), data_dir, what, format, &filter, output.as_deref(), &partition_by)
         }
     }
 }

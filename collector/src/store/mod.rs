@@ -364,6 +364,22 @@ impl Reader {
         }
     }
 
+    /// Every target the index holds, in order (a skip from one to the next). Blocking.
+    pub fn targets(&self) -> Result<Vec<String>, StoreError> {
+        let read = |e: fjall::Error| StoreError::Read(describe(&e));
+        let mut out = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        while let Some(g) = self.ks.cells.range(from.clone()..).next() {
+            let k = g.key().map_err(read)?;
+            let Some(end) = k.iter().position(|b| *b == 0) else { break };
+            out.push(String::from_utf8_lossy(&k[..end]).into_owned());
+            // Past every key of this target: `target \x01`.
+            from = k[..end].to_vec();
+            from.push(1);
+        }
+        Ok(out)
+    }
+
     /// The first region of `target` in the index, to start a scan across regions.
     pub fn first_region(&self, target: &str) -> Result<Option<String>, StoreError> {
         let mut prefix = target.as_bytes().to_vec();

@@ -1,0 +1,767 @@
+//! Exports for researchers: results, blocks (and outages, vantage problems) and events, as
+//! JSONL, CSV (RFC 4180, with a header) or Parquet (arrow-rs: UTC timestamps, dictionary-
+//! encoded names, nullable numbers), filtered by time, target and region, into one file or a
+//! Hive-style tree (`date=2026-07-09/target=openai/region=hk/part-0.parquet`).
+//!
+//! Everything streams: rows go out as they are read (Parquet in row groups of
+//! [`ROW_GROUP`]); a partitioned results export reads through the index, target by target,
+//! region by region, in time order, so one partition's file is open at a time.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, StringBuilder, StringDictionaryBuilder, TimestampMillisecondBuilder, UInt32Builder,
+    UInt64Builder,
+};
+use arrow_array::types::Int32Type;
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use blockwatch_proto::trace::TraceRecord;
+
+use crate::store::{Reader, StoreError};
+
+/// Rows a Parquet row group holds (what a writer keeps in memory).
+pub const ROW_GROUP: usize = 65_536;
+
+/// What is exported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum What {
+    /// Every stored result (the trace format's fields).
+    Results,
+    /// One row per block, outage and vantage problem (`kind` says which).
+    Blocks,
+    /// The event log.
+    Events,
+}
+
+/// How.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// JSON lines (results: exactly the trace format, which `replay` reads).
+    Jsonl,
+    /// RFC 4180 CSV with a header row.
+    Csv,
+    /// Apache Parquet, snappy-compressed.
+    Parquet,
+}
+
+impl Format {
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Jsonl => "jsonl",
+            Format::Csv => "csv",
+            Format::Parquet => "parquet",
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Jsonl => "application/x-ndjson",
+            Format::Csv => "text/csv; charset=utf-8",
+            Format::Parquet => "application/vnd.apache.parquet",
+        }
+    }
+}
+
+/// Which rows: `[from, to)` on the row's time (results: `started_at`; blocks: overlapping
+/// the span; events: `detected_at`), a target, a region.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub from: Option<i64>,
+    pub to: Option<i64>,
+    pub target: Option<String>,
+    pub region: Option<String>,
+}
+
+/// The directory levels of a partitioned export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Level {
+    Date,
+    Target,
+    Region,
+}
+
+/// A column's type.
+#[derive(Debug, Clone, Copy)]
+enum Ty {
+    Str,
+    /// Dictionary-encoded in Parquet (few distinct values).
+    Dict,
+    /// Milliseconds since the epoch, UTC.
+    Ts,
+    U32,
+    U64,
+    F64,
+    Bool,
+}
+
+/// One value.
+#[derive(Debug, Clone)]
+enum V {
+    S(String),
+    T(Option<i64>),
+    U(Option<u64>),
+    F(Option<f64>),
+    B(bool),
+}
+
+type Columns = &'static [(&'static str, Ty)];
+
+const RESULT_COLUMNS: Columns = &[
+    ("probe_id", Ty::Str),
+    ("agent_id", Ty::Dict),
+    ("region", Ty::Dict),
+    ("target", Ty::Dict),
+    ("provider", Ty::Dict),
+    ("started_at", Ty::Ts),
+    ("received_at", Ty::Ts),
+    ("outcome", Ty::Dict),
+    ("failure", Ty::Str),
+    ("failed_operation", Ty::Dict),
+    ("http_status", Ty::U32),
+    ("provider_code", Ty::Dict),
+    ("duration_ms", Ty::U64),
+    ("dns_ms", Ty::F64),
+    ("connect_ms", Ty::F64),
+    ("tls_ms", Ty::F64),
+    ("ttfb_ms", Ty::F64),
+    ("http_ms", Ty::F64),
+    ("peer_address", Ty::Str),
+    ("resolved_addresses", Ty::Str),
+    ("egress_address", Ty::Str),
+    ("egress_asn", Ty::U32),
+    ("egress_as_org", Ty::Dict),
+    ("egress_country", Ty::Dict),
+    ("confirmation", Ty::Bool),
+    ("control", Ty::Bool),
+    ("detail", Ty::Str),
+];
+
+const BLOCK_COLUMNS: Columns = &[
+    ("kind", Ty::Dict),
+    ("id", Ty::U64),
+    ("target", Ty::Dict),
+    ("region", Ty::Dict),
+    ("agent_id", Ty::Dict),
+    ("provider", Ty::Dict),
+    ("signature", Ty::Dict),
+    ("onset", Ty::Ts),
+    ("detected_at", Ty::Ts),
+    ("end", Ty::Ts),
+    ("duration_seconds", Ty::F64),
+    ("agents", Ty::Str),
+    ("failing", Ty::U64),
+    ("ok", Ty::U64),
+    ("regions_fine", Ty::Str),
+    ("dominant_outcome", Ty::Dict),
+    ("provider_code", Ty::Dict),
+    ("summary", Ty::Str),
+];
+
+const EVENT_COLUMNS: Columns = &[
+    ("seq", Ty::U64),
+    ("kind", Ty::Dict),
+    ("target", Ty::Dict),
+    ("region", Ty::Dict),
+    ("agent_id", Ty::Dict),
+    ("onset", Ty::Ts),
+    ("detected_at", Ty::Ts),
+    ("signature", Ty::Dict),
+    ("summary", Ty::Str),
+    ("evidence", Ty::Str),
+];
+
+fn columns(what: What) -> Columns {
+    match what {
+        What::Results => RESULT_COLUMNS,
+        What::Blocks => BLOCK_COLUMNS,
+        What::Events => EVENT_COLUMNS,
+    }
+}
+
+/// Why an export stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the export: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("parquet: {0}")]
+    Parquet(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn pq(e: impl std::fmt::Display) -> ExportError {
+    ExportError::Parquet(e.to_string())
+}
+
+/// A writer of rows in one format.
+enum RowWriter<W: Write + Send> {
+    Jsonl(W),
+    Csv(Box<csv::Writer<W>>),
+    Parquet(Box<ParquetRows<W>>),
+}
+
+struct ParquetRows<W: Write + Send> {
+    writer: parquet::arrow::ArrowWriter<W>,
+    schema: Arc<Schema>,
+    cols: Columns,
+    rows: Vec<Vec<V>>,
+}
+
+fn arrow_schema(cols: Columns) -> Arc<Schema> {
+    let fields: Vec<Field> = cols
+        .iter()
+        .map(|(name, ty)| {
+            let (dt, nullable) = match ty {
+                Ty::Str => (DataType::Utf8, false),
+                Ty::Dict => (DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)), false),
+                Ty::Ts => (DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())), true),
+                Ty::U32 => (DataType::UInt32, true),
+                Ty::U64 => (DataType::UInt64, true),
+                Ty::F64 => (DataType::Float64, true),
+                Ty::Bool => (DataType::Boolean, false),
+            };
+            Field::new(*name, dt, nullable)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+impl<W: Write + Send> ParquetRows<W> {
+    fn flush(&mut self) -> Result<(), ExportError> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.cols.len());
+        for (i, (_, ty)) in self.cols.iter().enumerate() {
+            let col = self.rows.iter().map(|r| &r[i]);
+            let array: ArrayRef = match ty {
+                Ty::Str => {
+                    let mut b = StringBuilder::new();
+                    col.for_each(|v| b.append_value(if let V::S(s) = v { s.as_str() } else { "" }));
+                    Arc::new(b.finish())
+                }
+                Ty::Dict => {
+                    let mut b = StringDictionaryBuilder::<Int32Type>::new();
+                    col.for_each(|v| {
+                        b.append_value(if let V::S(s) = v { s.as_str() } else { "" });
+                    });
+                    Arc::new(b.finish())
+                }
+                Ty::Ts => {
+                    let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
+                    col.for_each(|v| b.append_option(if let V::T(t) = v { *t } else { None }));
+                    Arc::new(b.finish())
+                }
+                Ty::U32 => {
+                    let mut b = UInt32Builder::new();
+                    col.for_each(|v| {
+                        b.append_option(if let V::U(u) = v { u.and_then(|u| u32::try_from(u).ok()) } else { None })
+                    });
+                    Arc::new(b.finish())
+                }
+                Ty::U64 => {
+                    let mut b = UInt64Builder::new();
+                    col.for_each(|v| b.append_option(if let V::U(u) = v { *u } else { None }));
+                    Arc::new(b.finish())
+                }
+                Ty::F64 => {
+                    let mut b = Float64Builder::new();
+                    col.for_each(|v| b.append_option(if let V::F(f) = v { *f } else { None }));
+                    Arc::new(b.finish())
+                }
+                Ty::Bool => {
+                    let mut b = BooleanBuilder::new();
+                    col.for_each(|v| b.append_value(matches!(v, V::B(true))));
+                    Arc::new(b.finish())
+                }
+            };
+            arrays.push(array);
+        }
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), arrays).map_err(pq)?;
+        self.writer.write(&batch).map_err(pq)?;
+        self.writer.flush().map_err(pq)?;
+        self.rows.clear();
+        Ok(())
+    }
+}
+
+impl<W: Write + Send> RowWriter<W> {
+    fn new(format: Format, what: What, out: W) -> Result<RowWriter<W>, ExportError> {
+        let cols = columns(what);
+        Ok(match format {
+            Format::Jsonl => RowWriter::Jsonl(out),
+            Format::Csv => {
+                let mut w = csv::Writer::from_writer(out);
+                w.write_record(cols.iter().map(|(n, _)| *n)).map_err(std::io::Error::other)?;
+                RowWriter::Csv(Box::new(w))
+            }
+            Format::Parquet => {
+                let schema = arrow_schema(cols);
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::SNAPPY)
+                    .set_max_row_group_row_count(Some(ROW_GROUP))
+                    .set_created_by(concat!("blockwatch-collector ", env!("CARGO_PKG_VERSION")).into())
+                    .build();
+                let writer = parquet::arrow::ArrowWriter::try_new(out, Arc::clone(&schema), Some(props)).map_err(pq)?;
+                RowWriter::Parquet(Box::new(ParquetRows { writer, schema, cols, rows: Vec::with_capacity(ROW_GROUP) }))
+            }
+        })
+    }
+
+    /// One row; `json` is its JSONL form (results: the trace record, exactly).
+    fn row(&mut self, what: What, values: Vec<V>, json: Option<&TraceRecord>) -> Result<(), ExportError> {
+        match self {
+            RowWriter::Jsonl(out) => {
+                match json {
+                    Some(rec) => serde_json::to_writer(&mut *out, rec).map_err(std::io::Error::from)?,
+                    None => {
+                        let mut obj = serde_json::Map::new();
+                        for ((name, _), v) in columns(what).iter().zip(values) {
+                            obj.insert((*name).into(), json_value(v));
+                        }
+                        serde_json::to_writer(&mut *out, &obj).map_err(std::io::Error::from)?;
+                    }
+                }
+                out.write_all(b"\n")?;
+            }
+            RowWriter::Csv(w) => {
+                w.write_record(values.into_iter().map(csv_value)).map_err(std::io::Error::other)?;
+            }
+            RowWriter::Parquet(p) => {
+                p.rows.push(values);
+                if p.rows.len() >= ROW_GROUP {
+                    p.flush()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), ExportError> {
+        match self {
+            RowWriter::Jsonl(mut out) => out.flush()?,
+            RowWriter::Csv(mut w) => w.flush()?,
+            RowWriter::Parquet(mut p) => {
+                p.flush()?;
+                p.writer.close().map_err(pq)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ts_text(t: i64) -> String {
+    blockwatch_proto::time::format_rfc3339(t)
+}
+
+fn json_value(v: V) -> serde_json::Value {
+    match v {
+        V::S(s) => serde_json::Value::String(s),
+        V::T(t) => t.map_or(serde_json::Value::Null, |t| ts_text(t).into()),
+        V::U(u) => u.map_or(serde_json::Value::Null, Into::into),
+        V::F(f) => f.map_or(serde_json::Value::Null, Into::into),
+        V::B(b) => b.into(),
+    }
+}
+
+fn csv_value(v: V) -> String {
+    match v {
+        V::S(s) => s,
+        V::T(t) => t.map(ts_text).unwrap_or_default(),
+        V::U(u) => u.map(|u| u.to_string()).unwrap_or_default(),
+        V::F(f) => f.map(|f| f.to_string()).unwrap_or_default(),
+        V::B(b) => b.to_string(),
+    }
+}
+
+fn parse_ts(s: &str) -> Option<i64> {
+    blockwatch_proto::time::parse_rfc3339(s)
+}
+
+fn result_values(r: &TraceRecord) -> Vec<V> {
+    let s = |x: &str| V::S(x.to_string());
+    let nz = |u: u64| V::U((u != 0).then_some(u));
+    // A phase that did not run has no time (0 in the trace format).
+    let ms = |f: f64| V::F((f > 0.0).then_some(f));
+    vec![
+        s(&r.probe_id),
+        s(&r.agent_id),
+        s(&r.region),
+        s(&r.target),
+        s(&r.provider),
+        V::T(parse_ts(&r.started_at)),
+        V::T(r.received_at.as_deref().and_then(parse_ts)),
+        s(&r.outcome),
+        s(&r.failure),
+        s(&r.failed_operation),
+        nz(r.http_status.into()),
+        s(&r.provider_code),
+        V::U(Some(r.duration_ms)),
+        ms(r.dns_ms),
+        ms(r.connect_ms),
+        ms(r.tls_ms),
+        ms(r.ttfb_ms),
+        ms(r.http_ms),
+        s(&r.peer_address),
+        V::S(r.resolved_addresses.join(" ")),
+        s(&r.egress_address),
+        nz(r.egress_asn.into()),
+        s(&r.egress_as_org),
+        s(&r.egress_country),
+        V::B(r.confirmation),
+        V::B(r.control),
+        s(&r.detail),
+    ]
+}
+
+/// The date (UTC, `YYYY-MM-DD`) of a time.
+fn date_of(t: i64) -> String {
+    ts_text(t).chars().take(10).collect()
+}
+
+/// The partition directory of a row.
+fn partition_dir(levels: &[Level], t: i64, target: &str, region: &str) -> PathBuf {
+    let mut p = PathBuf::new();
+    for l in levels {
+        p.push(match l {
+            Level::Date => format!("date={}", date_of(t)),
+            Level::Target => format!("target={}", if target.is_empty() { "_" } else { target }),
+            Level::Region => format!("region={}", if region.is_empty() { "_" } else { region }),
+        });
+    }
+    p
+}
+
+/// Where an export goes.
+pub enum Output<'a, W: Write + Send> {
+    /// One stream.
+    One(W),
+    /// A tree under this directory.
+    Tree(&'a Path, &'a [Level]),
+}
+
+/// A row with what partitioning needs.
+struct Row {
+    values: Vec<V>,
+    trace: Option<TraceRecord>,
+    at: i64,
+    target: String,
+    region: String,
+}
+
+/// Writes rows into one stream or a tree (one partition's file open at a time: when the
+/// partition changes, the open one is finished; a partition met again gets a new part file).
+struct Rows<'a, W: Write + Send> {
+    what: What,
+    format: Format,
+    one: Option<RowWriter<W>>,
+    tree: Option<(&'a Path, &'a [Level])>,
+    open: Option<(PathBuf, RowWriter<std::io::BufWriter<std::fs::File>>)>,
+    parts: BTreeMap<PathBuf, usize>,
+    n: u64,
+}
+
+impl<'a, W: Write + Send> Rows<'a, W> {
+    fn new(what: What, format: Format, out: Output<'a, W>) -> Result<Rows<'a, W>, ExportError> {
+        let (one, tree) = match out {
+            Output::One(w) => (Some(RowWriter::new(format, what, w)?), None),
+            Output::Tree(dir, levels) => (None, Some((dir, levels))),
+        };
+        Ok(Rows { what, format, one, tree, open: None, parts: BTreeMap::new(), n: 0 })
+    }
+
+    fn push(&mut self, row: Row) -> Result<(), ExportError> {
+        self.n += 1;
+        if let Some(w) = &mut self.one {
+            return w.row(self.what, row.values, row.trace.as_ref());
+        }
+        let Some((root, levels)) = self.tree else { return Ok(()) };
+        let dir = root.join(partition_dir(levels, row.at, &row.target, &row.region));
+        if self.open.as_ref().is_none_or(|(d, _)| *d != dir) {
+            if let Some((_, w)) = self.open.take() {
+                w.finish()?;
+            }
+            std::fs::create_dir_all(&dir)?;
+            let part = self.parts.entry(dir.clone()).or_default();
+            let file = dir.join(format!("part-{part}.{}", self.format.extension()));
+            *part += 1;
+            let f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+            self.open = Some((dir, RowWriter::new(self.format, self.what, f)?));
+        }
+        if let Some((_, w)) = &mut self.open {
+            w.row(self.what, row.values, row.trace.as_ref())?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<u64, ExportError> {
+        if let Some(w) = self.one {
+            w.finish()?;
+        }
+        if let Some((_, w)) = self.open {
+            w.finish()?;
+        }
+        Ok(self.n)
+    }
+}
+
+/// Runs an export; returns how many rows. Blocking.
+pub fn export<W: Write + Send>(
+    store: &Reader,
+    what: What,
+    format: Format,
+    filter: &Filter,
+    out: Output<'_, W>,
+) -> Result<u64, ExportError> {
+    let tree = matches!(out, Output::Tree(..));
+    let mut rows = Rows::new(what, format, out)?;
+    let (from, to) = (filter.from.unwrap_or(i64::MIN), filter.to.unwrap_or(i64::MAX));
+    let keep = |target: &str, region: &str| {
+        filter.target.as_deref().is_none_or(|t| t == target) && filter.region.as_deref().is_none_or(|r| r == region)
+    };
+    match what {
+        What::Results if tree => {
+            // Through the index: target by target, region by region, in time order, so a
+            // partition is written in one go.
+            let targets = match &filter.target {
+                Some(t) => vec![t.clone()],
+                None => store.targets()?,
+            };
+            for t in targets {
+                let mut failed = None;
+                let mut pending: Vec<u64> = Vec::new();
+                store.cell_entries(&t, filter.region.as_deref(), from, to, |_, _, seq, _| {
+                    pending.push(seq);
+                    if pending.len() >= 4096 {
+                        if let Err(e) = emit(store, &mut rows, &pending) {
+                            failed = Some(e);
+                            return false;
+                        }
+                        pending.clear();
+                    }
+                    true
+                })?;
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                emit(store, &mut rows, &pending)?;
+            }
+        }
+        What::Results => {
+            for stored in store.results() {
+                let stored = stored?;
+                let rec = TraceRecord::from_stored(&stored);
+                let at = parse_ts(&rec.started_at).unwrap_or(0);
+                if !(from..to).contains(&at) || !keep(&rec.target, &rec.region) {
+                    continue;
+                }
+                rows.push(Row {
+                    values: result_values(&rec),
+                    at,
+                    target: rec.target.clone(),
+                    region: rec.region.clone(),
+                    trace: Some(rec),
+                })?;
+            }
+        }
+        What::Blocks => {
+            for b in spans(store)? {
+                let start = b.onset;
+                let overlaps = b.end.is_none_or(|e| e > from) && start < to;
+                if !overlaps || !keep(&b.target, &b.region) {
+                    continue;
+                }
+                let fine = regions_fine(store, &b)?;
+                let values = vec![
+                    V::S(b.kind.into()),
+                    V::U(Some(b.id)),
+                    V::S(b.target.clone()),
+                    V::S(b.region.clone()),
+                    V::S(b.agent_id.clone()),
+                    V::S(provider_of(store, &b)?),
+                    V::S(b.signature.clone()),
+                    V::T(Some(b.onset)),
+                    V::T(Some(b.detected_at)),
+                    V::T(b.end),
+                    V::F(b.end.map(|e| (e - b.onset).max(0) as f64 / 1000.0)),
+                    V::S(b.agents.join(" ")),
+                    V::U(Some(b.failing)),
+                    V::U(Some(b.ok)),
+                    V::S(fine.join(" ")),
+                    V::S(b.dominant_outcome.clone()),
+                    V::S(b.provider_code.clone()),
+                    V::S(b.summary.clone()),
+                ];
+                rows.push(Row { values, trace: None, at: b.onset, target: b.target, region: b.region })?;
+            }
+        }
+        What::Events => {
+            for item in store.events() {
+                let (seq, line) = item?;
+                let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+                let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+                let at = parse_ts(&s("detected_at")).unwrap_or(0);
+                if !(from..to).contains(&at) || !keep(&s("target"), &s("region")) {
+                    continue;
+                }
+                let ev = v.get("evidence").cloned().unwrap_or_default();
+                let values = vec![
+                    V::U(Some(seq)),
+                    V::S(s("kind")),
+                    V::S(s("target")),
+                    V::S(s("region")),
+                    V::S(s("agent_id")),
+                    V::T(parse_ts(&s("onset"))),
+                    V::T(Some(at)),
+                    V::S(ev.get("signature").and_then(|x| x.as_str()).unwrap_or_default().into()),
+                    V::S(s("summary")),
+                    V::S(ev.to_string()),
+                ];
+                rows.push(Row { values, trace: None, at, target: s("target"), region: s("region") })?;
+            }
+        }
+    }
+    rows.finish()
+}
+
+fn emit<W: Write + Send>(store: &Reader, rows: &mut Rows<'_, W>, seqs: &[u64]) -> Result<(), ExportError> {
+    for seq in seqs {
+        let Some(stored) = store.result_at(*seq)? else { continue };
+        let rec = TraceRecord::from_stored(&stored);
+        let at = parse_ts(&rec.started_at).unwrap_or(0);
+        rows.push(Row {
+            values: result_values(&rec),
+            at,
+            target: rec.target.clone(),
+            region: rec.region.clone(),
+            trace: Some(rec),
+        })?;
+    }
+    Ok(())
+}
+
+/// A block, an outage or a vantage problem: a start and its end from the log.
+#[derive(Debug, Clone)]
+struct Span {
+    kind: &'static str,
+    id: u64,
+    target: String,
+    region: String,
+    agent_id: String,
+    signature: String,
+    onset: i64,
+    detected_at: i64,
+    end: Option<i64>,
+    agents: Vec<String>,
+    failing: u64,
+    ok: u64,
+    dominant_outcome: String,
+    provider_code: String,
+    summary: String,
+}
+
+fn spans(store: &Reader) -> Result<Vec<Span>, StoreError> {
+    let mut out: Vec<Span> = Vec::new();
+    let mut open: BTreeMap<(&'static str, String, String, String), usize> = BTreeMap::new();
+    for item in store.events() {
+        let (seq, line) = item?;
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+        let kind = s("kind");
+        let (family, starts) = match kind.as_str() {
+            "block_started" => ("block", true),
+            "block_ended" => ("block", false),
+            "outage_started" => ("outage", true),
+            "outage_ended" => ("outage", false),
+            "vantage_down" => ("vantage_problem", true),
+            "vantage_up" => ("vantage_problem", false),
+            _ => continue,
+        };
+        let key = (family, s("target"), s("region"), s("agent_id"));
+        if starts {
+            if open.contains_key(&key) {
+                continue;
+            }
+            let ev = v.get("evidence").cloned().unwrap_or_default();
+            let es = |k: &str| {
+                ev.get(k)
+                    .map(|x| x.to_string().trim_matches('"').to_string())
+                    .filter(|x| x != "null")
+                    .unwrap_or_default()
+            };
+            let n = |k: &str| ev.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
+            open.insert(key.clone(), out.len());
+            out.push(Span {
+                kind: family,
+                id: seq,
+                target: key.1,
+                region: key.2,
+                agent_id: key.3,
+                signature: es("signature"),
+                onset: parse_ts(&s("onset")).unwrap_or(0),
+                detected_at: parse_ts(&s("detected_at")).unwrap_or(0),
+                end: None,
+                agents: ev
+                    .get("agents")
+                    .and_then(|a| a.as_array())
+                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .unwrap_or_default(),
+                failing: n("failing"),
+                ok: n("ok"),
+                dominant_outcome: es("dominant_outcome"),
+                provider_code: es("provider_code"),
+                summary: s("summary"),
+            });
+        } else if let Some(i) = open.remove(&key) {
+            out[i].end = parse_ts(&s("onset"));
+        }
+    }
+    Ok(out)
+}
+
+/// How far around a block's onset the other regions' results are looked at.
+const FINE_WINDOW: i64 = 10 * 60_000;
+
+/// The regions where the block's target answered (most results `ok`) in the ten minutes from
+/// its onset.
+fn regions_fine(store: &Reader, b: &Span) -> Result<Vec<String>, StoreError> {
+    if b.kind != "block" {
+        return Ok(Vec::new());
+    }
+    let mut counts: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let ok = blockwatch_proto::Outcome::Ok as i32;
+    store.cell_entries(&b.target, None, b.onset, b.onset + FINE_WINDOW, |region, _, _, outcome| {
+        if region != b.region {
+            let c = counts.entry(region.to_string()).or_default();
+            c.0 += 1;
+            c.1 += u64::from(outcome == ok);
+        }
+        true
+    })?;
+    Ok(counts.into_iter().filter(|(_, (n, good))| *n > 0 && good * 2 > *n).map(|(r, _)| r).collect())
+}
+
+/// The provider the block's target is probed as (from its latest result before the onset).
+fn provider_of(store: &Reader, b: &Span) -> Result<String, StoreError> {
+    if b.target.is_empty() || b.target == "*" {
+        return Ok(String::new());
+    }
+    let mut seq = None;
+    let region = (!b.region.is_empty() && b.region != "*").then_some(b.region.as_str());
+    store.cell_entries(&b.target, region, b.onset - FINE_WINDOW, b.onset + FINE_WINDOW, |_, _, s, _| {
+        seq = Some(s);
+        false
+    })?;
+    Ok(match seq {
+        Some(s) => store.result_at(s)?.and_then(|r| r.result).map(|r| r.provider).unwrap_or_default(),
+        None => String::new(),
+    })
+}

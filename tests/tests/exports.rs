@@ -1,0 +1,234 @@
+//! Exports for researchers: results, blocks and events as JSONL, CSV and Parquet, through the
+//! API while the collector runs and through the CLI into a Hive-style tree — read back by
+//! independent readers: Python's `csv`, pyarrow, DuckDB (from PyPI, installed by the test
+//! script).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use blockwatch_tests::session::{stream_all, wave};
+use blockwatch_tests::*;
+
+fn get_bytes(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = &raw[split + 4..];
+    // Streamed: de-chunk.
+    let mut out = Vec::new();
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        loop {
+            let line_end = body.windows(2).position(|w| w == b"\r\n").unwrap();
+            let n = usize::from_str_radix(std::str::from_utf8(&body[..line_end]).unwrap().trim(), 16).unwrap();
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&body[line_end + 2..line_end + 2 + n]);
+            body = &body[line_end + 2 + n + 2..];
+        }
+    } else {
+        out = body.to_vec();
+    }
+    (status, out)
+}
+
+/// Runs a Python snippet with `args`; its stdout, or `None` when a module it imports is missing.
+fn python(code: &str, args: &[&str], modules: &[&str]) -> Option<String> {
+    for m in modules {
+        let ok = std::process::Command::new("python3")
+            .args(["-c", &format!("import {m}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("SKIPPED part: python3 module {m} is not installed (tests/run.sh installs it)");
+            return None;
+        }
+    }
+    let out = std::process::Command::new("python3").arg("-c").arg(code).args(args).output().unwrap();
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    Some(String::from_utf8(out.stdout).unwrap())
+}
+
+fn start(dir: &Path) -> CollectorProc {
+    let collector = CollectorProc::start_insecure(dir, None, "");
+    stream_all(collector.addr, wave("openai", &["hk", "cn"], &["us", "de"]));
+    wait_for("two blocks", Duration::from_secs(30), || {
+        let (_, body) = http_get(collector.api, "/v1/status");
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        (v["counts"]["blocked"] == 2).then_some(())
+    });
+    collector
+}
+
+#[test]
+fn results_and_blocks_come_out_in_every_format_and_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut collector = start(dir.path());
+    let api = collector.api;
+    // JSONL through the export is the trace format: the same as /v1/results.
+    let (status, jsonl) = get_bytes(api, "/v1/export?what=results");
+    assert_eq!(status, 200);
+    let (_, plain) = http_get(api, "/v1/results");
+    assert_eq!(String::from_utf8(jsonl.clone()).unwrap(), plain);
+    let records: Vec<serde_json::Value> = plain.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 480);
+    let by_id: BTreeMap<&str, &serde_json::Value> =
+        records.iter().map(|r| (r["probe_id"].as_str().unwrap(), r)).collect();
+
+    // CSV, read by Python's csv module: a header, every row, the same values.
+    let (status, csv) = get_bytes(api, "/v1/export?what=results&format=csv");
+    assert_eq!(status, 200);
+    let csv_path = dir.path().join("results.csv");
+    std::fs::write(&csv_path, &csv).unwrap();
+    let read = python(
+        "import csv, json, sys\nrows = list(csv.DictReader(open(sys.argv[1], newline='')))\nprint(json.dumps(rows))",
+        &[csv_path.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    let rows: Vec<BTreeMap<String, String>> = serde_json::from_str(&read).unwrap();
+    assert_eq!(rows.len(), 480);
+    for row in &rows {
+        let r = by_id[row["probe_id"].as_str()];
+        assert_eq!(row["outcome"], r["outcome"].as_str().unwrap());
+        assert_eq!(row["started_at"], r["started_at"].as_str().unwrap());
+        // No HTTP answer: no status (empty), not 0.
+        let status = r["http_status"].as_u64().filter(|s| *s != 0).map(|s| s.to_string()).unwrap_or_default();
+        assert_eq!(row["http_status"], status, "{row:?}");
+        assert_eq!(row["region"], r["region"].as_str().unwrap());
+    }
+
+    // Parquet, read by pyarrow: real types, the same rows.
+    let (status, pq) = get_bytes(api, "/v1/export?what=results&format=parquet");
+    assert_eq!(status, 200);
+    let pq_path = dir.path().join("results.parquet");
+    std::fs::write(&pq_path, &pq).unwrap();
+    let code = "import pyarrow.parquet as pq, json, sys\nt = pq.read_table(sys.argv[1])\n\
+        print(json.dumps({'types': {f.name: str(f.type) for f in t.schema}, 'rows': [\
+        {'probe_id': r['probe_id'], 'outcome': r['outcome'], 'http_status': r['http_status'], \
+        'started_at': r['started_at'].isoformat(timespec='milliseconds'), 'ttfb_ms': r['ttfb_ms']} for r in t.to_pylist()]}))";
+    if let Some(out) = python(code, &[pq_path.to_str().unwrap()], &["pyarrow"]) {
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["types"]["started_at"], "timestamp[ms, tz=UTC]", "{}", v["types"]);
+        assert_eq!(v["types"]["target"], "dictionary<values=string, indices=int32, ordered=0>");
+        assert_eq!(v["types"]["http_status"], "uint32");
+        let rows = v["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), 480);
+        for row in rows {
+            let r = by_id[row["probe_id"].as_str().unwrap()];
+            assert_eq!(row["outcome"], r["outcome"]);
+            let status = r["http_status"].as_u64().filter(|s| *s != 0);
+            assert_eq!(row["http_status"].as_u64(), status, "{row}");
+            assert!(row["ttfb_ms"].is_null(), "no HTTP phase in these results: null, not 0");
+            let started = r["started_at"].as_str().unwrap().replace('Z', "+00:00");
+            assert_eq!(row["started_at"].as_str().unwrap(), started);
+        }
+    }
+
+    // Blocks: one row each, with the regions fine at the onset.
+    let (_, blocks_csv) = get_bytes(api, "/v1/export?what=blocks&format=csv");
+    let blocks_path = dir.path().join("blocks.csv");
+    std::fs::write(&blocks_path, &blocks_csv).unwrap();
+    let read = python(
+        "import csv, json, sys\nprint(json.dumps(list(csv.DictReader(open(sys.argv[1], newline='')))))",
+        &[blocks_path.to_str().unwrap()],
+        &[],
+    )
+    .unwrap();
+    let blocks: Vec<BTreeMap<String, String>> = serde_json::from_str(&read).unwrap();
+    assert_eq!(blocks.len(), 2, "{blocks:?}");
+    for b in &blocks {
+        assert_eq!((b["kind"].as_str(), b["target"].as_str(), b["signature"].as_str()), ("block", "openai", "geo"));
+        assert_eq!(b["regions_fine"], "de us", "{b:?}");
+        assert_eq!(b["end"], "", "still open");
+        assert!(b["summary"].contains(',') || b["summary"].contains('"'), "quoting survives: {}", b["summary"]);
+        assert_eq!(b["dominant_outcome"], "http_geo_blocked");
+    }
+    // Events as JSONL objects.
+    let (_, events) = get_bytes(api, "/v1/export?what=events&format=jsonl");
+    let events: Vec<serde_json::Value> =
+        String::from_utf8(events).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().filter(|e| e["kind"] == "block_started").count() == 2, "{events:?}");
+
+    // Filters are exact at the edges: from is in, to is out.
+    let mut times: Vec<&str> =
+        records.iter().filter(|r| r["agent_id"] == "hk-1").map(|r| r["started_at"].as_str().unwrap()).collect();
+    times.sort();
+    let (a, b) = (times[10], times[20]);
+    let (_, cut) = get_bytes(api, &format!("/v1/export?what=results&target=openai&region=hk&from={a}&to={b}"));
+    let cut: Vec<serde_json::Value> =
+        String::from_utf8(cut).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let want = records
+        .iter()
+        .filter(|r| {
+            r["region"] == "hk" && r["started_at"].as_str().unwrap() >= a && r["started_at"].as_str().unwrap() < b
+        })
+        .count();
+    assert_eq!(cut.len(), want);
+    assert!(cut.iter().any(|r| r["started_at"] == a) && !cut.iter().any(|r| r["started_at"] == b));
+    let (status, body) = get_bytes(api, "/v1/export?what=blocks&format=xlsx");
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = get_bytes(api, "/v1/export?what=results&from=yesterday");
+    assert_eq!(status, 400);
+
+    // A partitioned tree from the CLI, once the collector has stopped, read by DuckDB as one table.
+    assert_eq!(collector.proc.terminate(), Some(0));
+    let tree = dir.path().join("tree");
+    let data = collector.data_dir.to_str().unwrap().to_string();
+    for what in ["results", "blocks"] {
+        let out = run(
+            &bin("blockwatch-collector"),
+            &[
+                "export",
+                "--data-dir",
+                &data,
+                "--what",
+                what,
+                "--format",
+                "parquet",
+                "--partition-by",
+                "date,target,region",
+                "--output",
+                tree.join(what).to_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let region_dirs: Vec<String> =
+        walk(&tree.join("results")).into_iter().filter(|p| p.ends_with(".parquet")).collect();
+    assert!(
+        region_dirs.iter().all(|p| p.contains("/date=") && p.contains("/target=openai/region=")),
+        "{region_dirs:?}"
+    );
+    let code = "import duckdb, json, sys\nq = lambda s: duckdb.sql(s).fetchall()\n\
+        r = q(f\"select region, count(*), sum(case when outcome = 'http_geo_blocked' then 1 else 0 end) from read_parquet('{sys.argv[1]}/results/**/*.parquet', hive_partitioning = true) group by region order by region\")\n\
+        b = q(f\"select region, date, count(*) from read_parquet('{sys.argv[1]}/blocks/**/*.parquet', hive_partitioning = true) where kind = 'block' group by region, date order by region\")\n\
+        print(json.dumps({'results': [list(x) for x in r], 'blocks': [[x[0], str(x[1]), x[2]] for x in b]}))";
+    if let Some(out) = python(code, &[tree.to_str().unwrap()], &["duckdb"]) {
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["results"], serde_json::json!([["cn", 120, 40], ["de", 120, 0], ["hk", 120, 40], ["us", 120, 0]]));
+        let blocks = v["blocks"].as_array().unwrap();
+        assert_eq!(blocks.iter().map(|b| b[0].as_str().unwrap()).collect::<Vec<_>>(), ["cn", "hk"], "{blocks:?}");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
