@@ -157,13 +157,14 @@ async fn authorize(
     match tokens.check(header, needs) {
         Verdict::Allowed(_) => next.run(req).await,
         Verdict::Unauthenticated(why) => {
-            (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], format!("{why}\n")).into_response()
+            let mut r = json_error(StatusCode::UNAUTHORIZED, why.to_string());
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            r
         }
-        Verdict::Forbidden { name, role } => (
+        Verdict::Forbidden { name, role } => json_error(
             StatusCode::FORBIDDEN,
-            format!("token {name:?} has role {role:?}; {} {} needs an admin token\n", req.method(), req.uri().path()),
-        )
-            .into_response(),
+            format!("token {name:?} has role {role:?}; {} {} needs an admin token", req.method(), req.uri().path()),
+        ),
     }
 }
 

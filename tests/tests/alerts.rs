@@ -727,7 +727,8 @@ fn maintenance_windows_are_managed_through_the_api() {
     ] {
         let (status, text) = http_send(collector.api, "POST", "/v1/maintenance", body.as_bytes());
         assert_eq!(status, 400, "{body}: {text}");
-        assert!(text.contains(want), "{want}: {text}");
+        let error: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(error["error"].as_str().unwrap().contains(want), "{want}: {text}");
     }
     let (status, text) = http_send(collector.api, "POST", "/v1/maintenance", window("\"openai\"").as_bytes());
     assert_eq!(status, 201, "{text}");
