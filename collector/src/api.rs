@@ -512,7 +512,15 @@ struct ExportQuery {
 /// `GET /v1/export`: results, blocks or events as JSONL, CSV or Parquet, streamed from a read
 /// of the store while the collector runs.
 #[utoipa::path(get, path = "/v1/export", tag = "results", params(ExportQuery),
-    responses((status = 200, description = "the export, streamed (JSONL, CSV or Parquet)", content_type = "application/octet-stream", body = String), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses(
+        (status = 200, description = "the export, streamed (JSONL, CSV or Parquet)", content(
+            (String = "application/x-ndjson"),
+            (String = "text/csv"),
+            (String = "application/vnd.apache.parquet"),
+        )),
+        (status = 400, body = ErrorBody),
+        (status = 503, body = ErrorBody),
+    ))]
 async fn export(
     State(api): State<Api>,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
@@ -877,7 +885,7 @@ struct Asked {
         probe,
         metrics
     ),
-    components(schemas(ErrorBody, StatusAnswer, Asked))
+    components(schemas(ErrorBody, StatusAnswer, Asked, crate::research::What, crate::research::Format))
 )]
 pub struct ApiDoc;
 
