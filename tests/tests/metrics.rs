@@ -51,15 +51,32 @@ fn query(prom: std::net::SocketAddr, q: &str) -> Vec<serde_json::Value> {
 fn prometheus_scrapes_the_collector_and_the_agent() {
     let dir = tempfile::tempdir().unwrap();
     let provider = Provider::start(dir.path());
-    let collector = CollectorProc::start_insecure(dir.path(), None, "");
+    // A webhook sink, so the alerting series exist.
+    let hook = blockwatch_tests::receiver::Receiver::start();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "whsec-metrics-test").unwrap();
+    let sink = format!(
+        "[[sink]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = {:?}\ngroup_window = \"0s\"\n",
+        hook.url("/"),
+        secret.display().to_string()
+    );
+    let collector = CollectorProc::start_insecure(dir.path(), None, &sink);
     let agent_metrics = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let config = format!(
         "metrics_listen = \"{agent_metrics}\"\n{}",
         agent_toml("eu-1", "eu", collector.addr, &provider, dir.path(), "127.0.0.2", 2)
     );
     let _agent = start_agent(dir.path(), "eu-1", &config);
-    // A block, from results streamed in.
+    // A block, from results streamed in; and a result refused for its target id.
     stream_all(collector.addr, wave("openai", &["hk", "cn"], &["us"]));
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let client = blockwatch_tests::session::plain_client(collector.addr).await;
+        let mut s = blockwatch_tests::session::Session::open(client, "zz-1", "zz").await.unwrap();
+        let now = blockwatch_proto::time::now();
+        let bad = blockwatch_tests::session::result("zz-1", "zz", 1, "no spaces", now, blockwatch_proto::Outcome::Ok);
+        let answer = s.send(vec![bad]).await;
+        assert_eq!(answer.refused.len(), 1, "{}", answer.reason);
+    });
     wait_for("the blocks", Duration::from_secs(30), || {
         let (_, body) = http_get(collector.api, "/v1/status?state=blocked");
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -91,6 +108,8 @@ fn prometheus_scrapes_the_collector_and_the_agent() {
         "blockwatch_ingest_durable_seconds_bucket",
         "blockwatch_store_bytes ",
         "blockwatch_detector_lag_seconds ",
+        "blockwatch_results_rejected_total{reason=\"target_id\"} 1",
+        "blockwatch_alert_delivered_total{sink=\"hook\"}",
     ] {
         assert!(text.contains(want), "{want}:\n{text}");
     }
