@@ -254,6 +254,16 @@ impl EventQuery {
     }
 }
 
+/// An optional RFC 3339 query parameter, in ms, or a message naming it.
+fn time_param(name: &str, v: &Option<String>) -> Result<Option<i64>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) => blockwatch_proto::time::parse_rfc3339(s)
+            .map(Some)
+            .ok_or_else(|| format!("{name}={s:?}: an RFC 3339 time (2026-12-01T08:00:00Z)")),
+    }
+}
+
 /// A query string as its struct, or what is wrong with it.
 fn parsed<T>(query: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, String> {
     query.map(|Query(q)| q).map_err(|e| format!("bad query: {}", e.body_text()))
@@ -356,13 +366,7 @@ impl ResultQuery {
         if self.after != 0 {
             return Err("after= pages the unfiltered export; filtered results page with cursor=".into());
         }
-        let t = |name: &str, v: &Option<String>| match v {
-            None => Ok(None),
-            Some(s) => blockwatch_proto::time::parse_rfc3339(s)
-                .map(Some)
-                .ok_or_else(|| format!("{name}={s:?}: an RFC 3339 time (2026-12-01T08:00:00Z)")),
-        };
-        let (from, to) = (t("from", &self.from)?, t("to", &self.to)?);
+        let (from, to) = (time_param("from", &self.from)?, time_param("to", &self.to)?);
         let cursor = match &self.cursor {
             None => None,
             Some(c) => Some(
@@ -579,13 +583,13 @@ async fn maintenance_list(State(api): State<Api>, Query(_): Query<NoQuery>) -> R
 const MAX_WINDOW_BODY: usize = 64 * 1024;
 
 /// `POST /v1/maintenance` (admin): adds a window; `201` with it and its id.
-#[utoipa::path(post, path = "/v1/maintenance", tag = "alerting", request_body = crate::alert::NewWindow,
+#[utoipa::path(post, path = "/v1/maintenance", tag = "alerting", request_body = crate::alert::Window,
     responses((status = 201, description = "the window, with its id", body = crate::alert::Listed), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody)))]
 async fn maintenance_add(State(api): State<Api>, body: axum::body::Bytes) -> Response {
     if body.len() > MAX_WINDOW_BODY {
         return json_error(StatusCode::PAYLOAD_TOO_LARGE, format!("a window is at most {MAX_WINDOW_BODY} bytes"));
     }
-    let new: crate::alert::NewWindow = match serde_json::from_slice(&body) {
+    let new: crate::alert::Window = match serde_json::from_slice(&body) {
         Ok(w) => w,
         Err(e) => return bad_request(format!("not a maintenance window: {e}")),
     };
@@ -673,13 +677,8 @@ async fn timeline(
         Err(why) => return bad_request(why),
     };
     let now = blockwatch_proto::time::now();
-    let t = |name: &str, v: &Option<String>, default: i64| match v {
-        None => Ok(default),
-        Some(s) => blockwatch_proto::time::parse_rfc3339(s)
-            .ok_or_else(|| format!("{name}={s:?}: an RFC 3339 time (2026-12-01T08:00:00Z)")),
-    };
-    let (to, from) = match (t("to", &q.to, now), t("from", &q.from, now - 86_400_000)) {
-        (Ok(to), Ok(from)) => (to, from),
+    let (to, from) = match (time_param("to", &q.to), time_param("from", &q.from)) {
+        (Ok(to), Ok(from)) => (to.unwrap_or(now), from.unwrap_or(now - 86_400_000)),
         (Err(e), _) | (_, Err(e)) => return bad_request(e),
     };
     let step = match q.step.as_deref().map(humantime::parse_duration) {
@@ -806,13 +805,7 @@ async fn blocks(
         Ok(q) => q,
         Err(why) => return bad_request(why),
     };
-    let t = |name: &str, v: &Option<String>| match v {
-        None => Ok(None),
-        Some(s) => blockwatch_proto::time::parse_rfc3339(s)
-            .map(Some)
-            .ok_or_else(|| format!("{name}={s:?}: an RFC 3339 time (2026-12-01T08:00:00Z)")),
-    };
-    let (from, to) = match (t("from", &q.from), t("to", &q.to)) {
+    let (from, to) = match (time_param("from", &q.from), time_param("to", &q.to)) {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => return bad_request(e),
     };

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{EventView, Window};
 use crate::store::Reader;
@@ -49,20 +49,6 @@ pub struct Maintenance {
     config: Vec<Window>,
     api: RwLock<BTreeMap<String, Window>>,
     store: Option<Reader>,
-}
-
-/// The body of `POST /v1/maintenance`: a window, as in the config.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewWindow {
-    pub start: String,
-    pub end: String,
-    #[serde(default)]
-    pub targets: Vec<String>,
-    #[serde(default)]
-    pub regions: Vec<String>,
-    #[serde(default)]
-    pub reason: String,
 }
 
 impl Maintenance {
@@ -113,10 +99,9 @@ impl Maintenance {
         out
     }
 
-    /// Checks a window, keeps it durably and returns its id. Blocking.
-    pub fn add(&self, new: NewWindow) -> Result<Listed, MaintenanceError> {
-        let w =
-            Window { start: new.start, end: new.end, targets: new.targets, regions: new.regions, reason: new.reason };
+    /// Checks a window (the body of `POST /v1/maintenance`, as in the config), keeps it
+    /// durably and returns its id. Blocking.
+    pub fn add(&self, w: Window) -> Result<Listed, MaintenanceError> {
         let mut problems = w.problems(0).into_iter().map(|p| p.replacen("maintenance[0]: ", "", 1)).collect::<Vec<_>>();
         for (what, names) in [("targets", &w.targets), ("regions", &w.regions)] {
             if names.len() > MAX_NAMES {
@@ -175,8 +160,8 @@ impl Maintenance {
 mod tests {
     use super::*;
 
-    fn new(targets: &[&str]) -> NewWindow {
-        NewWindow {
+    fn new(targets: &[&str]) -> Window {
+        Window {
             start: "2026-01-01T00:00:00Z".into(),
             end: "2026-01-01T01:00:00Z".into(),
             targets: targets.iter().map(|s| s.to_string()).collect(),

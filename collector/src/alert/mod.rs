@@ -20,7 +20,7 @@ mod slack;
 mod template;
 mod webhook;
 
-pub use maintenance::{Listed, Maintenance, MaintenanceError, NewWindow};
+pub use maintenance::{Listed, Maintenance, MaintenanceError};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
