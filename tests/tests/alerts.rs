@@ -643,6 +643,12 @@ fn email_goes_over_starttls_with_auth_and_lists_the_wave() {
         (Some(0), Some(0)),
         "{s}"
     );
+    // Counted once the server's 250 is in (the file may be written a moment before).
+    let s = wait_for("the delivery counted", Duration::from_secs(10), || {
+        let (_, status) = http_get(collector.api, "/v1/alerts");
+        let s: serde_json::Value = serde_json::from_str(&status).unwrap();
+        (s["mail"]["delivered_total"].as_u64()? >= 1).then_some(s)
+    });
     assert_eq!(s["mail"]["delivered_total"], 1, "{s}");
 
     // The CLI's test message goes the same way.
