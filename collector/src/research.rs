@@ -113,6 +113,7 @@ enum V {
 type Columns = &'static [(&'static str, Ty)];
 
 const RESULT_COLUMNS: Columns = &[
+    ("seq", Ty::U64),
     ("probe_id", Ty::Str),
     ("agent_id", Ty::Dict),
     ("region", Ty::Dict),
@@ -121,6 +122,7 @@ const RESULT_COLUMNS: Columns = &[
     ("started_at", Ty::Ts),
     ("received_at", Ty::Ts),
     ("outcome", Ty::Dict),
+    ("outcome_detail", Ty::Dict),
     ("failure", Ty::Str),
     ("failed_operation", Ty::Dict),
     ("http_status", Ty::U32),
@@ -132,6 +134,7 @@ const RESULT_COLUMNS: Columns = &[
     ("ttfb_ms", Ty::F64),
     ("http_ms", Ty::F64),
     ("peer_address", Ty::Str),
+    ("local_address", Ty::Str),
     ("resolved_addresses", Ty::Str),
     ("egress_address", Ty::Str),
     ("egress_asn", Ty::U32),
@@ -139,7 +142,9 @@ const RESULT_COLUMNS: Columns = &[
     ("egress_country", Ty::Dict),
     ("confirmation", Ty::Bool),
     ("control", Ty::Bool),
+    ("keyed", Ty::Bool),
     ("detail", Ty::Str),
+    ("edge_headers", Ty::Str),
 ];
 
 const BLOCK_COLUMNS: Columns = &[
@@ -386,12 +391,13 @@ fn parse_ts(s: &str) -> Option<i64> {
     blockwatch_proto::time::parse_rfc3339(s)
 }
 
-fn result_values(r: &TraceRecord) -> Vec<V> {
+fn result_values(seq: u64, r: &TraceRecord) -> Vec<V> {
     let s = |x: &str| V::S(x.to_string());
     let nz = |u: u64| V::U((u != 0).then_some(u));
     // A phase that did not run has no time (0 in the trace format).
     let ms = |f: f64| V::F((f > 0.0).then_some(f));
     vec![
+        V::U(Some(seq)),
         s(&r.probe_id),
         s(&r.agent_id),
         s(&r.region),
@@ -400,6 +406,7 @@ fn result_values(r: &TraceRecord) -> Vec<V> {
         V::T(parse_ts(&r.started_at)),
         V::T(r.received_at.as_deref().and_then(parse_ts)),
         s(&r.outcome),
+        s(&r.outcome_detail),
         s(&r.failure),
         s(&r.failed_operation),
         nz(r.http_status.into()),
@@ -411,6 +418,7 @@ fn result_values(r: &TraceRecord) -> Vec<V> {
         ms(r.ttfb_ms),
         ms(r.http_ms),
         s(&r.peer_address),
+        s(&r.local_address),
         V::S(r.resolved_addresses.join(" ")),
         s(&r.egress_address),
         nz(r.egress_asn.into()),
@@ -418,7 +426,9 @@ fn result_values(r: &TraceRecord) -> Vec<V> {
         s(&r.egress_country),
         V::B(r.confirmation),
         V::B(r.control),
+        V::B(r.keyed),
         s(&r.detail),
+        V::S(if r.edge_headers.is_empty() { String::new() } else { serde_json::json!(r.edge_headers).to_string() }),
     ]
 }
 
@@ -502,6 +512,15 @@ impl<'a, W: Write + Send> Rows<'a, W> {
         Ok(())
     }
 
+    /// Finishes the open part file: the next row starts a new one (each part of a results
+    /// tree is in the order received).
+    fn end_part(&mut self) -> Result<(), ExportError> {
+        if let Some((_, w)) = self.open.take() {
+            w.finish()?;
+        }
+        Ok(())
+    }
+
     fn finish(self) -> Result<u64, ExportError> {
         if let Some(w) = self.one {
             w.finish()?;
@@ -513,6 +532,23 @@ impl<'a, W: Write + Send> Rows<'a, W> {
     }
 }
 
+/// Writes trace records, each with its sequence number, as a results export in `format`
+/// (what `export --what results` writes for stored results); returns how many.
+pub fn write_results<'r, W: Write + Send>(
+    format: Format,
+    out: W,
+    records: impl IntoIterator<Item = (u64, &'r TraceRecord)>,
+) -> Result<u64, ExportError> {
+    let mut w = RowWriter::new(format, What::Results, out)?;
+    let mut n = 0;
+    for (seq, rec) in records {
+        w.row(What::Results, result_values(seq, rec), Some(rec))?;
+        n += 1;
+    }
+    w.finish()?;
+    Ok(n)
+}
+
 /// Runs an export; returns how many rows. Blocking.
 pub fn export<W: Write + Send>(
     store: &Reader,
@@ -522,6 +558,10 @@ pub fn export<W: Write + Send>(
     out: Output<'_, W>,
 ) -> Result<u64, ExportError> {
     let tree = matches!(out, Output::Tree(..));
+    let out_levels: Vec<Level> = match &out {
+        Output::Tree(_, levels) => levels.to_vec(),
+        Output::One(_) => Vec::new(),
+    };
     let mut rows = Rows::new(what, format, out)?;
     let (from, to) = (filter.from.unwrap_or(i64::MIN), filter.to.unwrap_or(i64::MAX));
     let keep = |target: &str, region: &str| {
@@ -529,42 +569,46 @@ pub fn export<W: Write + Send>(
     };
     match what {
         What::Results if tree => {
-            // Through the index: target by target, region by region, in time order, so a
-            // partition is written in one go.
+            // Through the index: target by target, region by region, each partition's rows
+            // gathered (their sequence numbers only) and written in one go in the order
+            // received, which is the order `replay` merges a tree in.
+            let by_date = out_levels.contains(&Level::Date);
             let targets = match &filter.target {
                 Some(t) => vec![t.clone()],
                 None => store.targets()?,
             };
             for t in targets {
                 let mut failed = None;
+                let mut part: Option<(String, String)> = None;
                 let mut pending: Vec<u64> = Vec::new();
-                store.cell_entries(&t, filter.region.as_deref(), from, to, |_, _, seq, _| {
-                    pending.push(seq);
-                    if pending.len() >= 4096 {
-                        if let Err(e) = emit(store, &mut rows, &pending) {
-                            failed = Some(e);
-                            return false;
-                        }
-                        pending.clear();
+                store.cell_entries(&t, filter.region.as_deref(), from, to, |region, at, seq, _| {
+                    let key = (region.to_string(), if by_date { date_of(at) } else { String::new() });
+                    if part.as_ref().is_some_and(|p| *p != key)
+                        && let Err(e) = emit(store, &mut rows, &mut pending)
+                    {
+                        failed = Some(e);
+                        return false;
                     }
+                    part = Some(key);
+                    pending.push(seq);
                     true
                 })?;
                 if let Some(e) = failed {
                     return Err(e);
                 }
-                emit(store, &mut rows, &pending)?;
+                emit(store, &mut rows, &mut pending)?;
             }
         }
         What::Results => {
-            for stored in store.results() {
-                let stored = stored?;
+            for stored in store.numbered_results_after(0) {
+                let (seq, stored) = stored?;
                 let rec = TraceRecord::from_stored(&stored);
                 let at = parse_ts(&rec.started_at).unwrap_or(0);
                 if !(from..to).contains(&at) || !keep(&rec.target, &rec.region) {
                     continue;
                 }
                 rows.push(Row {
-                    values: result_values(&rec),
+                    values: result_values(seq, &rec),
                     at,
                     target: rec.target.clone(),
                     region: rec.region.clone(),
@@ -632,20 +676,22 @@ pub fn export<W: Write + Send>(
     rows.finish()
 }
 
-fn emit<W: Write + Send>(store: &Reader, rows: &mut Rows<'_, W>, seqs: &[u64]) -> Result<(), ExportError> {
-    for seq in seqs {
-        let Some(stored) = store.result_at(*seq)? else { continue };
+/// Writes the results `seqs` names in the order received, and empties it.
+fn emit<W: Write + Send>(store: &Reader, rows: &mut Rows<'_, W>, seqs: &mut Vec<u64>) -> Result<(), ExportError> {
+    seqs.sort_unstable();
+    for seq in seqs.drain(..) {
+        let Some(stored) = store.result_at(seq)? else { continue };
         let rec = TraceRecord::from_stored(&stored);
         let at = parse_ts(&rec.started_at).unwrap_or(0);
         rows.push(Row {
-            values: result_values(&rec),
+            values: result_values(seq, &rec),
             at,
             target: rec.target.clone(),
             region: rec.region.clone(),
             trace: Some(rec),
         })?;
     }
-    Ok(())
+    rows.end_part()
 }
 
 /// A block, an outage or a vantage problem: a start and its end from the log.

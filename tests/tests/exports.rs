@@ -57,7 +57,11 @@ fn python(code: &str, args: &[&str], modules: &[&str]) -> Option<String> {
 
 fn start(dir: &Path) -> CollectorProc {
     let collector = CollectorProc::start_insecure(dir, None, "");
-    stream_all(collector.addr, wave("openai", &["hk", "cn"], &["us", "de"]));
+    let mut agents = wave("openai", &["hk", "cn"], &["us", "de"]);
+    for (_, results) in agents.values_mut() {
+        results.iter_mut().for_each(|r| r.provider = "openai".into());
+    }
+    stream_all(collector.addr, agents);
     wait_for("two blocks", Duration::from_secs(30), || {
         let (_, body) = http_get(collector.api, "/v1/status");
         let v: serde_json::Value = serde_json::from_str(&body).ok()?;
@@ -149,6 +153,7 @@ fn results_and_blocks_come_out_in_every_format_and_read_back() {
         assert_eq!(b["end"], "", "still open");
         assert!(b["summary"].contains(',') || b["summary"].contains('"'), "quoting survives: {}", b["summary"]);
         assert_eq!(b["dominant_outcome"], "http_geo_blocked");
+        assert_eq!(b["provider"], "openai");
     }
     // Events as JSONL objects.
     let (_, events) = get_bytes(api, "/v1/export?what=events&format=jsonl");
@@ -216,6 +221,20 @@ fn results_and_blocks_come_out_in_every_format_and_read_back() {
         let blocks = v["blocks"].as_array().unwrap();
         assert_eq!(blocks.iter().map(|b| b[0].as_str().unwrap()).collect::<Vec<_>>(), ["cn", "hk"], "{blocks:?}");
     }
+
+    // Replay reads what was exported: the JSONL, the Parquet file and the tree give the same
+    // events, the two blocks among them.
+    let jsonl_path = dir.path().join("results.jsonl");
+    std::fs::write(&jsonl_path, &jsonl).unwrap();
+    let replay = |input: &Path| {
+        let out = run(&bin("blockwatch-collector"), &["replay", "--input", input.to_str().unwrap()]);
+        assert!(out.status.success(), "{}: {}", input.display(), String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_jsonl = replay(&jsonl_path);
+    assert_eq!(from_jsonl.lines().filter(|l| l.contains("\"block_started\"")).count(), 2, "{from_jsonl}");
+    assert_eq!(replay(&pq_path), from_jsonl, "the Parquet export replays as its JSONL does");
+    assert_eq!(replay(&tree.join("results")), from_jsonl, "the partitioned tree replays as its JSONL does");
 }
 
 fn walk(dir: &Path) -> Vec<String> {

@@ -45,7 +45,8 @@ pub enum Command {
     },
     /// Run the detector over a JSONL trace and write its events as JSONL.
     Replay {
-        /// Trace file (`-` for stdin).
+        /// A JSONL trace (`-` for stdin), a Parquet results export, or a directory of them (a
+        /// partitioned export, merged back into the order received).
         #[arg(long)]
         input: String,
         /// Events file (`-` for stdout).

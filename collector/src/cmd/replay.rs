@@ -11,6 +11,22 @@ pub fn run(input: &str, output: &str, config: Option<&Path>) -> anyhow::Result<(
         Some(p) => CollectorConfig::load(p)?.detector,
         None => Default::default(),
     };
+    let writer = || -> anyhow::Result<Box<dyn io::Write>> {
+        Ok(if output == "-" {
+            Box::new(BufWriter::new(io::stdout().lock()))
+        } else {
+            Box::new(BufWriter::new(File::create(output).with_context(|| format!("cannot create {output}"))?))
+        })
+    };
+    let path = Path::new(input);
+    if input != "-" && path.is_dir() {
+        crate::replay::parquet::replay_tree(path, writer()?, detector).with_context(|| format!("replaying {input}"))?;
+        return Ok(());
+    }
+    if input != "-" && crate::replay::parquet::is_parquet(path) {
+        crate::replay::parquet::replay_file(path, writer()?, detector).with_context(|| format!("replaying {input}"))?;
+        return Ok(());
+    }
     let reader: Box<dyn io::BufRead> = if input == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -19,11 +35,6 @@ pub fn run(input: &str, output: &str, config: Option<&Path>) -> anyhow::Result<(
             File::open(input).with_context(|| format!("cannot open trace {input}"))?,
         ))
     };
-    let writer: Box<dyn io::Write> = if output == "-" {
-        Box::new(BufWriter::new(io::stdout().lock()))
-    } else {
-        Box::new(BufWriter::new(File::create(output).with_context(|| format!("cannot create {output}"))?))
-    };
-    crate::replay::replay(reader, writer, detector).with_context(|| format!("replaying {input}"))?;
+    crate::replay::replay(reader, writer()?, detector).with_context(|| format!("replaying {input}"))?;
     Ok(())
 }

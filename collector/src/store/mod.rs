@@ -205,10 +205,20 @@ impl Reader {
 
     /// Stored results after the first `after` (they are numbered from 1 as stored). Blocking.
     pub fn results_after(&self, after: u64) -> impl Iterator<Item = Result<StoredResult, StoreError>> + use<> {
+        self.numbered_results_after(after).map(|r| r.map(|(_, stored)| stored))
+    }
+
+    /// As [`Reader::results_after`], each with its sequence number. Blocking.
+    pub fn numbered_results_after(
+        &self,
+        after: u64,
+    ) -> impl Iterator<Item = Result<(u64, StoredResult), StoreError>> + use<> {
         self.ks.results.range(after.saturating_add(1).to_be_bytes()..).map(|guard| {
             let (k, v) = guard.into_inner().map_err(|e| StoreError::Read(describe(&e)))?;
+            let seq = key_seq(&k);
             StoredResult::decode(&*v)
-                .map_err(|source| StoreError::Corrupt { key: format!("results/{}", key_seq(&k)), source })
+                .map(|stored| (seq, stored))
+                .map_err(|source| StoreError::Corrupt { key: format!("results/{seq}"), source })
         })
     }
 

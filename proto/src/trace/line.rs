@@ -329,6 +329,12 @@ impl<'a> TraceLine<'a> {
     }
 }
 
+/// The outcome a record's `outcome` and `outcome_detail` (empty when none) mean, by the
+/// rules of a trace line; `None` for a name the format does not know.
+pub fn outcome_named(outcome: &str, detail: &str) -> Option<Outcome> {
+    outcome_of(richest_name(outcome, Some(detail)))
+}
+
 /// The outcome name a record means: blockwatch's own `outcome_detail` when it has one, else
 /// the format's `outcome`.
 pub(super) fn richest_name<'n>(outcome: &'n str, detail: Option<&'n str>) -> &'n str {

@@ -5,7 +5,7 @@
 
 mod line;
 
-pub use line::{LineError, TraceLine};
+pub use line::{LineError, TraceLine, outcome_named};
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,9 @@
-//! `replay`: runs a JSONL trace (`docs/trace-format.md`) through the detector and writes its
-//! events as JSONL. Same code path as the live collector: one [`Observation`] per line, each
-//! line read by the trace format's own reader ([`TraceLine`]).
+//! `replay`: runs a JSONL trace (`docs/trace-format.md`), or a Parquet results export
+//! ([`parquet`]), through the detector and writes its events as JSONL. Same code path as the
+//! live collector: one [`Observation`] per result, each JSONL line read by the trace format's
+//! own reader ([`TraceLine`]).
+
+pub mod parquet;
 
 use std::io::{BufRead, Write};
 
@@ -35,47 +38,66 @@ pub enum ReplayError {
     Utf8 { line: u64 },
     #[error("line {line}")]
     Line { line: u64, source: LineError },
+    #[error("{file}: {message}")]
+    Parquet { file: String, message: String },
+}
+
+/// The detector and where its events go: what every input format feeds.
+struct Sink<W: Write> {
+    detector: Detector,
+    events: Vec<Event>,
+    output: W,
+    stats: ReplayStats,
+}
+
+impl<W: Write> Sink<W> {
+    fn new(output: W, config: DetectorConfig) -> Sink<W> {
+        Sink { detector: Detector::new(config), events: Vec::new(), output, stats: ReplayStats::default() }
+    }
+
+    fn observe(&mut self, obs: &Observation<'_>) -> Result<(), ReplayError> {
+        self.stats.lines += 1;
+        match self.detector.observe(obs, &mut self.events) {
+            Ingest::Accepted => self.stats.accepted += 1,
+            Ingest::Duplicate => self.stats.duplicates += 1,
+            Ingest::Stale => self.stats.stale += 1,
+            Ingest::Future => self.stats.future += 1,
+        }
+        for e in self.events.drain(..) {
+            self.output.write_all(e.to_json_line().as_bytes()).map_err(ReplayError::Write)?;
+            self.output.write_all(b"\n").map_err(ReplayError::Write)?;
+            self.stats.events += 1;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<ReplayStats, ReplayError> {
+        self.output.flush().map_err(ReplayError::Write)?;
+        Ok(self.stats)
+    }
 }
 
 /// Replays a trace: one result per line, blank lines skipped, events written one per line.
 /// Lines are parsed where they lie in the reader's buffer; only a line split across two
 /// buffer fills is copied.
-pub fn replay(
-    mut input: impl BufRead,
-    mut output: impl Write,
-    config: DetectorConfig,
-) -> Result<ReplayStats, ReplayError> {
-    let mut detector = Detector::new(config);
-    let mut stats = ReplayStats::default();
+pub fn replay(mut input: impl BufRead, output: impl Write, config: DetectorConfig) -> Result<ReplayStats, ReplayError> {
+    let mut sink = Sink::new(output, config);
     let mut carry: Vec<u8> = Vec::new();
-    let mut events: Vec<Event> = Vec::new();
     let mut line = 0u64;
-    let mut one = |bytes: &[u8], line: u64, stats: &mut ReplayStats| -> Result<(), ReplayError> {
+    let mut one = |bytes: &[u8], line: u64| -> Result<(), ReplayError> {
         let text = std::str::from_utf8(bytes).map_err(|_| ReplayError::Utf8 { line })?.trim();
         if text.is_empty() {
             return Ok(());
         }
-        stats.lines += 1;
         let parsed = TraceLine::parse(text).map_err(|source| ReplayError::Line { line, source })?;
-        match detector.observe(&Observation::from_line(&parsed), &mut events) {
-            Ingest::Accepted => stats.accepted += 1,
-            Ingest::Duplicate => stats.duplicates += 1,
-            Ingest::Stale => stats.stale += 1,
-            Ingest::Future => stats.future += 1,
-        }
-        for e in events.drain(..) {
-            output.write_all(e.to_json_line().as_bytes()).map_err(ReplayError::Write)?;
-            output.write_all(b"\n").map_err(ReplayError::Write)?;
-            stats.events += 1;
-        }
-        Ok(())
+        sink.observe(&Observation::from_line(&parsed))
     };
     loop {
         let buf = input.fill_buf().map_err(|source| ReplayError::Read { line: line + 1, source })?;
         if buf.is_empty() {
             if !carry.is_empty() {
                 line += 1;
-                one(&carry, line, &mut stats)?;
+                one(&carry, line)?;
             }
             break;
         }
@@ -83,10 +105,10 @@ pub fn replay(
         while let Some(n) = memchr::memchr(b'\n', &buf[used..]) {
             line += 1;
             if carry.is_empty() {
-                one(&buf[used..used + n], line, &mut stats)?;
+                one(&buf[used..used + n], line)?;
             } else {
                 carry.extend_from_slice(&buf[used..used + n]);
-                one(&carry, line, &mut stats)?;
+                one(&carry, line)?;
                 carry.clear();
             }
             used += n + 1;
@@ -95,8 +117,7 @@ pub fn replay(
         let len = buf.len();
         input.consume(len);
     }
-    output.flush().map_err(ReplayError::Write)?;
-    Ok(stats)
+    sink.finish()
 }
 
 #[cfg(test)]
