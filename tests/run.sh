@@ -41,6 +41,17 @@ if [ ${#pypi[@]} -gt 0 ]; then
     || echo "note: could not install ${pypi[*]}; the tests that need them will say so and skip"
 fi
 
+# oonidata, OONI's data tooling, loads the OONI-format export. It pins old versions of its
+# own dependencies, so it goes into a directory of its own that only its test puts on
+# PYTHONPATH.
+if [ "$(id -u)" = 0 ]; then ooni_dir=/var/cache/blockwatch-python/oonidata; else ooni_dir="${XDG_CACHE_HOME:-$HOME/.cache}/blockwatch-python/oonidata"; fi
+if command -v python3 >/dev/null && ! PYTHONPATH="$ooni_dir" python3 -c 'import oonidata.dataclient' 2>/dev/null; then
+  echo "installing a test dependency from PyPI into $ooni_dir: oonidata"
+  python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --upgrade --target "$ooni_dir" oonidata \
+    || echo "note: could not install oonidata; the OONI export's test will say so and skip"
+fi
+export BLOCKWATCH_OONIDATA_PATH="$ooni_dir"
+
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads=2
 

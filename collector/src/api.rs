@@ -503,7 +503,7 @@ async fn results(
 struct ExportQuery {
     /// `results`, `blocks` or `events`.
     what: crate::research::What,
-    /// `jsonl` (default), `csv` or `parquet`.
+    /// `jsonl` (default), `csv`, `parquet`, or `ooni` (results only: OONI measurements).
     format: Option<crate::research::Format>,
     /// RFC 3339: rows at or after it.
     from: Option<String>,
@@ -517,7 +517,7 @@ struct ExportQuery {
 /// of the store while the collector runs.
 #[utoipa::path(get, path = "/v1/export", tag = "results", params(ExportQuery),
     responses(
-        (status = 200, description = "the export, streamed (JSONL, CSV or Parquet)", content(
+        (status = 200, description = "the export, streamed (JSONL, CSV, Parquet, or OONI measurements as JSONL)", content(
             (String = "application/x-ndjson"),
             (String = "text/csv"),
             (String = "application/vnd.apache.parquet"),
@@ -534,6 +534,9 @@ async fn export(
         Err(why) => return bad_request(why),
     };
     let format = q.format.unwrap_or(crate::research::Format::Jsonl);
+    if format == crate::research::Format::Ooni && q.what != crate::research::What::Results {
+        return bad_request("format=ooni is for what=results only".into());
+    }
     let filter = match crate::cmd::export_filter(q.from, q.to, q.target, q.region) {
         Ok(f) => f,
         Err(e) => return bad_request(e.to_string().replace("--", "")),

@@ -14,6 +14,7 @@ pub mod ingest;
 mod listen;
 pub mod metrics;
 pub mod networks;
+pub mod ooni;
 pub mod plan;
 mod rebuild;
 pub mod replay;

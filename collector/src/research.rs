@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    BooleanBuilder, Float64Builder, StringBuilder, StringDictionaryBuilder, TimestampMillisecondBuilder, UInt32Builder,
-    UInt64Builder,
+    BinaryBuilder, BooleanBuilder, Float64Builder, StringBuilder, StringDictionaryBuilder, TimestampMillisecondBuilder,
+    UInt32Builder, UInt64Builder,
 };
 use arrow_array::types::Int32Type;
 use arrow_array::{ArrayRef, RecordBatch};
@@ -48,12 +48,14 @@ pub enum Format {
     Csv,
     /// Apache Parquet, snappy-compressed.
     Parquet,
+    /// OONI measurements (results only): one `urlgetter` measurement per line.
+    Ooni,
 }
 
 impl Format {
     pub fn extension(self) -> &'static str {
         match self {
-            Format::Jsonl => "jsonl",
+            Format::Jsonl | Format::Ooni => "jsonl",
             Format::Csv => "csv",
             Format::Parquet => "parquet",
         }
@@ -61,7 +63,7 @@ impl Format {
 
     pub fn content_type(self) -> &'static str {
         match self {
-            Format::Jsonl => "application/x-ndjson",
+            Format::Jsonl | Format::Ooni => "application/x-ndjson",
             Format::Csv => "text/csv; charset=utf-8",
             Format::Parquet => "application/vnd.apache.parquet",
         }
@@ -98,6 +100,8 @@ enum Ty {
     U64,
     F64,
     Bool,
+    /// Bytes (Parquet binary; base64 in CSV).
+    Bin,
 }
 
 /// One value.
@@ -108,6 +112,7 @@ enum V {
     U(Option<u64>),
     F(Option<f64>),
     B(bool),
+    Bin(Vec<u8>),
 }
 
 type Columns = &'static [(&'static str, Ty)];
@@ -145,6 +150,15 @@ const RESULT_COLUMNS: Columns = &[
     ("keyed", Ty::Bool),
     ("detail", Ty::Str),
     ("edge_headers", Ty::Str),
+    ("url", Ty::Dict),
+    ("dns_queries", Ty::Str),
+    ("tls_version", Ty::Dict),
+    ("tls_cipher_suite", Ty::Dict),
+    ("tls_alpn", Ty::Dict),
+    ("request_headers", Ty::Str),
+    ("response_headers", Ty::Str),
+    ("body_prefix", Ty::Bin),
+    ("body_truncated", Ty::Bool),
 ];
 
 const BLOCK_COLUMNS: Columns = &[
@@ -209,6 +223,7 @@ fn pq(e: impl std::fmt::Display) -> ExportError {
 /// A writer of rows in one format.
 enum RowWriter<W: Write + Send> {
     Jsonl(W),
+    Ooni(W),
     Csv(Box<csv::Writer<W>>),
     Parquet(Box<ParquetRows<W>>),
 }
@@ -232,6 +247,7 @@ fn arrow_schema(cols: Columns) -> Arc<Schema> {
                 Ty::U64 => (DataType::UInt64, true),
                 Ty::F64 => (DataType::Float64, true),
                 Ty::Bool => (DataType::Boolean, false),
+                Ty::Bin => (DataType::Binary, true),
             };
             Field::new(*name, dt, nullable)
         })
@@ -287,6 +303,14 @@ impl<W: Write + Send> ParquetRows<W> {
                     col.for_each(|v| b.append_value(matches!(v, V::B(true))));
                     Arc::new(b.finish())
                 }
+                Ty::Bin => {
+                    let mut b = BinaryBuilder::new();
+                    col.for_each(|v| match v {
+                        V::Bin(x) if !x.is_empty() => b.append_value(x),
+                        _ => b.append_null(),
+                    });
+                    Arc::new(b.finish())
+                }
             };
             arrays.push(array);
         }
@@ -303,6 +327,8 @@ impl<W: Write + Send> RowWriter<W> {
         let cols = columns(what);
         Ok(match format {
             Format::Jsonl => RowWriter::Jsonl(out),
+            Format::Ooni if what == What::Results => RowWriter::Ooni(out),
+            Format::Ooni => return Err(ExportError::Usage("format ooni is for what=results only".into())),
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(out);
                 w.write_record(cols.iter().map(|(n, _)| *n)).map_err(std::io::Error::other)?;
@@ -337,6 +363,12 @@ impl<W: Write + Send> RowWriter<W> {
                 }
                 out.write_all(b"\n")?;
             }
+            RowWriter::Ooni(out) => {
+                if let Some(rec) = json {
+                    serde_json::to_writer(&mut *out, &crate::ooni::measurement(rec)).map_err(std::io::Error::from)?;
+                    out.write_all(b"\n")?;
+                }
+            }
             RowWriter::Csv(w) => {
                 w.write_record(values.into_iter().map(csv_value)).map_err(std::io::Error::other)?;
             }
@@ -352,7 +384,7 @@ impl<W: Write + Send> RowWriter<W> {
 
     fn finish(self) -> Result<(), ExportError> {
         match self {
-            RowWriter::Jsonl(mut out) => out.flush()?,
+            RowWriter::Jsonl(mut out) | RowWriter::Ooni(mut out) => out.flush()?,
             RowWriter::Csv(mut w) => w.flush()?,
             RowWriter::Parquet(mut p) => {
                 p.flush()?;
@@ -374,6 +406,8 @@ fn json_value(v: V) -> serde_json::Value {
         V::U(u) => u.map_or(serde_json::Value::Null, Into::into),
         V::F(f) => f.map_or(serde_json::Value::Null, Into::into),
         V::B(b) => b.into(),
+        V::Bin(x) if x.is_empty() => serde_json::Value::Null,
+        V::Bin(x) => serde_json::to_value(blockwatch_proto::trace::MaybeBinary::of(&x)).unwrap_or_default(),
     }
 }
 
@@ -384,6 +418,10 @@ fn csv_value(v: V) -> String {
         V::U(u) => u.map(|u| u.to_string()).unwrap_or_default(),
         V::F(f) => f.map(|f| f.to_string()).unwrap_or_default(),
         V::B(b) => b.to_string(),
+        V::Bin(x) => {
+            use base64::Engine;
+            base64::engine::general_purpose::STANDARD.encode(x)
+        }
     }
 }
 
@@ -429,7 +467,21 @@ fn result_values(seq: u64, r: &TraceRecord) -> Vec<V> {
         V::B(r.keyed),
         s(&r.detail),
         V::S(if r.edge_headers.is_empty() { String::new() } else { serde_json::json!(r.edge_headers).to_string() }),
+        s(&r.url),
+        json_text(&r.dns_queries),
+        s(&r.tls_version),
+        s(&r.tls_cipher_suite),
+        s(&r.tls_alpn),
+        json_text(&r.request_headers),
+        json_text(&r.response_headers),
+        V::Bin(r.body_prefix.as_ref().and_then(|b| b.bytes()).unwrap_or_default()),
+        V::B(r.body_truncated),
     ]
+}
+
+/// A list as its JSON text, empty when it is.
+fn json_text<T: serde::Serialize>(list: &[T]) -> V {
+    V::S(if list.is_empty() { String::new() } else { serde_json::to_string(list).unwrap_or_default() })
 }
 
 /// The date (UTC, `YYYY-MM-DD`) of a time.
@@ -557,6 +609,9 @@ pub fn export<W: Write + Send>(
     filter: &Filter,
     out: Output<'_, W>,
 ) -> Result<u64, ExportError> {
+    if format == Format::Ooni && what != What::Results {
+        return Err(ExportError::Usage("format ooni is for what=results only".into()));
+    }
     let tree = matches!(out, Output::Tree(..));
     let out_levels: Vec<Level> = match &out {
         Output::Tree(_, levels) => levels.to_vec(),

@@ -7,8 +7,15 @@
 pub const FIELD_BYTES: usize = 256;
 /// Longest `detail`, in bytes.
 pub const DETAIL_BYTES: usize = 2048;
-/// Most entries of a list field (`resolved_addresses`, `edge_headers`).
+/// Most entries of a list field (`resolved_addresses`, `edge_headers`, `dns_answers`, the
+/// header lists).
 pub const LIST_LEN: usize = 32;
+/// Most DNS queries of one result (a probe asks two: AAAA and A).
+pub const DNS_QUERIES: usize = 4;
+/// Most bytes of `body_prefix`.
+pub const BODY_PREFIX_BYTES: usize = 256;
+/// Longest `url`, in bytes.
+pub const URL_BYTES: usize = 2048;
 
 /// Cuts `s` to at most `max` bytes at a character boundary, marking a cut with `…` (within
 /// the bound).
@@ -39,8 +46,33 @@ pub fn cap_result(r: &mut crate::v1::ProbeResult) {
         &mut r.egress_address,
         &mut r.egress_as_org,
         &mut r.egress_country,
+        &mut r.tls_version,
+        &mut r.tls_cipher_suite,
+        &mut r.tls_alpn,
     ] {
         cap(field, FIELD_BYTES);
+    }
+    cap(&mut r.url, URL_BYTES);
+    r.dns_queries.truncate(DNS_QUERIES);
+    for q in &mut r.dns_queries {
+        cap(&mut q.query_type, FIELD_BYTES);
+        cap(&mut q.failure, FIELD_BYTES);
+        q.answers.truncate(LIST_LEN);
+        for a in &mut q.answers {
+            cap(&mut a.answer_type, FIELD_BYTES);
+            cap(&mut a.value, FIELD_BYTES);
+        }
+    }
+    for list in [&mut r.request_headers, &mut r.response_headers] {
+        list.truncate(LIST_LEN);
+        for h in list.iter_mut() {
+            cap(&mut h.name, FIELD_BYTES);
+            cap(&mut h.value, FIELD_BYTES);
+        }
+    }
+    if r.body_prefix.len() > BODY_PREFIX_BYTES {
+        r.body_prefix.truncate(BODY_PREFIX_BYTES);
+        r.body_truncated = true;
     }
     cap(&mut r.detail, DETAIL_BYTES);
     r.resolved_addresses.truncate(LIST_LEN);
@@ -91,13 +123,31 @@ mod tests {
             detail: huge.clone(),
             resolved_addresses: vec![huge.clone(); 100],
             edge_headers: (0..100).map(|i| (format!("h{i}"), huge.clone())).collect(),
+            url: huge.clone(),
+            tls_cipher_suite: huge.clone(),
+            dns_queries: vec![
+                crate::v1::DnsQuery {
+                    query_type: huge.clone(),
+                    failure: huge.clone(),
+                    answers: vec![crate::v1::DnsAnswer { answer_type: huge.clone(), value: huge.clone(), ttl: 1 }; 100],
+                };
+                10
+            ],
+            response_headers: vec![crate::v1::Header { name: huge.clone(), value: huge.clone() }; 100],
+            body_prefix: vec![7; 1 << 20],
             ..Default::default()
         };
         cap_result(&mut r);
+        assert!(r.url.len() <= URL_BYTES && r.tls_cipher_suite.len() <= FIELD_BYTES);
+        assert_eq!((r.dns_queries.len(), r.response_headers.len()), (DNS_QUERIES, LIST_LEN));
+        assert!(r.dns_queries.iter().all(|q| q.answers.len() == LIST_LEN && q.query_type.len() <= FIELD_BYTES));
+        assert!(r.dns_queries.iter().flat_map(|q| &q.answers).all(|a| a.value.len() <= FIELD_BYTES));
+        assert!(r.response_headers.iter().all(|h| h.name.len() <= FIELD_BYTES && h.value.len() <= FIELD_BYTES));
+        assert!(r.body_prefix.len() == BODY_PREFIX_BYTES && r.body_truncated);
         assert!(r.provider_code.len() <= FIELD_BYTES && r.detail.len() <= DETAIL_BYTES);
         assert_eq!((r.resolved_addresses.len(), r.edge_headers.len()), (LIST_LEN, LIST_LEN));
         assert!(r.edge_headers.values().chain(&r.resolved_addresses).all(|v| v.len() <= FIELD_BYTES));
         use prost::Message;
-        assert!(r.encoded_len() < 20_000, "{}", r.encoded_len());
+        assert!(r.encoded_len() < 120_000, "{}", r.encoded_len());
     }
 }

@@ -3,6 +3,8 @@
 //! independent readers: Python's `csv`, pyarrow, DuckDB (from PyPI, installed by the test
 //! script).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
@@ -250,4 +252,191 @@ fn walk(dir: &Path) -> Vec<String> {
         }
     }
     out
+}
+
+/// Results of real probes (the engine against the fault kit: a refusal, a reachable API with
+/// a key, a binary answer, a reset handshake, a refused port, a name that does not exist),
+/// ingested by a collector and exported as OONI measurements, load in OONI's own data tooling
+/// (`oonidata` from PyPI) as `urlgetter` measurements with every failure string unchanged.
+#[test]
+fn ooni_measurements_load_in_oonidata_with_their_failures() {
+    use blockwatch_agent::probe::Credential;
+    use blockwatch_tests::faultkit::{self, Canned, DnsAnswer, TestPki, canned};
+    use common::*;
+
+    const KEY: &str = "sk-ooni-secret-4242";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pki = TestPki::new().unwrap();
+    let results = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind((LO, 0)).await.unwrap();
+        let https = faultkit::serve_https(listener, pki.server_config(NAMES).unwrap(), |_, req| {
+            match (req.uri().path(), req.headers().get("authorization")) {
+                ("/binary", _) => Canned { status: 403, headers: vec![], body: vec![0xff, 0x00, 0x80, b'x'].into() },
+                (_, Some(_)) => Canned::json(200, r#"{"object":"list","data":[]}"#),
+                _ => canned::openai_geo_blocked(),
+            }
+        })
+        .unwrap();
+        let reset = faultkit::tls_reset_after_hello(LO).await.unwrap();
+        let closed = faultkit::closed_port(LO).unwrap();
+        let dns = faultkit::serve_dns(LO, [("api.openai.test".to_string(), DnsAnswer::Addresses(vec![LO]))].into())
+            .await
+            .unwrap();
+        let eng = engine(&pki, vec![dns.addr()]);
+        let mut keyed = spec(https.url("127.0.0.1", "/v1/models"), local_openai(), QUICK);
+        keyed.credential = Some(Credential::new(KEY).unwrap());
+        let specs = [
+            spec(https.url("api.openai.test", "/v1/models"), provider("openai"), QUICK),
+            keyed,
+            spec(https.url("127.0.0.1", "/binary"), provider("openai"), QUICK),
+            spec(reset.url("127.0.0.1", "/v1/models"), provider("openai"), QUICK),
+            spec(format!("https://{closed}/v1/models"), provider("openai"), QUICK),
+            spec("https://missing.test/v1/models".into(), provider("openai"), QUICK),
+        ];
+        let t0 = blockwatch_proto::time::now() - 60_000;
+        let mut out = Vec::new();
+        for (i, s) in specs.iter().enumerate() {
+            let rep = eng.probe(s).await;
+            let mut r =
+                blockwatch_tests::session::result("hk-1", "hk", i as u64 + 1, "openai", t0 + i as i64, rep.outcome);
+            rep.fill(&mut r);
+            if i == 0 {
+                (r.egress_asn, r.egress_as_org, r.egress_country) = (64500, "Example Net".into(), "HK".into());
+            }
+            out.push(r);
+        }
+        out
+    });
+    let failures: Vec<&str> = results.iter().map(|r| r.failure.as_str()).collect();
+    assert_eq!(
+        failures,
+        [
+            "http_request_failed",
+            "",
+            "http_request_failed",
+            "connection_reset",
+            "connection_refused",
+            "dns_nxdomain_error"
+        ]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let collector = CollectorProc::start_insecure(dir.path(), None, "");
+    stream_all(collector.addr, [("hk-1".to_string(), ("hk".to_string(), results))].into());
+    wait_for("six results", Duration::from_secs(20), || {
+        let (_, body) = http_get(collector.api, "/v1/results");
+        (body.lines().count() == 6).then_some(())
+    });
+    let (_, plain) = http_get(collector.api, "/v1/results");
+    let records: BTreeMap<String, serde_json::Value> = plain
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["probe_id"].as_str().unwrap().to_string(), v))
+        .collect();
+    let (status, body) = get_bytes(collector.api, "/v1/export?what=results&format=ooni");
+    assert_eq!(status, 200);
+    let text = String::from_utf8(body).unwrap();
+    assert!(!text.contains(KEY) && !text.to_ascii_lowercase().contains("authorization"), "no credential, ever");
+    let raw: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(raw.len(), 6);
+    let (status, _) = get_bytes(collector.api, "/v1/export?what=blocks&format=ooni");
+    assert_eq!(status, 400, "OONI measurements are results");
+
+    let path = dir.path().join("ooni.jsonl");
+    std::fs::write(&path, &text).unwrap();
+    let code = r#"
+import json, sys
+from oonidata.dataclient import load_measurement
+from oonidata.models.nettests import UrlGetter
+out = []
+for line in open(sys.argv[1]):
+    m = load_measurement(msmt=json.loads(line))
+    assert isinstance(m, UrlGetter), type(m)
+    tk = m.test_keys
+    out.append({
+        "uid": m.measurement_uid, "asn": m.probe_asn, "cc": m.probe_cc, "input": m.input,
+        "start": m.measurement_start_time, "failure": tk.failure, "failed_operation": tk.failed_operation,
+        "queries": [[q.query_type, q.failure, [a.ipv4 or a.ipv6 or a.hostname for a in (q.answers or [])]] for q in (tk.queries or [])],
+        "tcp": [[c.ip, c.port, c.status.success, c.status.failure] for c in (tk.tcp_connect or [])],
+        "tls": [[t.failure, t.tls_version, t.server_name] for t in (tk.tls_handshakes or [])],
+        "http": [[h.failure, h.response.code, (h.response.body_bytes or b"").hex(), [list(x) for x in (h.request.headers_list_str or [])]] for h in (tk.requests or [])],
+    })
+print(json.dumps(out))
+"#;
+    let Some(loaded) = python_with(code, &[path.to_str().unwrap()], "oonidata") else { return };
+    let loaded: Vec<serde_json::Value> = serde_json::from_str(&loaded).unwrap();
+    assert_eq!(loaded.len(), 6);
+    for (m, raw) in loaded.iter().zip(&raw) {
+        let rec = &records[raw["test_keys"]["x_probe_id"].as_str().unwrap()];
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        assert_eq!(m["uid"], raw["measurement_uid"]);
+        assert_eq!(s(&m["failure"]), s(&rec["failure"]), "{m}");
+        assert_eq!(s(&m["failed_operation"]), s(&rec["failed_operation"]), "{m}");
+        assert_eq!(s(&m["input"]), s(&rec["url"]));
+        let op = s(&rec["failed_operation"]);
+        let failure = s(&rec["failure"]);
+        // The failure is where it happened, and nowhere else.
+        let tls_failure = m["tls"].get(0).map(|t| s(&t[0]));
+        let http_failure = m["http"].get(0).map(|h| s(&h[0]));
+        match op.as_str() {
+            "resolve" => {
+                let q: Vec<String> = m["queries"].as_array().unwrap().iter().map(|q| s(&q[1])).collect();
+                assert_eq!(q, [failure.clone(), failure.clone()], "{m}");
+                assert!(m["tcp"].as_array().unwrap().is_empty());
+            }
+            "connect" => {
+                assert_eq!(m["tcp"][0][2], false);
+                assert_eq!(s(&m["tcp"][0][3]), failure);
+                assert!(m["tls"].as_array().unwrap().is_empty());
+            }
+            "tls_handshake" => {
+                assert_eq!(m["tcp"][0][2], true);
+                assert_eq!(tls_failure.as_deref(), Some(failure.as_str()));
+                assert!(m["http"].as_array().unwrap().is_empty());
+            }
+            "http_round_trip" => {
+                assert_eq!(
+                    (tls_failure.as_deref(), http_failure.as_deref()),
+                    (Some(""), Some(failure.as_str())),
+                    "{m}"
+                );
+                assert_eq!(m["http"][0][1], rec["http_status"]);
+            }
+            _ => {
+                assert_eq!(failure, "");
+                assert_eq!(m["http"][0][1], 200);
+                let sent: Vec<&str> =
+                    m["http"][0][3].as_array().unwrap().iter().map(|h| h[0].as_str().unwrap()).collect();
+                assert!(sent.contains(&"user-agent") && !sent.contains(&"authorization"), "{sent:?}");
+            }
+        }
+    }
+    // The name that resolved: both query types, the A record; the network from the result.
+    let first = &loaded[0];
+    assert_eq!(first["queries"], serde_json::json!([["AAAA", "dns_no_answer", []], ["A", null, ["127.0.0.1"]]]));
+    assert_eq!((first["asn"].as_str(), first["cc"].as_str()), (Some("AS64500"), Some("HK")));
+    assert_eq!(first["tls"][0][1], "TLSv1.3");
+    assert_eq!(first["tls"][0][2], "api.openai.test");
+    assert_eq!((loaded[1]["asn"].as_str(), loaded[1]["cc"].as_str()), (Some("AS0"), Some("ZZ")));
+    // The binary body comes back byte for byte.
+    assert_eq!(loaded[2]["http"][0][2], "ff008078");
+}
+
+/// Runs a Python snippet that imports `module` from the directory the test script installed
+/// it into (`BLOCKWATCH_OONIDATA_PATH`), or from the environment; `None` (and a note) when it
+/// is not installed.
+fn python_with(code: &str, args: &[&str], module: &str) -> Option<String> {
+    let path = std::env::var("BLOCKWATCH_OONIDATA_PATH").unwrap_or_default();
+    let ok = std::process::Command::new("python3")
+        .env("PYTHONPATH", &path)
+        .args(["-c", &format!("import {module}.dataclient")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED part: python3 module {module} is not installed (tests/run.sh installs it)");
+        return None;
+    }
+    let out =
+        std::process::Command::new("python3").env("PYTHONPATH", &path).arg("-c").arg(code).args(args).output().unwrap();
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    Some(String::from_utf8(out.stdout).unwrap())
 }

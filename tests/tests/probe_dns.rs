@@ -53,6 +53,10 @@ async fn probe_name(host: &str, allow_private: bool, timeout: std::time::Duratio
 async fn nxdomain() {
     let rep = probe_name("missing.test", false, QUICK).await;
     check(&rep, Outcome::DnsNxdomain, "dns_nxdomain_error", DNS_ONLY);
+    // Both queries are recorded, each with its own failure.
+    let queries: Vec<(&str, &str, usize)> =
+        rep.dns_queries.iter().map(|q| (q.query_type.as_str(), q.failure.as_str(), q.answers.len())).collect();
+    assert_eq!(queries, [("AAAA", "dns_nxdomain_error", 0), ("A", "dns_nxdomain_error", 0)]);
 }
 
 #[tokio::test]
@@ -112,6 +116,28 @@ async fn name_resolves_through_to_the_provider() {
     check(&rep, Outcome::Ok, "", Ran { dns: true, connect: true, tls: true, http: true });
     assert_eq!(rep.resolved, vec![LO]);
     assert_eq!(rep.peer_address, https.addr().to_string());
+    // Per query type: the A query's record, the AAAA query's lack of one.
+    let queries: Vec<String> = rep
+        .dns_queries
+        .iter()
+        .map(|q| {
+            let answers: Vec<String> = q.answers.iter().map(|a| format!("{} {}", a.answer_type, a.value)).collect();
+            format!("{} [{}] {}", q.query_type, q.failure, answers.join(", "))
+        })
+        .collect();
+    assert_eq!(queries, ["AAAA [dns_no_answer] ", "A [] A 127.0.0.1"], "{:?}", rep.dns_queries);
+    // The session and the exchange, as the export's OONI measurement needs them.
+    assert_eq!(rep.tls_version, "TLSv1.3");
+    assert!(
+        rep.tls_cipher_suite.starts_with("TLS_AES_") || rep.tls_cipher_suite.starts_with("TLS_CHACHA20"),
+        "{}",
+        rep.tls_cipher_suite
+    );
+    assert_eq!(rep.url, https.url("api.openai.test", "/v1/models"));
+    let host = rep.request_headers.iter().find(|(n, _)| n == "host").map(|(_, v)| v.as_str());
+    assert!(host.is_some_and(|h| h.starts_with("api.openai.test:")), "{:?}", rep.request_headers);
+    assert!(rep.response_headers.iter().any(|(n, _)| n == "content-type"), "{:?}", rep.response_headers);
+    assert!(rep.body_prefix.starts_with(b"{"), "{:?}", String::from_utf8_lossy(&rep.body_prefix));
 }
 
 /// `0.0.0.0` and `::`, the usual sinkhole answers, are forged even for a local target, where

@@ -6,7 +6,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
-use blockwatch_agent::probe::{Catalogue, Credential, ProbeReport, Provider};
+use blockwatch_agent::probe::{Catalogue, Credential, ProbeReport};
 use blockwatch_proto::Outcome;
 use blockwatch_proto::v1::ProbeResult;
 use blockwatch_tests::faultkit::{self, Canned, FaultServer, TestPki, canned};
@@ -128,16 +128,9 @@ async fn body_is_capped() {
     let rep = eng.probe(&spec(srv.url("127.0.0.1", "/v1/models"), provider("openai"), QUICK)).await;
     // Cut at 1 KiB the JSON no longer parses, so the code-based signature cannot match.
     check(&rep, Outcome::HttpUnexpected, "http_request_failed", ALL);
+    assert_eq!(rep.body_prefix, big.as_bytes()[..blockwatch_proto::bounds::BODY_PREFIX_BYTES]);
+    assert!(rep.body_truncated);
     assert!(rep.detail.len() < 400, "detail is bounded: {}", rep.detail.len());
-}
-
-/// OpenAI's entry, claiming the loopback test host so a credential may be sent to it.
-fn local_openai() -> Arc<Provider> {
-    let mut cat = Catalogue::builtin();
-    let mut cfg = cat.get("openai").unwrap().config().clone();
-    cfg.hosts = vec!["127.0.0.1".into()];
-    cat.extend(vec![cfg]).unwrap();
-    cat.get("openai").unwrap()
 }
 
 #[tokio::test]
@@ -157,6 +150,13 @@ async fn keyed_probe_sends_key_and_401_is_auth_failed() {
     let rep = eng.probe(&s).await;
     check(&rep, Outcome::Ok, "", ALL);
     assert!(rep.keyed);
+    // The request's headers are recorded, never the credential's.
+    assert!(rep.request_headers.iter().any(|(n, _)| n == "user-agent"), "{:?}", rep.request_headers);
+    assert!(
+        rep.request_headers.iter().all(|(n, v)| n != "authorization" && !v.contains("sk-good")),
+        "{:?}",
+        rep.request_headers
+    );
     s.credential = Some(Credential::new("sk-revoked").unwrap());
     let rep = eng.probe(&s).await;
     check(&rep, Outcome::HttpAuthFailed, "http_request_failed", ALL);

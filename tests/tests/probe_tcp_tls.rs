@@ -15,7 +15,8 @@ async fn refused_port_is_tcp_refused() {
     let addr = faultkit::closed_port(LO).unwrap();
     let rep = engine(&pki, vec![]).probe(&spec(format!("https://{addr}/v1/models"), provider("openai"), QUICK)).await;
     check(&rep, Outcome::TcpRefused, "connection_refused", ran_ip(true, false, false));
-    assert!(rep.peer_address.is_empty(), "no connection was made");
+    assert_eq!(rep.peer_address, addr.to_string(), "the address tried");
+    assert!(rep.local_address.is_empty(), "no connection was made");
 }
 
 #[tokio::test]

@@ -184,6 +184,8 @@ fn print_text(r: &ProbeResult) {
     println!("dns         {}", phase(d.dns_us));
     if r.peer_address.is_empty() {
         println!("connect     {}", phase(d.connect_us));
+    } else if r.local_address.is_empty() {
+        println!("connect     {}  -> {} (not connected)", phase(d.connect_us), r.peer_address);
     } else {
         println!("connect     {}  {} -> {}", phase(d.connect_us), r.local_address, r.peer_address);
     }

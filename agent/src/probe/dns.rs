@@ -4,11 +4,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use blockwatch_proto::Outcome;
+use blockwatch_proto::v1::{DnsAnswer, DnsQuery};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::{DnsError, NetError};
 use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::proto::rr::{RData, RecordType};
 use tokio::time::{Instant, timeout_at};
 
 use super::EngineError;
@@ -44,26 +46,81 @@ pub(crate) fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, Engi
     builder.build().map_err(|e| EngineError::Resolver(e.to_string()))
 }
 
-/// Resolves `host` before `deadline`. Bogon answers fail unless `allow_private`; answers in
-/// `poison` always fail. The addresses are returned on success and inside the bogon failure.
+/// What the DNS phase learnt: the addresses to connect to (AAAA answers first, as the
+/// resolver orders a dual-stack lookup), and each query with its records or its failure.
+#[derive(Debug, Default)]
+pub(crate) struct Resolved {
+    pub addrs: Vec<IpAddr>,
+    pub queries: Vec<DnsQuery>,
+}
+
+/// One query: its record, and its addresses or why it has none.
+async fn query(
+    resolver: &TokioResolver,
+    fqdn: &str,
+    ty: RecordType,
+    deadline: Instant,
+) -> (DnsQuery, Result<Vec<IpAddr>, Failure>) {
+    let mut q = DnsQuery { query_type: ty.to_string(), ..Default::default() };
+    let res = match timeout_at(deadline, resolver.lookup(fqdn, ty)).await {
+        Err(_) => Err(Failure::timeout(Outcome::DnsTimeout, "DNS lookup")),
+        Ok(Err(e)) => Err(classify_net_error(&e)),
+        Ok(Ok(lookup)) => {
+            let mut addrs = Vec::new();
+            for rec in lookup.answers() {
+                let (kind, value) = match &rec.data {
+                    RData::A(a) => {
+                        addrs.push(IpAddr::V4(a.0));
+                        ("A", a.0.to_string())
+                    }
+                    RData::AAAA(a) => {
+                        addrs.push(IpAddr::V6(a.0));
+                        ("AAAA", a.0.to_string())
+                    }
+                    RData::CNAME(c) => ("CNAME", c.0.to_string()),
+                    _ => continue,
+                };
+                q.answers.push(DnsAnswer { answer_type: kind.into(), value, ttl: rec.ttl });
+            }
+            if addrs.is_empty() {
+                Err(Failure::new(Outcome::DnsNoAnswer, ooni::DNS_NO_ANSWER, "no address records"))
+            } else {
+                Ok(addrs)
+            }
+        }
+    };
+    if let Err(f) = &res {
+        q.failure = f.failure.clone();
+    }
+    (q, res)
+}
+
+/// Resolves `host` before `deadline`: AAAA and A asked together, the lookup failing only when
+/// both do (with the AAAA query's failure, as the resolver's own dual-stack lookup). Bogon
+/// answers fail unless `allow_private`; answers in `poison` always fail. What was learnt is
+/// returned on success and inside every failure.
 pub(crate) async fn resolve(
     resolver: &TokioResolver,
     host: &str,
     deadline: Instant,
     allow_private: bool,
     poison: &[IpAddr],
-) -> Result<Vec<IpAddr>, (Failure, Vec<IpAddr>)> {
+) -> Result<Resolved, (Failure, Resolved)> {
     // A trailing dot makes the name absolute, so search domains are never appended.
     let fqdn = if host.ends_with('.') { host.to_string() } else { format!("{host}.") };
-    let lookup = match timeout_at(deadline, resolver.lookup_ip(fqdn)).await {
-        Err(_) => return Err((Failure::timeout(Outcome::DnsTimeout, "DNS lookup"), Vec::new())),
-        Ok(Err(e)) => return Err((classify_net_error(&e), Vec::new())),
-        Ok(Ok(lookup)) => lookup,
-    };
-    let addrs: Vec<IpAddr> = lookup.iter().collect();
-    if addrs.is_empty() {
-        return Err((Failure::new(Outcome::DnsNoAnswer, ooni::DNS_NO_ANSWER, "no address records"), addrs));
+    let ((q6, r6), (q4, r4)) = tokio::join!(
+        query(resolver, &fqdn, RecordType::AAAA, deadline),
+        query(resolver, &fqdn, RecordType::A, deadline)
+    );
+    let mut resolved = Resolved { addrs: Vec::new(), queries: vec![q6, q4] };
+    match (r6, r4) {
+        (Err(f), Err(_)) => return Err((f, resolved)),
+        (r6, r4) => {
+            resolved.addrs = r6.unwrap_or_default();
+            resolved.addrs.extend(r4.unwrap_or_default());
+        }
     }
+    let addrs = &resolved.addrs;
     let forged: Vec<String> = addrs
         .iter()
         .filter(|a| poison.contains(a) || is_sinkhole(**a) || (!allow_private && is_bogon(**a)))
@@ -71,9 +128,9 @@ pub(crate) async fn resolve(
         .collect();
     if !forged.is_empty() {
         let detail = format!("answer contains bogon or poisoned addresses: {}", forged.join(", "));
-        return Err((Failure::new(Outcome::DnsBogon, ooni::DNS_BOGON, detail), addrs));
+        return Err((Failure::new(Outcome::DnsBogon, ooni::DNS_BOGON, detail), resolved));
     }
-    Ok(addrs)
+    Ok(resolved)
 }
 
 fn classify_net_error(e: &NetError) -> Failure {

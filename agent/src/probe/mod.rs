@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blockwatch_proto::Outcome;
-use blockwatch_proto::v1::{PhaseDurations, ProbeResult};
+use blockwatch_proto::v1::{DnsQuery, Header, PhaseDurations, ProbeResult};
 use bytes::Bytes;
 use hickory_resolver::TokioResolver;
 use http_body_util::Empty;
@@ -125,7 +125,7 @@ pub struct ProbeReport {
     pub provider_code: String,
     /// The provider id of the spec.
     pub provider: String,
-    /// `ip:port` connected to, empty when none.
+    /// `ip:port` connected to (or tried, when the connection failed), empty when none was tried.
     pub peer_address: String,
     /// `ip:port` connected from, empty when none.
     pub local_address: String,
@@ -137,6 +137,22 @@ pub struct ProbeReport {
     pub detail: String,
     /// True when a credential was sent.
     pub keyed: bool,
+    /// The URL probed.
+    pub url: String,
+    /// The DNS queries, each with its records or its failure.
+    pub dns_queries: Vec<DnsQuery>,
+    /// The TLS session: version (`TLSv1.3`), cipher suite (IANA name), ALPN protocol.
+    pub tls_version: String,
+    pub tls_cipher_suite: String,
+    pub tls_alpn: String,
+    /// The request's headers as sent, without the credential's.
+    pub request_headers: Vec<(String, String)>,
+    /// The response's headers, as received (grouped by name).
+    pub response_headers: Vec<(String, String)>,
+    /// The body's first bytes ([`blockwatch_proto::bounds::BODY_PREFIX_BYTES`]), and whether
+    /// it went on.
+    pub body_prefix: Vec<u8>,
+    pub body_truncated: bool,
 }
 
 impl ProbeReport {
@@ -155,6 +171,15 @@ impl ProbeReport {
             edge_headers: BTreeMap::new(),
             detail: String::new(),
             keyed: false,
+            url: String::new(),
+            dns_queries: Vec::new(),
+            tls_version: String::new(),
+            tls_cipher_suite: String::new(),
+            tls_alpn: String::new(),
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            body_prefix: Vec::new(),
+            body_truncated: false,
         }
     }
 
@@ -174,6 +199,16 @@ impl ProbeReport {
         r.edge_headers = self.edge_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
         r.detail = self.detail.clone();
         r.keyed = self.keyed;
+        r.url = self.url.clone();
+        r.dns_queries = self.dns_queries.clone();
+        r.tls_version = self.tls_version.clone();
+        r.tls_cipher_suite = self.tls_cipher_suite.clone();
+        r.tls_alpn = self.tls_alpn.clone();
+        let header = |(name, value): &(String, String)| Header { name: name.clone(), value: value.clone() };
+        r.request_headers = self.request_headers.iter().map(header).collect();
+        r.response_headers = self.response_headers.iter().map(header).collect();
+        r.body_prefix = self.body_prefix.clone();
+        r.body_truncated = self.body_truncated;
         // A hostile endpoint's huge header or code makes a bounded result, not a refused one.
         blockwatch_proto::bounds::cap_result(r);
     }
@@ -218,6 +253,7 @@ impl Engine {
     pub async fn probe(&self, spec: &ProbeSpec) -> ProbeReport {
         let start = Instant::now();
         let mut rep = ProbeReport::new(spec.provider.id());
+        rep.url = spec.url.clone();
         if let Err(f) = self.run(spec, start + spec.timeout, &mut rep).await {
             rep.outcome = f.outcome;
             rep.failure = f.failure;
@@ -315,12 +351,14 @@ impl Engine {
                         .await;
                 rep.durations.dns_us = micros(t.elapsed());
                 match res {
-                    Ok(addrs) => {
-                        rep.resolved = addrs.clone();
-                        addrs
+                    Ok(resolved) => {
+                        rep.resolved = resolved.addrs.clone();
+                        rep.dns_queries = resolved.queries;
+                        resolved.addrs
                     }
-                    Err((failure, addrs)) => {
-                        rep.resolved = addrs;
+                    Err((failure, resolved)) => {
+                        rep.resolved = resolved.addrs;
+                        rep.dns_queries = resolved.queries;
                         return Err(failure.during(operation::RESOLVE));
                     }
                 }
@@ -334,10 +372,10 @@ impl Engine {
         let peer = SocketAddr::new(ip, target.port);
 
         let t = Instant::now();
+        rep.peer_address = peer.to_string();
         let res = tcp::connect(peer, spec.source_address, deadline).await;
         rep.durations.connect_us = micros(t.elapsed());
         let tcp = res.map_err(|f| f.during(operation::CONNECT))?;
-        rep.peer_address = peer.to_string();
         rep.local_address = tcp.local_addr().map(|a| a.to_string()).unwrap_or_default();
         if target.scheme == Scheme::Tcp {
             return Ok(None);
@@ -349,9 +387,27 @@ impl Engine {
         let res = tls::handshake(self.inner.tls.clone(), name, tcp, deadline).await;
         rep.durations.tls_us = micros(t.elapsed());
         let tls = res.map_err(|f| f.during(operation::TLS_HANDSHAKE))?;
+        let session = tls.get_ref().1;
+        rep.tls_version = session.protocol_version().and_then(|v| v.as_str()).unwrap_or_default().replace('_', ".");
+        rep.tls_cipher_suite = session
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .map(|n| n.replacen("TLS13_", "TLS_", 1))
+            .unwrap_or_default();
+        rep.tls_alpn = session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
 
         let req = build_request(target, &spec.provider, credential)?;
         rep.keyed = credential.is_some();
+        // What was sent, except the credential: its header is left out whatever it is named.
+        let secret = credential.map(|c| c.header(spec.provider.config().auth).0);
+        rep.request_headers = req
+            .headers()
+            .iter()
+            .filter(|(name, value)| {
+                !value.is_sensitive() && secret.is_none_or(|s| !name.as_str().eq_ignore_ascii_case(s))
+            })
+            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
         let answer = match http::exchange(tls, req, self.inner.body_cap, deadline).await {
             Ok(a) => a,
             Err((failure, spent)) => {
@@ -362,6 +418,15 @@ impl Engine {
         rep.durations.http_ttfb_us = micros(answer.ttfb);
         rep.durations.http_us = micros(answer.total);
         rep.http_status = u32::from(answer.status);
+        rep.response_headers = answer
+            .headers
+            .iter()
+            .take(blockwatch_proto::bounds::LIST_LEN)
+            .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            .collect();
+        let keep = answer.body.len().min(blockwatch_proto::bounds::BODY_PREFIX_BYTES);
+        rep.body_prefix = answer.body[..keep].to_vec();
+        rep.body_truncated = answer.body.len() > keep || answer.body.len() >= self.inner.body_cap;
         for name in EDGE_HEADERS {
             if let Some(v) = answer.headers.get(*name).and_then(|v| v.to_str().ok()) {
                 rep.edge_headers.insert(name.to_string(), v.to_string());

@@ -73,6 +73,9 @@ pub fn problem(r: &ProbeResult, from: &Sender<'_>, limits: &Limits) -> Option<St
         ("local_address", &r.local_address),
         ("egress_address", &r.egress_address),
         ("egress_as_org", &r.egress_as_org),
+        ("tls_version", &r.tls_version),
+        ("tls_cipher_suite", &r.tls_cipher_suite),
+        ("tls_alpn", &r.tls_alpn),
     ] {
         if value.len() > max {
             return Some(format!("probe {id}: {field} of {} bytes: at most {max}", value.len()));
@@ -94,7 +97,27 @@ pub fn problem(r: &ProbeResult, from: &Sender<'_>, limits: &Limits) -> Option<St
     if r.detail.len() > limits.max_detail_bytes {
         return Some(format!("probe {id}: detail of {} bytes: at most {}", r.detail.len(), limits.max_detail_bytes));
     }
-    let lists = [("resolved_addresses", r.resolved_addresses.len()), ("edge_headers", r.edge_headers.len())];
+    if r.url.len() > blockwatch_proto::bounds::URL_BYTES {
+        return Some(format!(
+            "probe {id}: url of {} bytes: at most {}",
+            r.url.len(),
+            blockwatch_proto::bounds::URL_BYTES
+        ));
+    }
+    if r.body_prefix.len() > blockwatch_proto::bounds::BODY_PREFIX_BYTES {
+        return Some(format!(
+            "probe {id}: body_prefix of {} bytes: at most {}",
+            r.body_prefix.len(),
+            blockwatch_proto::bounds::BODY_PREFIX_BYTES
+        ));
+    }
+    let lists = [
+        ("resolved_addresses", r.resolved_addresses.len()),
+        ("edge_headers", r.edge_headers.len()),
+        ("answers of a dns query", r.dns_queries.iter().map(|q| q.answers.len()).max().unwrap_or(0)),
+        ("request_headers", r.request_headers.len()),
+        ("response_headers", r.response_headers.len()),
+    ];
     for (field, n) in lists {
         if n > limits.max_list_len {
             return Some(format!("probe {id}: {n} {field}: at most {}", limits.max_list_len));
@@ -105,6 +128,37 @@ pub fn problem(r: &ProbeResult, from: &Sender<'_>, limits: &Limits) -> Option<St
     }
     if r.edge_headers.iter().any(|(k, v)| k.len() > max || v.len() > max) {
         return Some(format!("probe {id}: an edge header is longer than {max} bytes"));
+    }
+    for (field, list) in [("request_headers", &r.request_headers), ("response_headers", &r.response_headers)] {
+        if list.iter().any(|h| h.name.len() > max || h.value.len() > max) {
+            return Some(format!("probe {id}: a header of {field} is longer than {max} bytes"));
+        }
+    }
+    // Record types are words the export maps (`A`, `AAAA`, `CNAME`), not free text.
+    let dns_type =
+        |t: &str| (1..=10).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if r.dns_queries.len() > blockwatch_proto::bounds::DNS_QUERIES {
+        return Some(format!(
+            "probe {id}: {} dns queries: at most {}",
+            r.dns_queries.len(),
+            blockwatch_proto::bounds::DNS_QUERIES
+        ));
+    }
+    for q in &r.dns_queries {
+        if !dns_type(&q.query_type) {
+            return Some(format!("probe {id}: dns query type {:?}: 1-10 of A-Z and 0-9", shown(&q.query_type)));
+        }
+        if q.failure.len() > max {
+            return Some(format!("probe {id}: a dns query's failure is longer than {max} bytes"));
+        }
+        for a in &q.answers {
+            if !dns_type(&a.answer_type) {
+                return Some(format!("probe {id}: dns answer type {:?}: 1-10 of A-Z and 0-9", shown(&a.answer_type)));
+            }
+            if a.value.len() > max {
+                return Some(format!("probe {id}: a dns answer is longer than {max} bytes"));
+            }
+        }
     }
     match Outcome::try_from(r.outcome) {
         Ok(Outcome::Unspecified) | Err(_) => Some(format!("probe {id}: outcome {} is not a known outcome", r.outcome)),
@@ -127,6 +181,8 @@ fn shown(s: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
+    use blockwatch_proto::v1::{DnsAnswer, DnsQuery, Header};
+
     use super::*;
 
     const NOW: Millis = 1_700_000_000_000;
@@ -197,6 +253,20 @@ mod tests {
             ProbeResult { resolved_addresses: vec!["1.1.1.1".into(); 33], ..good() },
             ProbeResult { edge_headers: [("server".to_string(), big.clone())].into(), ..good() },
             ProbeResult { probe_id: format!("a1/{big}"), ..good() },
+            ProbeResult { url: "u".repeat(3000), ..good() },
+            ProbeResult { tls_cipher_suite: big.clone(), ..good() },
+            ProbeResult { body_prefix: vec![0; 257], ..good() },
+            ProbeResult { response_headers: vec![Header { name: "a".into(), value: big.clone() }], ..good() },
+            ProbeResult { request_headers: vec![Header::default(); 33], ..good() },
+            ProbeResult { dns_queries: vec![dns("A", "A", "1.1.1.1", 33)], ..good() },
+            ProbeResult { dns_queries: vec![dns("A", "A", "1.1.1.1", 1); 5], ..good() },
+            ProbeResult { dns_queries: vec![dns("a", "A", "1.1.1.1", 1)], ..good() },
+            ProbeResult { dns_queries: vec![dns("A", "A; DROP", "1.1.1.1", 1)], ..good() },
+            ProbeResult { dns_queries: vec![dns("A", "CNAME", &big, 1)], ..good() },
+            ProbeResult {
+                dns_queries: vec![DnsQuery { failure: big.clone(), ..dns("A", "A", "1.1.1.1", 0) }],
+                ..good()
+            },
         ] {
             assert!(check(&r).is_some(), "{r:?}");
         }
@@ -207,6 +277,20 @@ mod tests {
             ..good()
         };
         assert_eq!(check(&network), None);
+        let full = ProbeResult {
+            url: "https://api.openai.com/v1/models".into(),
+            dns_queries: vec![dns("A", "CNAME", "edge.example.", 1), dns("AAAA", "AAAA", "2001:db8::1", 32)],
+            tls_version: "TLSv1_3".into(),
+            response_headers: vec![Header { name: "server".into(), value: "x".into() }; 32],
+            body_prefix: vec![0xff; 256],
+            ..good()
+        };
+        assert_eq!(check(&full), None);
+    }
+
+    fn dns(q: &str, a: &str, v: &str, n: usize) -> DnsQuery {
+        let answer = DnsAnswer { answer_type: a.into(), value: v.into(), ttl: 1 };
+        DnsQuery { query_type: q.into(), failure: String::new(), answers: vec![answer; n] }
     }
 
     proptest::proptest! {

@@ -10,7 +10,7 @@ pub use line::{LineError, TraceLine, outcome_named};
 use serde::{Deserialize, Serialize};
 
 use crate::time::{Millis, format_rfc3339, from_timestamp, parse_rfc3339, to_timestamp};
-use crate::v1::{Outcome, PhaseDurations, ProbeResult, StoredResult};
+use crate::v1::{DnsAnswer, DnsQuery, Header, Outcome, PhaseDurations, ProbeResult, StoredResult};
 
 /// One probe result as a line of JSON. The first ten fields are the trace format's; the rest
 /// are blockwatch's own and optional (a trace without them reads fine).
@@ -81,6 +81,86 @@ pub struct TraceRecord {
     pub edge_headers: std::collections::BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub keyed: bool,
+    /// The URL probed.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// The DNS queries, each with its answer record by record or its failure.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_queries: Vec<DnsQueryRecord>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tls_version: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tls_cipher_suite: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tls_alpn: String,
+    /// The request's headers as sent (never the credential's), `[name, value]` pairs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<(String, String)>,
+    /// The response's headers in the order received, `[name, value]` pairs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers: Vec<(String, String)>,
+    /// The body's first bytes: a string when they are UTF-8, else
+    /// `{"format": "base64", "data": ...}` (OONI's form for binary data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_prefix: Option<MaybeBinary>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub body_truncated: bool,
+}
+
+/// One DNS query.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsQueryRecord {
+    /// `A` or `AAAA`.
+    pub query_type: String,
+    /// OONI's failure string; empty when answered.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub failure: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub answers: Vec<DnsRecord>,
+}
+
+/// One record of a DNS answer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DnsRecord {
+    /// `A`, `AAAA` or `CNAME`.
+    pub answer_type: String,
+    /// An address, or a name for a CNAME.
+    pub value: String,
+    #[serde(default)]
+    pub ttl: u32,
+}
+
+/// Bytes as JSON: text when they are UTF-8, base64 when not.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MaybeBinary {
+    Text(String),
+    Binary { format: String, data: String },
+}
+
+impl MaybeBinary {
+    pub fn of(bytes: &[u8]) -> MaybeBinary {
+        use base64::Engine;
+        match std::str::from_utf8(bytes) {
+            Ok(s) => MaybeBinary::Text(s.to_string()),
+            Err(_) => MaybeBinary::Binary {
+                format: "base64".into(),
+                data: base64::engine::general_purpose::STANDARD.encode(bytes),
+            },
+        }
+    }
+
+    /// The bytes; `None` for base64 that does not decode or another format.
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        use base64::Engine;
+        match self {
+            MaybeBinary::Text(s) => Some(s.as_bytes().to_vec()),
+            MaybeBinary::Binary { format, data } if format == "base64" => {
+                base64::engine::general_purpose::STANDARD.decode(data).ok()
+            }
+            MaybeBinary::Binary { .. } => None,
+        }
+    }
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -145,6 +225,27 @@ impl TraceRecord {
             detail: r.detail.clone(),
             edge_headers: r.edge_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             keyed: r.keyed,
+            url: r.url.clone(),
+            dns_queries: r
+                .dns_queries
+                .iter()
+                .map(|q| DnsQueryRecord {
+                    query_type: q.query_type.clone(),
+                    failure: q.failure.clone(),
+                    answers: q
+                        .answers
+                        .iter()
+                        .map(|a| DnsRecord { answer_type: a.answer_type.clone(), value: a.value.clone(), ttl: a.ttl })
+                        .collect(),
+                })
+                .collect(),
+            tls_version: r.tls_version.clone(),
+            tls_cipher_suite: r.tls_cipher_suite.clone(),
+            tls_alpn: r.tls_alpn.clone(),
+            request_headers: r.request_headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
+            response_headers: r.response_headers.iter().map(|h| (h.name.clone(), h.value.clone())).collect(),
+            body_prefix: (!r.body_prefix.is_empty()).then(|| MaybeBinary::of(&r.body_prefix)),
+            body_truncated: r.body_truncated,
         }
     }
 
@@ -216,6 +317,35 @@ impl TraceRecord {
             detail: self.detail.clone(),
             edge_headers: self.edge_headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             keyed: self.keyed,
+            url: self.url.clone(),
+            dns_queries: self
+                .dns_queries
+                .iter()
+                .map(|q| DnsQuery {
+                    query_type: q.query_type.clone(),
+                    failure: q.failure.clone(),
+                    answers: q
+                        .answers
+                        .iter()
+                        .map(|a| DnsAnswer { answer_type: a.answer_type.clone(), value: a.value.clone(), ttl: a.ttl })
+                        .collect(),
+                })
+                .collect(),
+            tls_version: self.tls_version.clone(),
+            tls_cipher_suite: self.tls_cipher_suite.clone(),
+            tls_alpn: self.tls_alpn.clone(),
+            request_headers: self
+                .request_headers
+                .iter()
+                .map(|(n, v)| Header { name: n.clone(), value: v.clone() })
+                .collect(),
+            response_headers: self
+                .response_headers
+                .iter()
+                .map(|(n, v)| Header { name: n.clone(), value: v.clone() })
+                .collect(),
+            body_prefix: self.body_prefix.as_ref().and_then(MaybeBinary::bytes).unwrap_or_default(),
+            body_truncated: self.body_truncated,
             ..Default::default()
         };
         r.set_outcome(self.outcome()?);
@@ -262,12 +392,41 @@ mod tests {
             detail: "status 403: ...".into(),
             edge_headers: [("cf-ray".to_string(), "8f00-HKG".to_string())].into(),
             keyed: true,
+            url: "https://api.openai.com/v1/models".into(),
+            dns_queries: vec![
+                DnsQuery { query_type: "AAAA".into(), failure: "dns_no_answer".into(), answers: vec![] },
+                DnsQuery {
+                    query_type: "A".into(),
+                    failure: String::new(),
+                    answers: vec![
+                        DnsAnswer { answer_type: "CNAME".into(), value: "edge.example.".into(), ttl: 30 },
+                        DnsAnswer { answer_type: "A".into(), value: "203.0.113.7".into(), ttl: 30 },
+                    ],
+                },
+            ],
+            tls_version: "TLSv1_3".into(),
+            tls_cipher_suite: "TLS13_AES_128_GCM_SHA256".into(),
+            tls_alpn: "http/1.1".into(),
+            request_headers: vec![Header { name: "host".into(), value: "api.openai.com".into() }],
+            response_headers: vec![
+                Header { name: "server".into(), value: "cloudflare".into() },
+                Header { name: "set-cookie".into(), value: "a=1".into() },
+                Header { name: "set-cookie".into(), value: "b=2".into() },
+            ],
+            body_prefix: br#"{"error":{"code":"unsupported_country_region_territory"}}"#.to_vec(),
+            body_truncated: true,
             ..Default::default()
         };
         r.set_outcome(Outcome::HttpGeoBlocked);
+        for body in [r.body_prefix.clone(), vec![0xff, 0, 0x80, b'x']] {
+            r.body_prefix = body;
+            let line = serde_json::to_string(&TraceRecord::from_result(&r, None)).unwrap();
+            let back: TraceRecord = serde_json::from_str(&line).unwrap();
+            assert_eq!(back.to_result().unwrap(), r, "{line}");
+        }
+        // Binary bodies are base64, as OONI writes them.
         let line = serde_json::to_string(&TraceRecord::from_result(&r, None)).unwrap();
-        let back: TraceRecord = serde_json::from_str(&line).unwrap();
-        assert_eq!(back.to_result().unwrap(), r, "{line}");
+        assert!(line.contains(r#""body_prefix":{"format":"base64","data":"/wCAeA=="}"#), "{line}");
     }
 
     #[test]

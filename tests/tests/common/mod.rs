@@ -32,6 +32,15 @@ pub fn provider(id: &str) -> Arc<Provider> {
     Catalogue::builtin().get(id).expect("built-in provider")
 }
 
+/// OpenAI's entry, claiming the loopback test host so a credential may be sent to it.
+pub fn local_openai() -> Arc<Provider> {
+    let mut cat = Catalogue::builtin();
+    let mut cfg = cat.get("openai").unwrap().config().clone();
+    cfg.hosts = vec!["127.0.0.1".into()];
+    cat.extend(vec![cfg]).unwrap();
+    cat.get("openai").unwrap()
+}
+
 /// A keyless spec for a local target.
 pub fn spec(url: String, provider: Arc<Provider>, timeout: Duration) -> ProbeSpec {
     ProbeSpec { url, provider, timeout, source_address: None, allow_private: true, credential: None }
