@@ -231,8 +231,73 @@ enum RowWriter<W: Write + Send> {
 struct ParquetRows<W: Write + Send> {
     writer: parquet::arrow::ArrowWriter<W>,
     schema: Arc<Schema>,
-    cols: Columns,
-    rows: Vec<Vec<V>>,
+    /// The row group being gathered, column by column.
+    cols: Vec<Col>,
+    rows: usize,
+}
+
+/// One column of the row group being gathered.
+enum Col {
+    Str(StringBuilder),
+    Dict(StringDictionaryBuilder<Int32Type>),
+    Ts(TimestampMillisecondBuilder),
+    U32(UInt32Builder),
+    U64(UInt64Builder),
+    F64(Float64Builder),
+    Bool(BooleanBuilder),
+    Bin(BinaryBuilder),
+}
+
+impl Col {
+    fn new(ty: Ty) -> Col {
+        match ty {
+            Ty::Str => Col::Str(StringBuilder::new()),
+            Ty::Dict => Col::Dict(StringDictionaryBuilder::new()),
+            Ty::Ts => Col::Ts(TimestampMillisecondBuilder::new().with_timezone("UTC")),
+            Ty::U32 => Col::U32(UInt32Builder::new()),
+            Ty::U64 => Col::U64(UInt64Builder::new()),
+            Ty::F64 => Col::F64(Float64Builder::new()),
+            Ty::Bool => Col::Bool(BooleanBuilder::new()),
+            Ty::Bin => Col::Bin(BinaryBuilder::new()),
+        }
+    }
+
+    fn push(&mut self, v: V) {
+        match (self, v) {
+            (Col::Str(b), V::S(s)) => b.append_value(s),
+            (Col::Str(b), _) => b.append_value(""),
+            (Col::Dict(b), V::S(s)) => {
+                b.append_value(s);
+            }
+            (Col::Dict(b), _) => {
+                b.append_value("");
+            }
+            (Col::Ts(b), V::T(t)) => b.append_option(t),
+            (Col::U32(b), V::U(u)) => b.append_option(u.and_then(|u| u32::try_from(u).ok())),
+            (Col::U64(b), V::U(u)) => b.append_option(u),
+            (Col::F64(b), V::F(f)) => b.append_option(f),
+            (Col::Bool(b), v) => b.append_value(matches!(v, V::B(true))),
+            (Col::Bin(b), V::Bin(x)) if !x.is_empty() => b.append_value(x),
+            (Col::Bin(b), _) => b.append_null(),
+            (Col::Ts(b), _) => b.append_null(),
+            (Col::U32(b), _) => b.append_null(),
+            (Col::U64(b), _) => b.append_null(),
+            (Col::F64(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Col::Str(b) => Arc::new(b.finish()),
+            Col::Dict(b) => Arc::new(b.finish()),
+            Col::Ts(b) => Arc::new(b.finish()),
+            Col::U32(b) => Arc::new(b.finish()),
+            Col::U64(b) => Arc::new(b.finish()),
+            Col::F64(b) => Arc::new(b.finish()),
+            Col::Bool(b) => Arc::new(b.finish()),
+            Col::Bin(b) => Arc::new(b.finish()),
+        }
+    }
 }
 
 fn arrow_schema(cols: Columns) -> Arc<Schema> {
@@ -256,68 +321,27 @@ fn arrow_schema(cols: Columns) -> Arc<Schema> {
 }
 
 impl<W: Write + Send> ParquetRows<W> {
+    fn push(&mut self, values: Vec<V>) -> Result<(), ExportError> {
+        for (col, v) in self.cols.iter_mut().zip(values) {
+            col.push(v);
+        }
+        self.rows += 1;
+        if self.rows >= ROW_GROUP {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes the gathered rows as one row group.
     fn flush(&mut self) -> Result<(), ExportError> {
-        if self.rows.is_empty() {
+        if self.rows == 0 {
             return Ok(());
         }
-        let mut arrays: Vec<ArrayRef> = Vec::with_capacity(self.cols.len());
-        for (i, (_, ty)) in self.cols.iter().enumerate() {
-            let col = self.rows.iter().map(|r| &r[i]);
-            let array: ArrayRef = match ty {
-                Ty::Str => {
-                    let mut b = StringBuilder::new();
-                    col.for_each(|v| b.append_value(if let V::S(s) = v { s.as_str() } else { "" }));
-                    Arc::new(b.finish())
-                }
-                Ty::Dict => {
-                    let mut b = StringDictionaryBuilder::<Int32Type>::new();
-                    col.for_each(|v| {
-                        b.append_value(if let V::S(s) = v { s.as_str() } else { "" });
-                    });
-                    Arc::new(b.finish())
-                }
-                Ty::Ts => {
-                    let mut b = TimestampMillisecondBuilder::new().with_timezone("UTC");
-                    col.for_each(|v| b.append_option(if let V::T(t) = v { *t } else { None }));
-                    Arc::new(b.finish())
-                }
-                Ty::U32 => {
-                    let mut b = UInt32Builder::new();
-                    col.for_each(|v| {
-                        b.append_option(if let V::U(u) = v { u.and_then(|u| u32::try_from(u).ok()) } else { None })
-                    });
-                    Arc::new(b.finish())
-                }
-                Ty::U64 => {
-                    let mut b = UInt64Builder::new();
-                    col.for_each(|v| b.append_option(if let V::U(u) = v { *u } else { None }));
-                    Arc::new(b.finish())
-                }
-                Ty::F64 => {
-                    let mut b = Float64Builder::new();
-                    col.for_each(|v| b.append_option(if let V::F(f) = v { *f } else { None }));
-                    Arc::new(b.finish())
-                }
-                Ty::Bool => {
-                    let mut b = BooleanBuilder::new();
-                    col.for_each(|v| b.append_value(matches!(v, V::B(true))));
-                    Arc::new(b.finish())
-                }
-                Ty::Bin => {
-                    let mut b = BinaryBuilder::new();
-                    col.for_each(|v| match v {
-                        V::Bin(x) if !x.is_empty() => b.append_value(x),
-                        _ => b.append_null(),
-                    });
-                    Arc::new(b.finish())
-                }
-            };
-            arrays.push(array);
-        }
+        let arrays: Vec<ArrayRef> = self.cols.iter_mut().map(Col::finish).collect();
         let batch = RecordBatch::try_new(Arc::clone(&self.schema), arrays).map_err(pq)?;
         self.writer.write(&batch).map_err(pq)?;
         self.writer.flush().map_err(pq)?;
-        self.rows.clear();
+        self.rows = 0;
         Ok(())
     }
 }
@@ -342,7 +366,8 @@ impl<W: Write + Send> RowWriter<W> {
                     .set_created_by(concat!("blockwatch-collector ", env!("CARGO_PKG_VERSION")).into())
                     .build();
                 let writer = parquet::arrow::ArrowWriter::try_new(out, Arc::clone(&schema), Some(props)).map_err(pq)?;
-                RowWriter::Parquet(Box::new(ParquetRows { writer, schema, cols, rows: Vec::with_capacity(ROW_GROUP) }))
+                let cols = cols.iter().map(|(_, ty)| Col::new(*ty)).collect();
+                RowWriter::Parquet(Box::new(ParquetRows { writer, schema, cols, rows: 0 }))
             }
         })
     }
@@ -372,12 +397,7 @@ impl<W: Write + Send> RowWriter<W> {
             RowWriter::Csv(w) => {
                 w.write_record(values.into_iter().map(csv_value)).map_err(std::io::Error::other)?;
             }
-            RowWriter::Parquet(p) => {
-                p.rows.push(values);
-                if p.rows.len() >= ROW_GROUP {
-                    p.flush()?;
-                }
-            }
+            RowWriter::Parquet(p) => p.push(values)?,
         }
         Ok(())
     }

@@ -51,7 +51,7 @@ pub fn run(
     if !dir.is_dir() {
         bail!("no store at {}", dir.display());
     }
-    let store = Store::open(&dir).with_context(|| {
+    let store = Store::open_for_scan(&dir).with_context(|| {
         format!(
             "cannot open the store at {} (a running collector holds it: export through GET /v1/export)",
             dir.display()

@@ -38,6 +38,8 @@ pub const WRITE_QUEUE: usize = 64;
 /// few million results fjall's default (32 MiB) no longer holds its filters and upper blocks,
 /// and every check goes to the disk.
 pub const CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// The block cache of a store opened for one pass through it ([`Store::open_for_scan`]).
+pub const SCAN_CACHE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Bound on fjall's journal before it forces memtable flushes.
 const MAX_JOURNAL_BYTES: u64 = 128 * 1024 * 1024;
@@ -110,12 +112,19 @@ impl Store {
     /// store order. With `min_free` bytes, results are refused (`StoreError::DiskFull`) while
     /// less is free on the store's filesystem.
     pub fn open_feeding(dir: &Path, feed: Option<Feed>, min_free: u64) -> Result<Store, StoreError> {
+        Store::open_with(dir, feed, min_free, CACHE_BYTES)
+    }
+
+    /// Like [`Store::open`], with a block cache of [`SCAN_CACHE_BYTES`]: for a command that
+    /// reads the store once through (an export), where a big cache only holds memory.
+    pub fn open_for_scan(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, None, 0, SCAN_CACHE_BYTES)
+    }
+
+    fn open_with(dir: &Path, feed: Option<Feed>, min_free: u64, cache: u64) -> Result<Store, StoreError> {
         let open_err = |e: fjall::Error| StoreError::Open { path: dir.to_owned(), cause: describe(&e) };
-        let db = Database::builder(dir)
-            .max_journaling_size(MAX_JOURNAL_BYTES)
-            .cache_size(CACHE_BYTES)
-            .open()
-            .map_err(open_err)?;
+        let db =
+            Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).cache_size(cache).open().map_err(open_err)?;
         let ks = Keyspaces {
             results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
             ids: db.keyspace("ids", KeyspaceCreateOptions::default).map_err(open_err)?,
