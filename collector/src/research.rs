@@ -677,11 +677,13 @@ pub fn export<W: Write + Send>(
         What::Results => {
             for stored in store.numbered_results_after(0) {
                 let (seq, stored) = stored?;
-                let rec = TraceRecord::from_stored(&stored);
-                let at = parse_ts(&rec.started_at).unwrap_or(0);
-                if !(from..to).contains(&at) || !keep(&rec.target, &rec.region) {
+                // The filter on the stored result itself, before any copy of it is made.
+                let Some(r) = &stored.result else { continue };
+                let at = r.started_at.as_ref().map_or(0, blockwatch_proto::time::from_timestamp);
+                if !(from..to).contains(&at) || !keep(&r.target_id, &r.region) {
                     continue;
                 }
+                let rec = TraceRecord::from_stored(&stored);
                 rows.push(Row {
                     values: result_values(seq, &rec),
                     at,
