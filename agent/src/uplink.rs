@@ -12,8 +12,8 @@ use std::time::Duration;
 use blockwatch_proto::pace::TokenBucket;
 use blockwatch_proto::v1::fleet_client::FleetClient;
 use blockwatch_proto::v1::{
-    AgentMessage, Heartbeat, Hello, Plan, ProbeResult, RegisterRequest, ResultBatch, SpoolDrops, agent_message,
-    collector_message,
+    AgentMessage, Goodbye, Heartbeat, Hello, Plan, ProbeResult, RegisterRequest, ResultBatch, SpoolDrops,
+    agent_message, collector_message,
 };
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::{Instant, sleep_until};
@@ -374,6 +374,7 @@ impl Uplink {
                 }
                 _ = async { sleep_until(draining_until.unwrap_or_else(Instant::now)).await }, if draining_until.is_some() => {
                     tracing::warn!(unacked = in_flight.len(), "shutdown deadline: leaving unacked results in the spool");
+                    goodbye(tx, inbound).await;
                     return Ok(End::Stopped);
                 }
             }
@@ -414,10 +415,28 @@ impl Uplink {
                 }
             }
             if draining_until.is_some() && in_flight.is_empty() && self.spool.stats().pending == 0 {
+                goodbye(tx, inbound).await;
                 return Ok(End::Stopped);
             }
         }
     }
+}
+
+/// How long a clean stop waits for the collector to close its side after the goodbye.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+
+/// Tells the collector this agent is stopping cleanly (stopped, not silent), ends the stream,
+/// and waits a moment for the collector to end its side: it has read the goodbye by then.
+async fn goodbye(
+    tx: mpsc::Sender<AgentMessage>,
+    mut inbound: tonic::Streaming<blockwatch_proto::v1::CollectorMessage>,
+) {
+    let bye = AgentMessage { kind: Some(agent_message::Kind::Goodbye(Goodbye {})) };
+    if tx.send(bye).await.is_err() {
+        return;
+    }
+    drop(tx);
+    let _ = tokio::time::timeout(GOODBYE_WAIT, async { while let Ok(Some(_)) = inbound.message().await {} }).await;
 }
 
 /// Most bytes of results in one batch message: under the gRPC message limit with room for

@@ -992,6 +992,8 @@ struct AgentView {
     connected: bool,
     /// Nothing heard (result or heartbeat) for three heartbeat intervals.
     silent: bool,
+    /// It said goodbye (stopped cleanly) and has not registered since.
+    stopped: bool,
     version: String,
     last_seen: String,
     spooled: u64,
@@ -1065,6 +1067,7 @@ async fn agents(
                 AgentView {
                     connected: connected.contains(&id),
                     silent: api.ingest.is_silent(&a, now),
+                    stopped: a.stopped,
                     region: a.region,
                     version: a.version,
                     last_seen: blockwatch_proto::time::format_rfc3339(a.last_seen),

@@ -129,13 +129,15 @@ pub fn render(s: &Scrape<'_>) -> Result<String, String> {
     add(Box::new(cell_state))?;
     add(Box::new(cells_by_state))?;
     // Agents.
-    let agents = gauge("blockwatch_agents", "Agents known, connected now, and silent.", &["state"]);
+    let agents =
+        gauge("blockwatch_agents", "Agents known, connected now, silent, and stopped (said goodbye).", &["state"]);
     let now = blockwatch_proto::time::now();
     let known = s.ingest.agents();
     let connected = s.ingest.streams().connected();
     agents.with_label_values(&["known"]).set(known.len() as i64);
     agents.with_label_values(&["connected"]).set(known.keys().filter(|id| connected.contains(*id)).count() as i64);
     agents.with_label_values(&["silent"]).set(known.values().filter(|a| s.ingest.is_silent(a, now)).count() as i64);
+    agents.with_label_values(&["stopped"]).set(known.values().filter(|a| a.stopped).count() as i64);
     add(Box::new(agents))?;
     let lag = Gauge::new(
         "blockwatch_detector_lag_seconds",

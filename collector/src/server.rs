@@ -291,6 +291,11 @@ impl Collector {
         if tokio::time::timeout(deadline, server).await.is_err() {
             tracing::warn!("streams still open at the shutdown deadline; closing anyway");
         }
+        // What was last heard of each agent, kept for the next start.
+        let saving = std::sync::Arc::clone(&ingest);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || saving.save_agents(true)).await {
+            tracing::warn!(error = %e, "cannot save the agent registry");
+        }
         drop(ingest);
         if tokio::time::timeout(deadline, api).await.is_err() {
             tracing::warn!("API requests still running at the shutdown deadline");

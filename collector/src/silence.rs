@@ -30,6 +30,11 @@ pub(crate) async fn watch_silence(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+        // The registry's changes since the last tick go to the store (a restart knows them).
+        let saving = Arc::clone(&ingest);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || saving.save_agents(false)).await {
+            tracing::warn!(error = %e, "cannot save the agent registry");
+        }
         let now = blockwatch_proto::time::now();
         let mut out = Vec::new();
         for (id, a) in ingest.agents() {

@@ -348,3 +348,54 @@ fn an_agent_that_stops_talking_is_marked_silent_and_back() {
     let (_, all) = http_get(collector.api, "/v1/events");
     assert_eq!(all.matches("agent_silent").count(), 1, "{all}");
 }
+
+/// The collector keeps its agents across a restart: one that stays away afterwards is
+/// reported silent by the new process, and one stopped cleanly (SIGTERM: it says goodbye) is
+/// reported stopped, never silent.
+#[test]
+fn agents_are_known_across_restarts_and_a_clean_stop_is_not_silence() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = Provider::start(dir.path());
+    let collector = CollectorProc::start(dir.path(), None, "heartbeat_interval = \"1s\"");
+    let cfg = |id: &str, ip: &str| {
+        agent_toml(id, "eu", collector.addr, &provider, dir.path(), ip, 1)
+            .replace("interval = \"1s\"", "interval = \"10m\"")
+    };
+    let view = |api, id: &str| -> Option<serde_json::Value> {
+        let (_, body) = http_get(api, "/v1/agents");
+        serde_json::from_str::<serde_json::Value>(&body).ok().map(|v| v[id].clone()).filter(|a| !a.is_null())
+    };
+    let mut away = start_agent(dir.path(), "k-1", &cfg("k-1", "127.0.0.2"));
+    let mut leaving = start_agent(dir.path(), "k-2", &cfg("k-2", "127.0.0.3"));
+    for id in ["k-1", "k-2"] {
+        wait_for("the agents to connect", Duration::from_secs(20), || {
+            view(collector.api, id).filter(|a| a["connected"] == true).map(|_| ())
+        });
+    }
+    assert_eq!(leaving.terminate(), Some(0));
+    wait_for("the clean stop", Duration::from_secs(10), || {
+        view(collector.api, "k-2").filter(|a| a["stopped"] == true && a["connected"] == false).map(|_| ())
+    });
+    // One agent dies and the collector restarts before it could call it silent.
+    away.kill9();
+    let port = collector.addr.port();
+    let mut collector = collector;
+    assert_eq!(collector.proc.terminate(), Some(0));
+    let collector = CollectorProc::start(dir.path(), Some(port), "heartbeat_interval = \"1s\"");
+    let k1 = view(collector.api, "k-1").expect("k-1 is known after the restart");
+    assert_eq!((k1["region"].as_str(), k1["connected"].as_bool()), (Some("eu"), Some(false)), "{k1}");
+    let k2 = view(collector.api, "k-2").expect("k-2 is known after the restart");
+    assert_eq!((k2["stopped"].as_bool(), k2["silent"].as_bool()), (Some(true), Some(false)), "{k2}");
+    wait_for("agent_silent for the agent that stayed away", Duration::from_secs(20), || {
+        let (_, body) = http_get(collector.api, "/v1/events?kind=agent_silent");
+        body.contains("\"agent_id\":\"k-1\"").then_some(())
+    });
+    // Three heartbeat intervals and more have passed since the start: the stopped agent is
+    // still stopped, and was never silent.
+    let (_, all) = http_get(collector.api, "/v1/events?kind=agent_silent");
+    assert!(!all.contains("\"agent_id\":\"k-2\""), "{all}");
+    let k2 = view(collector.api, "k-2").unwrap();
+    assert_eq!((k2["stopped"].as_bool(), k2["silent"].as_bool()), (Some(true), Some(false)), "{k2}");
+    let (_, metrics) = http_get(collector.api, "/metrics");
+    assert!(metrics.contains("blockwatch_agents{state=\"stopped\"} 1"), "{metrics}");
+}

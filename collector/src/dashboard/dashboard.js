@@ -167,7 +167,7 @@ async function refreshAgents() {
   agents = await json("/v1/agents");
   const head = el("tr", {}, ...["agent", "region", "version", "state", "spool", "egress network", "last seen"].map((h) => el("th", {}, h)));
   const rows = Object.entries(agents).map(([id, a]) => {
-    const state = a.silent ? "silent" : a.connected ? "connected" : "disconnected";
+    const state = a.silent ? "silent" : a.connected ? "connected" : a.stopped ? "stopped" : "disconnected";
     const net = a.egress ? [a.egress.asn ? "AS" + a.egress.asn : "", a.egress.as_org, a.egress.country].filter(Boolean).join(" · ") || a.egress.address : "";
     return el("tr", { "data-agent": id }, el("td", {}, id), el("td", {}, a.region), el("td", {}, a.version),
       el("td", {}, el("span", { class: "dot " + (a.silent ? "silent" : a.connected ? "on" : "off") }), state),

@@ -48,8 +48,72 @@ pub struct AgentInfo {
     pub cert: Option<Arc<AgentIdentity>>,
     /// The egress network its latest result named: (address, ASN, AS organisation, country).
     pub egress: Option<(String, u32, String, String)>,
+    /// It said goodbye (a clean stop) and has not registered since: stopped, not silent.
+    pub stopped: bool,
     /// When a refusal of this agent's results was last logged (one line a minute at most).
     last_refusal_logged: time::Millis,
+}
+
+/// An agent as the store keeps it, so the registry survives a restart.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct SavedAgent {
+    region: String,
+    version: String,
+    last_seen: time::Millis,
+    dropped_total: u64,
+    refused_total: u64,
+    egress: Option<(String, u32, String, String)>,
+    stopped: bool,
+}
+
+impl SavedAgent {
+    fn of(a: &AgentInfo) -> SavedAgent {
+        SavedAgent {
+            region: a.region.clone(),
+            version: a.version.clone(),
+            last_seen: a.last_seen,
+            dropped_total: a.dropped_total,
+            refused_total: a.refused_total,
+            egress: a.egress.clone(),
+            stopped: a.stopped,
+        }
+    }
+}
+
+/// The registry the store kept: every record that reads back, at most `max` of them (a
+/// record that does not is skipped, and said).
+fn load_agents(store: &Store, max: usize) -> HashMap<String, AgentInfo> {
+    let saved = match store.saved_agents() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the saved agent registry; starting without it");
+            return HashMap::new();
+        }
+    };
+    let mut agents = HashMap::new();
+    for (id, bytes) in saved.into_iter().take(max) {
+        match serde_json::from_slice::<SavedAgent>(&bytes) {
+            Ok(s) if blockwatch_proto::id::check(&id).is_ok() => {
+                agents.insert(
+                    id,
+                    AgentInfo {
+                        region: s.region,
+                        version: s.version,
+                        last_seen: s.last_seen,
+                        spooled: 0,
+                        dropped_total: s.dropped_total,
+                        refused_total: s.refused_total,
+                        cert: None,
+                        egress: s.egress,
+                        stopped: s.stopped,
+                        last_refusal_logged: 0,
+                    },
+                );
+            }
+            _ => tracing::warn!(agent_id = %id, "skipped a saved agent record that does not read back"),
+        }
+    }
+    agents
 }
 
 /// How often refusals of one agent's results are logged, at most.
@@ -126,6 +190,10 @@ pub struct Ingest {
     heartbeat: std::time::Duration,
     plan: watch::Receiver<Option<Plan>>,
     agents: Mutex<HashMap<String, AgentInfo>>,
+    /// What was last saved of each agent (its last-seen time and whether stopped).
+    saved: Mutex<HashMap<String, (time::Millis, bool)>>,
+    /// When this collector started: silence is counted from when it could first hear.
+    started: time::Millis,
     /// The target ids each agent has reported (bounded by `limits.max_targets_per_agent`).
     targets: Mutex<HashMap<String, HashSet<String>>>,
     limits: Limits,
@@ -147,13 +215,17 @@ impl Ingest {
         streams: Arc<Streams>,
         tls: Option<watch::Receiver<ServerTls>>,
     ) -> Ingest {
+        let agents = load_agents(&store, cfg.limits.max_agents);
+        let saved = agents.iter().map(|(id, a)| (id.clone(), (a.last_seen, a.stopped))).collect();
         Ingest {
             store,
             allowed: cfg.agents.clone(),
             max_batch: cfg.max_batch,
             heartbeat: cfg.heartbeat_interval,
             plan,
-            agents: Mutex::new(HashMap::new()),
+            agents: Mutex::new(agents),
+            saved: Mutex::new(saved),
+            started: time::now(),
             targets: Mutex::new(HashMap::new()),
             limits: cfg.limits.clone(),
             streams,
@@ -221,9 +293,38 @@ impl Ingest {
 
     /// Whether nothing (no result, no heartbeat) has been heard from `agent` for
     /// `SILENT_AFTER_HEARTBEATS` heartbeat intervals, at `now`.
+    /// An agent that said goodbye is stopped, never silent; one known from before this
+    /// collector started is given the same intervals from the start to be heard again.
     pub fn is_silent(&self, agent: &AgentInfo, now: time::Millis) -> bool {
         let limit = (self.heartbeat * SILENT_AFTER_HEARTBEATS).as_millis();
-        now - agent.last_seen > i64::try_from(limit).unwrap_or(i64::MAX)
+        !agent.stopped && now - agent.last_seen.max(self.started) > i64::try_from(limit).unwrap_or(i64::MAX)
+    }
+
+    /// Saves the agents whose record changed since the last save (`durable`: waits for the
+    /// disk); returns how many. Blocking.
+    pub fn save_agents(&self, durable: bool) -> Result<usize, crate::store::StoreError> {
+        let changed: Vec<(String, Vec<u8>, (time::Millis, bool))> = {
+            let (Ok(agents), Ok(saved)) = (self.agents.lock(), self.saved.lock()) else { return Ok(0) };
+            agents
+                .iter()
+                .filter(|(id, a)| saved.get(*id) != Some(&(a.last_seen, a.stopped)))
+                .map(|(id, a)| {
+                    let record = serde_json::to_vec(&SavedAgent::of(a)).unwrap_or_default();
+                    (id.clone(), record, (a.last_seen, a.stopped))
+                })
+                .collect()
+        };
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let records: Vec<(String, Vec<u8>)> = changed.iter().map(|(id, r, _)| (id.clone(), r.clone())).collect();
+        self.store.save_agents(&records, durable)?;
+        if let Ok(mut saved) = self.saved.lock() {
+            for (id, _, mark) in changed {
+                saved.insert(id, mark);
+            }
+        }
+        Ok(records.len())
     }
 
     /// The open Report streams.
@@ -353,9 +454,14 @@ impl Fleet for FleetService {
                 refused_total: previous.map_or(0, |a| a.refused_total),
                 cert: cert.clone(),
                 egress: previous.and_then(|a| a.egress.clone()),
+                stopped: false,
                 last_refusal_logged: 0,
             };
             agents.insert(req.agent_id.clone(), info);
+        }
+        let ingest = Arc::clone(&self.0);
+        if let Err(e) = tokio::task::spawn_blocking(move || ingest.save_agents(false)).await.unwrap_or(Ok(0)) {
+            tracing::warn!(agent_id = %req.agent_id, error = %e, "cannot save the agent registry");
         }
         tracing::info!(agent_id = %req.agent_id, region = %req.region, version = %req.version, "agent registered");
         if let Some(c) = &cert
@@ -419,7 +525,7 @@ impl Fleet for FleetService {
 
 impl Ingest {
     async fn serve_stream(
-        &self,
+        self: &Arc<Self>,
         agent_id: &str,
         region: &str,
         cert: Option<Arc<AgentIdentity>>,
@@ -467,6 +573,15 @@ impl Ingest {
                     }
                 }
                 Some(agent_message::Kind::Heartbeat(h)) => self.touch(agent_id, |a| a.spooled = h.spooled),
+                Some(agent_message::Kind::Goodbye(_)) => {
+                    tracing::info!(agent_id, "agent stopping cleanly");
+                    self.touch(agent_id, |a| a.stopped = true);
+                    let ingest = Arc::clone(self);
+                    if let Err(e) = tokio::task::spawn_blocking(move || ingest.save_agents(true)).await.unwrap_or(Ok(0))
+                    {
+                        tracing::warn!(agent_id, error = %e, "cannot save the agent registry");
+                    }
+                }
                 Some(agent_message::Kind::Drops(d)) => {
                     tracing::warn!(
                         agent_id,

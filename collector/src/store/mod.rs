@@ -290,6 +290,28 @@ impl Reader {
         Ok(out)
     }
 
+    /// The agent registry as last saved: each agent's id and its record.
+    pub fn saved_agents(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.ks.meta.prefix("agent/") {
+            let (k, v) = kv.into_inner().map_err(|e| StoreError::Read(describe(&e)))?;
+            out.push((String::from_utf8_lossy(&k["agent/".len()..]).into_owned(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Saves agents' records; `durable` waits for the disk. Blocking.
+    pub fn save_agents(&self, agents: &[(String, Vec<u8>)], durable: bool) -> Result<(), StoreError> {
+        let mut batch = self.ks.db.batch();
+        if durable {
+            batch = batch.durability(Some(fjall::PersistMode::SyncAll));
+        }
+        for (id, record) in agents {
+            batch.insert(&self.ks.meta, format!("agent/{id}"), record.as_slice());
+        }
+        batch.commit().map_err(|e| StoreError::Write(describe(&e)))
+    }
+
     /// Records a maintenance window (durably: the API answers only once it is kept). Blocking.
     pub fn put_maintenance(&self, id: &str, window: &[u8]) -> Result<(), StoreError> {
         let mut batch = self.ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
