@@ -34,6 +34,12 @@ pub struct CollectorConfig {
     /// How often agents send heartbeats. Default 15s.
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
+    /// Results older than this (by when they were received) are deleted, hourly; blocks,
+    /// events and the timelines' index stay. Absent (the default): results are kept
+    /// forever. At least `limits.max_age` plus a day, so no deleted result can be stored
+    /// again by a late re-send.
+    #[serde(default, with = "humantime_serde")]
+    pub retention: Option<Duration>,
     /// Agents allowed to register. Empty (the default) admits any agent id.
     #[serde(default)]
     pub agents: Vec<String>,
@@ -132,6 +138,7 @@ impl Default for CollectorConfig {
             data_dir: default_data_dir(),
             max_batch: DEFAULT_MAX_BATCH,
             heartbeat_interval: default_heartbeat(),
+            retention: None,
             agents: Vec::new(),
             plan: None,
             detector: DetectorConfig::default(),
@@ -216,6 +223,18 @@ impl CollectorConfig {
             problems.push("heartbeat_interval: must be 1s..=1h".to_string());
         }
         problems.extend(self.limits.problems());
+        if let Some(r) = self.retention {
+            let least = self.limits.max_age + Duration::from_secs(86_400);
+            if r < least {
+                problems.push(format!(
+                    "retention = {}: must be at least limits.max_age ({}) plus a day, {} (a result a late agent re-sends \
+                     after its deletion would be stored again)",
+                    humantime::format_duration(r),
+                    humantime::format_duration(self.limits.max_age),
+                    humantime::format_duration(least)
+                ));
+            }
+        }
         if self.api_auth() == ApiAuth::Token && self.api.tokens_file.is_none() {
             problems.push(format!(
                 "api: auth is token (api_listen {} is not loopback, or auth = \"token\"), so set api.tokens_file \
@@ -288,6 +307,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.plan.unwrap().targets[0].id, "openai");
+    }
+
+    #[test]
+    fn retention_outlasts_the_oldest_result_ingest_accepts() {
+        let c = CollectorConfig::parse("insecure = true\nretention = \"90d\"").unwrap();
+        assert_eq!(c.retention, Some(Duration::from_secs(90 * 86_400)));
+        assert_eq!(c.validate(), Ok(()));
+        let c = CollectorConfig::parse("insecure = true\nretention = \"7d\"").unwrap();
+        let p = c.validate().unwrap_err();
+        assert!(
+            p.iter().any(|p| p.starts_with("retention = 7days: must be at least limits.max_age (7days) plus a day")),
+            "{p:?}"
+        );
+        assert_eq!(CollectorConfig::parse("insecure = true").unwrap().retention, None);
     }
 
     #[test]

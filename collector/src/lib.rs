@@ -19,6 +19,7 @@ pub mod plan;
 mod rebuild;
 pub mod replay;
 pub mod research;
+pub mod retention;
 pub mod server;
 mod silence;
 pub mod status;

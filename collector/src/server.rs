@@ -223,6 +223,9 @@ impl Collector {
         }));
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");
         let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone(), store.reader()));
+        if let Some(keep) = cfg.retention {
+            tokio::spawn(crate::retention::run(store.reader(), keep, ingest.stopping()));
+        }
         Ok(Collector {
             addr,
             api_addr,

@@ -290,6 +290,49 @@ impl Reader {
         Ok(out)
     }
 
+    /// Retention: deletes the stored results received before `cutoff`, oldest first, with
+    /// their dedupe entries, in batches; returns how many. The `cells` index stays (the
+    /// timelines and block history read it alone; a result it names that is gone is skipped),
+    /// and so do the events. The newest result always stays, so sequence numbers never go
+    /// back. Blocking.
+    pub fn delete_results_before(&self, cutoff: blockwatch_proto::time::Millis) -> Result<u64, StoreError> {
+        let read = |e: fjall::Error| StoreError::Read(describe(&e));
+        let newest = last_key(&self.ks.results);
+        let mut deleted = 0;
+        loop {
+            let mut batch = self.ks.db.batch();
+            let mut n = 0;
+            let mut done = true;
+            for g in self.ks.results.iter() {
+                let (k, v) = g.into_inner().map_err(read)?;
+                let seq = key_seq(&k);
+                if seq >= newest {
+                    break;
+                }
+                let stored = StoredResult::decode(&*v)
+                    .map_err(|source| StoreError::Corrupt { key: format!("results/{seq}"), source })?;
+                let received = stored.received_at.as_ref().map_or(0, blockwatch_proto::time::from_timestamp);
+                if received >= cutoff {
+                    break;
+                }
+                batch.remove(&self.ks.results, k.to_vec());
+                if let Some(r) = &stored.result {
+                    batch.remove(&self.ks.ids, r.probe_id.as_bytes().to_vec());
+                }
+                n += 1;
+                if n == 10_000 {
+                    done = false;
+                    break;
+                }
+            }
+            batch.commit().map_err(|e| StoreError::Write(describe(&e)))?;
+            deleted += n;
+            if done {
+                return Ok(deleted);
+            }
+        }
+    }
+
     /// The agent registry as last saved: each agent's id and its record.
     pub fn saved_agents(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut out = Vec::new();

@@ -122,3 +122,48 @@ async fn close_stops_the_writer_while_other_handles_live_and_receive_times_survi
     assert_eq!(times, [blockwatch_proto::time::to_timestamp(1_000); 2]);
     store.close();
 }
+
+/// Retention deletes the results received before the cutoff and their dedupe entries; the
+/// index the timelines read stays, the events stay, the newest result always stays, and a
+/// reopened store goes on numbering after it.
+#[tokio::test]
+async fn retention_deletes_old_results_and_keeps_the_index_and_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let old: Vec<ProbeResult> = (0..25_000).map(|i| result(&format!("a1/old/{i}"))).collect();
+    store.write_results(old, 1_000).await.unwrap();
+    store.write_results(vec![result("a1/new/1"), result("a1/new/2")], 9_000).await.unwrap();
+    store.event_log().append(&["{\"kind\":\"block_started\"}".into()], Some(25_002)).unwrap();
+    let cells_before = {
+        let mut n = 0;
+        store
+            .cell_entries("openai", None, i64::MIN, i64::MAX, |_, _, _, _| {
+                n += 1;
+                true
+            })
+            .unwrap();
+        n
+    };
+    assert_eq!(store.delete_results_before(5_000).unwrap(), 25_000);
+    assert_eq!(ids(&store), ["a1/new/1", "a1/new/2"]);
+    assert_eq!(store.seq_of("a1/old/7").unwrap(), None, "its dedupe entry went with it");
+    assert_eq!(store.seq_of("a1/new/1").unwrap(), Some(25_001));
+    let mut cells = 0;
+    store
+        .cell_entries("openai", None, i64::MIN, i64::MAX, |_, _, _, _| {
+            cells += 1;
+            true
+        })
+        .unwrap();
+    assert_eq!(cells, cells_before, "the timelines' index stays");
+    assert_eq!(store.events().count(), 1);
+    assert_eq!(store.delete_results_before(5_000).unwrap(), 0, "nothing more is that old");
+    // Everything is old now, but the newest result stays.
+    assert_eq!(store.delete_results_before(i64::MAX).unwrap(), 1);
+    assert_eq!(ids(&store), ["a1/new/2"]);
+    store.close();
+    let store = Store::open(dir.path()).unwrap();
+    store.write_results(vec![result("a1/after")], 10_000).await.unwrap();
+    assert_eq!(store.seq_of("a1/after").unwrap(), Some(25_003), "numbering goes on after the newest");
+    store.close();
+}
