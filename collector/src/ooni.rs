@@ -54,10 +54,13 @@ fn split_addr(addr: &str) -> Option<(String, u16)> {
     Some((sa.ip().to_string(), sa.port()))
 }
 
+/// A header list as OONI's `headers_list` and `headers`, without any header that may carry
+/// a credential or name an account (whatever an agent recorded).
 fn headers(list: &[(String, String)]) -> (Value, Value) {
-    let pairs: Vec<Value> = list.iter().map(|(n, v)| json!([n, v])).collect();
+    let public = || list.iter().filter(|(n, _)| !blockwatch_proto::bounds::private_header(n));
+    let pairs: Vec<Value> = public().map(|(n, v)| json!([n, v])).collect();
     let mut map = Map::new();
-    for (n, v) in list {
+    for (n, v) in public() {
         // The first of a repeated header, as OONI's `headers` map keeps it.
         map.entry(n.clone()).or_insert_with(|| Value::String(v.clone()));
     }
@@ -201,8 +204,7 @@ pub fn measurement(r: &TraceRecord) -> Value {
         ("x_confirmation", json!(r.confirmation)),
         ("x_control", json!(r.control)),
         ("x_keyed", json!(r.keyed)),
-        ("x_local_address", opt(&r.local_address)),
-        ("x_egress_address", opt(&r.egress_address)),
+        // The probe's own addresses (local and egress) stay out, as OONI keeps its probes'.
         ("x_resolved_addresses", json!(r.resolved_addresses)),
     ] {
         keys.insert(k.into(), v);
@@ -281,8 +283,15 @@ mod tests {
                 },
                 DnsQueryRecord { query_type: "A".into(), failure: "dns_no_answer".into(), answers: vec![] },
             ],
-            request_headers: vec![("host".into(), "api.openai.com".into())],
-            response_headers: vec![("set-cookie".into(), "a".into()), ("set-cookie".into(), "b".into())],
+            request_headers: vec![
+                ("host".into(), "api.openai.com".into()),
+                ("Authorization".into(), "Bearer sk-should-never-be-here".into()),
+            ],
+            response_headers: vec![
+                ("via".into(), "a".into()),
+                ("via".into(), "b".into()),
+                ("set-cookie".into(), "s=1".into()),
+            ],
             body_prefix: Some(MaybeBinary::Text("{\"error\":{}}".into())),
             ..Default::default()
         }
@@ -308,11 +317,15 @@ mod tests {
         assert!(k["tls_handshakes"][0]["failure"].is_null());
         assert_eq!(k["requests"][0]["failure"], "http_request_failed");
         assert_eq!(k["requests"][0]["response"]["code"], 403);
-        assert_eq!(k["requests"][0]["response"]["headers"]["set-cookie"], "a");
+        assert_eq!(k["requests"][0]["response"]["headers"]["via"], "a");
+        assert!(k["requests"][0]["response"]["headers"].get("set-cookie").is_none());
         assert_eq!(k["requests"][0]["response"]["headers_list"][1][1], "b");
         let t = |i: &str, f: &str| k[i][0][f].as_f64().unwrap();
         assert!(t("tcp_connect", "t0") == 0.0015 && (t("requests", "t") - 0.0615).abs() < 1e-9);
         assert_eq!(k["x_outcome"], "http_geo_blocked");
+        // A private header an agent recorded anyway never reaches the export.
+        assert_eq!(k["requests"][0]["request"]["headers_list"], json!([["host", "api.openai.com"]]));
+        assert!(!m.to_string().contains("sk-should-never-be-here"));
     }
 
     #[test]

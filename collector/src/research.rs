@@ -25,6 +25,9 @@ use crate::store::{Reader, StoreError};
 
 /// Rows a Parquet row group holds (what a writer keeps in memory).
 pub const ROW_GROUP: usize = 65_536;
+/// Most rows of one part file of a partitioned results export (its sequence numbers are
+/// gathered before it is written: 8 bytes a row).
+pub const PART_ROWS: usize = 1 << 20;
 
 /// What is exported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, utoipa::ToSchema)]
@@ -666,6 +669,14 @@ pub fn export<W: Write + Send>(
                     }
                     part = Some(key);
                     pending.push(seq);
+                    // A partition past this many rows is written in several parts (each in
+                    // the order received), so memory stays bounded whatever its size.
+                    if pending.len() >= PART_ROWS
+                        && let Err(e) = emit(store, &mut rows, &mut pending)
+                    {
+                        failed = Some(e);
+                        return false;
+                    }
                     true
                 })?;
                 if let Some(e) = failed {

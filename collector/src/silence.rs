@@ -41,7 +41,9 @@ pub(crate) async fn watch_silence(
             let quiet = ingest.is_silent(&a, now);
             let (kind, onset) = match (quiet, silent.contains(&id)) {
                 (true, false) => (EventKind::AgentSilent, a.last_seen),
-                (false, true) => (EventKind::AgentBack, a.last_seen),
+                // Back only once heard by this process: an agent silent before a restart is
+                // not quiet yet in its first intervals, but it has not spoken either.
+                (false, true) if a.last_seen >= ingest.started() => (EventKind::AgentBack, a.last_seen),
                 _ => continue,
             };
             if quiet {

@@ -17,6 +17,14 @@ pub const BODY_PREFIX_BYTES: usize = 256;
 /// Longest `url`, in bytes.
 pub const URL_BYTES: usize = 2048;
 
+/// True for a header that may carry a credential or name an account (`authorization`,
+/// `x-api-key`, `cookie`, `set-cookie`, `openai-organization`, ...): results never record
+/// one, and exports never write one.
+pub fn private_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    ["auth", "key", "token", "secret", "cookie", "session", "organization", "password"].iter().any(|w| n.contains(w))
+}
+
 /// Cuts `s` to at most `max` bytes at a character boundary, marking a cut with `…` (within
 /// the bound).
 pub fn cap(s: &mut String, max: usize) {
@@ -99,6 +107,24 @@ pub fn cap_result(r: &mut crate::v1::ProbeResult) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_headers_are_known_by_name() {
+        for h in [
+            "Authorization",
+            "x-api-key",
+            "Cookie",
+            "set-cookie",
+            "openai-organization",
+            "x-goog-api-key",
+            "proxy-authorization",
+        ] {
+            assert!(private_header(h), "{h}");
+        }
+        for h in ["server", "cf-ray", "content-type", "user-agent", "host", "x-request-id", "anthropic-version"] {
+            assert!(!private_header(h), "{h}");
+        }
+    }
 
     #[test]
     fn caps_cut_at_character_boundaries_within_the_bound() {

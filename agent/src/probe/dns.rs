@@ -46,6 +46,9 @@ pub(crate) fn resolver(nameservers: &[SocketAddr]) -> Result<TokioResolver, Engi
     builder.build().map_err(|e| EngineError::Resolver(e.to_string()))
 }
 
+/// How long the second query of a lookup may take once the first has addresses.
+pub const SECOND_QUERY_GRACE: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// What the DNS phase learnt: the addresses to connect to (AAAA answers first, as the
 /// resolver orders a dual-stack lookup), and each query with its records or its failure.
 #[derive(Debug, Default)]
@@ -108,13 +111,39 @@ pub(crate) async fn resolve(
 ) -> Result<Resolved, (Failure, Resolved)> {
     // A trailing dot makes the name absolute, so search domains are never appended.
     let fqdn = if host.ends_with('.') { host.to_string() } else { format!("{host}.") };
-    let ((q6, r6), (q4, r4)) = tokio::join!(
-        query(resolver, &fqdn, RecordType::AAAA, deadline),
-        query(resolver, &fqdn, RecordType::A, deadline)
-    );
+    let aaaa = query(resolver, &fqdn, RecordType::AAAA, deadline);
+    let a = query(resolver, &fqdn, RecordType::A, deadline);
+    tokio::pin!(aaaa, a);
+    // Once one query has addresses, the other gets a moment more, not the probe's whole
+    // budget (a dropped AAAA query must not spend the time the connection needs).
+    let cut = |ty: RecordType| {
+        let f = Failure::timeout(Outcome::DnsTimeout, "DNS lookup");
+        (DnsQuery { query_type: ty.to_string(), failure: f.failure.clone(), answers: Vec::new() }, Err(f))
+    };
+    let ((q6, r6), (q4, r4)) = tokio::select! {
+        six = &mut aaaa => {
+            let four = if six.1.is_ok() {
+                timeout_at(deadline.min(Instant::now() + SECOND_QUERY_GRACE), &mut a).await.unwrap_or_else(|_| cut(RecordType::A))
+            } else {
+                a.await
+            };
+            (six, four)
+        }
+        four = &mut a => {
+            let six = if four.1.is_ok() {
+                timeout_at(deadline.min(Instant::now() + SECOND_QUERY_GRACE), &mut aaaa).await.unwrap_or_else(|_| cut(RecordType::AAAA))
+            } else {
+                aaaa.await
+            };
+            (six, four)
+        }
+    };
     let mut resolved = Resolved { addrs: Vec::new(), queries: vec![q6, q4] };
     match (r6, r4) {
-        (Err(f), Err(_)) => return Err((f, resolved)),
+        // Both failed: the A query's failure when the AAAA query merely had no answer (an
+        // IPv4-only name whose A query is blocked is a blocked name), else the AAAA's, as the
+        // resolver's own dual-stack lookup reports.
+        (Err(f6), Err(f4)) => return Err((if f6.failure == ooni::DNS_NO_ANSWER { f4 } else { f6 }, resolved)),
         (r6, r4) => {
             resolved.addrs = r6.unwrap_or_default();
             resolved.addrs.extend(r4.unwrap_or_default());

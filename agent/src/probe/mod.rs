@@ -404,7 +404,9 @@ impl Engine {
             .headers()
             .iter()
             .filter(|(name, value)| {
-                !value.is_sensitive() && secret.is_none_or(|s| !name.as_str().eq_ignore_ascii_case(s))
+                !value.is_sensitive()
+                    && secret.is_none_or(|s| !name.as_str().eq_ignore_ascii_case(s))
+                    && !blockwatch_proto::bounds::private_header(name.as_str())
             })
             .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
             .collect();
@@ -421,6 +423,7 @@ impl Engine {
         rep.response_headers = answer
             .headers
             .iter()
+            .filter(|(name, _)| !blockwatch_proto::bounds::private_header(name.as_str()))
             .take(blockwatch_proto::bounds::LIST_LEN)
             .map(|(name, value)| (name.to_string(), String::from_utf8_lossy(value.as_bytes()).into_owned()))
             .collect();

@@ -80,9 +80,14 @@ impl SavedAgent {
     }
 }
 
-/// The registry the store kept: every record that reads back, at most `max` of them (a
-/// record that does not is skipped, and said).
-fn load_agents(store: &Store, max: usize) -> HashMap<String, AgentInfo> {
+/// Agents not heard from for this long are forgotten at start-up (they were reported silent
+/// long before).
+pub const FORGET_AFTER: time::Millis = 30 * 86_400_000;
+
+/// The registry the store kept: every record that reads back, of an agent still admitted
+/// (`allowed`, when not empty) and heard from within [`FORGET_AFTER`], the most recently
+/// heard `max` of them (a record that does not read back is skipped, and said).
+fn load_agents(store: &Store, max: usize, allowed: &[String]) -> HashMap<String, AgentInfo> {
     let saved = match store.saved_agents() {
         Ok(s) => s,
         Err(e) => {
@@ -90,28 +95,35 @@ fn load_agents(store: &Store, max: usize) -> HashMap<String, AgentInfo> {
             return HashMap::new();
         }
     };
-    let mut agents = HashMap::new();
-    for (id, bytes) in saved.into_iter().take(max) {
+    let cutoff = time::now() - FORGET_AFTER;
+    let mut records: Vec<(String, SavedAgent)> = Vec::new();
+    for (id, bytes) in saved {
         match serde_json::from_slice::<SavedAgent>(&bytes) {
             Ok(s) if blockwatch_proto::id::check(&id).is_ok() => {
-                agents.insert(
-                    id,
-                    AgentInfo {
-                        region: s.region,
-                        version: s.version,
-                        last_seen: s.last_seen,
-                        spooled: 0,
-                        dropped_total: s.dropped_total,
-                        refused_total: s.refused_total,
-                        cert: None,
-                        egress: s.egress,
-                        stopped: s.stopped,
-                        last_refusal_logged: 0,
-                    },
-                );
+                if s.last_seen >= cutoff && (allowed.is_empty() || allowed.contains(&id)) {
+                    records.push((id, s));
+                }
             }
             _ => tracing::warn!(agent_id = %id, "skipped a saved agent record that does not read back"),
         }
+    }
+    records.sort_by_key(|(_, s)| std::cmp::Reverse(s.last_seen));
+    records.truncate(max);
+    let mut agents = HashMap::new();
+    for (id, s) in records {
+        let info = AgentInfo {
+            region: s.region,
+            version: s.version,
+            last_seen: s.last_seen,
+            spooled: 0,
+            dropped_total: s.dropped_total,
+            refused_total: s.refused_total,
+            cert: None,
+            egress: s.egress,
+            stopped: s.stopped,
+            last_refusal_logged: 0,
+        };
+        agents.insert(id, info);
     }
     agents
 }
@@ -194,6 +206,8 @@ pub struct Ingest {
     saved: Mutex<HashMap<String, (time::Millis, bool)>>,
     /// When this collector started: silence is counted from when it could first hear.
     started: time::Millis,
+    /// Held across a save, so saves land in the store in the order `saved` records them.
+    saving: Mutex<()>,
     /// The target ids each agent has reported (bounded by `limits.max_targets_per_agent`).
     targets: Mutex<HashMap<String, HashSet<String>>>,
     limits: Limits,
@@ -215,7 +229,7 @@ impl Ingest {
         streams: Arc<Streams>,
         tls: Option<watch::Receiver<ServerTls>>,
     ) -> Ingest {
-        let agents = load_agents(&store, cfg.limits.max_agents);
+        let agents = load_agents(&store, cfg.limits.max_agents, &cfg.agents);
         let saved = agents.iter().map(|(id, a)| (id.clone(), (a.last_seen, a.stopped))).collect();
         Ingest {
             store,
@@ -226,6 +240,7 @@ impl Ingest {
             agents: Mutex::new(agents),
             saved: Mutex::new(saved),
             started: time::now(),
+            saving: Mutex::new(()),
             targets: Mutex::new(HashMap::new()),
             limits: cfg.limits.clone(),
             streams,
@@ -291,6 +306,11 @@ impl Ingest {
         self.heartbeat
     }
 
+    /// When this collector started.
+    pub fn started(&self) -> time::Millis {
+        self.started
+    }
+
     /// Whether nothing (no result, no heartbeat) has been heard from `agent` for
     /// `SILENT_AFTER_HEARTBEATS` heartbeat intervals, at `now`.
     /// An agent that said goodbye is stopped, never silent; one known from before this
@@ -303,6 +323,7 @@ impl Ingest {
     /// Saves the agents whose record changed since the last save (`durable`: waits for the
     /// disk); returns how many. Blocking.
     pub fn save_agents(&self, durable: bool) -> Result<usize, crate::store::StoreError> {
+        let Ok(_saving) = self.saving.lock() else { return Ok(0) };
         let changed: Vec<(String, Vec<u8>, (time::Millis, bool))> = {
             let (Ok(agents), Ok(saved)) = (self.agents.lock(), self.saved.lock()) else { return Ok(0) };
             agents

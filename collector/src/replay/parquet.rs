@@ -18,6 +18,7 @@ use arrow_array::types::{Int32Type, TimestampMillisecondType, UInt32Type, UInt64
 use arrow_array::{Array, BooleanArray, DictionaryArray, PrimitiveArray, RecordBatch, StringArray};
 use arrow_schema::{DataType, TimeUnit};
 use blockwatch_detector::{DetectorConfig, Observation};
+use blockwatch_proto::time;
 use blockwatch_proto::trace::outcome_named;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -167,9 +168,21 @@ impl Batch {
         fn need<'s>(v: Option<&'s str>, name: &str) -> Result<&'s str, String> {
             v.ok_or_else(|| format!("{name} is null"))
         }
-        let started_at = self.started_at.is_valid(i).then(|| self.started_at.value(i)).ok_or("started_at is null")?;
-        let received_at =
-            self.received_at.as_ref().and_then(|r| r.is_valid(i).then(|| r.value(i))).unwrap_or(started_at);
+        let in_range = |name: &str, t: i64| {
+            if (time::MIN..=time::MAX).contains(&t) {
+                Ok(t)
+            } else {
+                Err(format!("{name} {t} ms is outside years 1-9999"))
+            }
+        };
+        let started_at = in_range(
+            "started_at",
+            self.started_at.is_valid(i).then(|| self.started_at.value(i)).ok_or("started_at is null")?,
+        )?;
+        let received_at = match self.received_at.as_ref().and_then(|r| r.is_valid(i).then(|| r.value(i))) {
+            Some(t) => in_range("received_at", t)?,
+            None => started_at,
+        };
         let name = need(self.outcome.get(i), "outcome")?;
         let detail = self.outcome_detail.as_ref().and_then(|d| d.get(i)).unwrap_or_default();
         let outcome = outcome_named(name, detail).ok_or_else(|| format!("unknown outcome {name:?}"))?;
@@ -279,8 +292,8 @@ fn first_seq(path: &Path) -> Result<u64, ReplayError> {
     let mut min = None::<u64>;
     for rg in builder.metadata().row_groups() {
         let m = match rg.column(idx).statistics() {
-            // Unsigned, stored as INT64: the bits are the value.
-            Some(Statistics::Int64(s)) => s.min_opt().map(|v| *v as u64),
+            // Unsigned, stored as INT64: the bits are the value. No minimum: opened at once.
+            Some(Statistics::Int64(s)) => Some(s.min_opt().map_or(0, |v| *v as u64)),
             _ => Some(0),
         };
         min = match (min, m) {
@@ -368,15 +381,20 @@ pub fn read_tree(
     let mut slots: Vec<Option<Cursor>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let mut heap: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
+    // The merge's last seq: it never goes down, whatever the files say of themselves.
+    let mut last = 0u64;
     loop {
         // Open every file that may hold the next row.
         while let Some((first, _)) = files.peek() {
             if heap.peek().is_some_and(|Reverse((head, _))| first > head) {
                 break;
             }
-            let (_, path) = files.next().expect("peeked");
+            let (first, path) = files.next().expect("peeked");
             let Some(c) = Cursor::open(path)? else { continue };
             let seq = c.seq()?;
+            if seq < first {
+                return Err(err(&c.path, format!("row 1: seq {seq}, below the {first} its footer records")));
+            }
             let slot = match free.pop() {
                 Some(s) => {
                     slots[s] = Some(c);
@@ -393,6 +411,14 @@ pub fn read_tree(
         let c = slots[slot].as_mut().expect("a slot in the heap is open");
         // This file's rows while they come before every other open file's next row.
         loop {
+            let seq = c.seq()?;
+            if seq < last {
+                return Err(err(
+                    &c.path,
+                    format!("row {}: seq {seq} after {last} in the merge: the tree's files disagree", c.row()),
+                ));
+            }
+            last = seq;
             let obs = c.batch.observation(c.at).map_err(|e| err(&c.path, format!("row {}: {e}", c.row())))?;
             f(&obs)?;
             if !c.advance()? {

@@ -299,13 +299,16 @@ impl Reader {
         let read = |e: fjall::Error| StoreError::Read(describe(&e));
         let newest = last_key(&self.ks.results);
         let mut deleted = 0;
+        // Each batch starts past the last one's deletions, not over their tombstones.
+        let mut from = 0u64;
         loop {
             let mut batch = self.ks.db.batch();
             let mut n = 0;
             let mut done = true;
-            for g in self.ks.results.iter() {
+            for g in self.ks.results.range(from.to_be_bytes()..) {
                 let (k, v) = g.into_inner().map_err(read)?;
                 let seq = key_seq(&k);
+                from = seq.saturating_add(1);
                 if seq >= newest {
                     break;
                 }
