@@ -534,8 +534,8 @@ async fn export(
         Err(why) => return bad_request(why),
     };
     let format = q.format.unwrap_or(crate::research::Format::Jsonl);
-    if format == crate::research::Format::Ooni && q.what != crate::research::What::Results {
-        return bad_request("format=ooni is for what=results only".into());
+    if let Err(why) = crate::research::supported(q.what, format) {
+        return bad_request(why);
     }
     let filter = match crate::cmd::export_filter(q.from, q.to, q.target, q.region) {
         Ok(f) => f,

@@ -206,6 +206,14 @@ fn columns(what: What) -> Columns {
     }
 }
 
+/// Whether `format` can export `what`: OONI measurements are results only.
+pub fn supported(what: What, format: Format) -> Result<(), String> {
+    if format == Format::Ooni && what != What::Results {
+        return Err("format ooni is for what=results only".into());
+    }
+    Ok(())
+}
+
 /// Why an export stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -352,10 +360,10 @@ impl<W: Write + Send> ParquetRows<W> {
 impl<W: Write + Send> RowWriter<W> {
     fn new(format: Format, what: What, out: W) -> Result<RowWriter<W>, ExportError> {
         let cols = columns(what);
+        supported(what, format).map_err(ExportError::Usage)?;
         Ok(match format {
             Format::Jsonl => RowWriter::Jsonl(out),
-            Format::Ooni if what == What::Results => RowWriter::Ooni(out),
-            Format::Ooni => return Err(ExportError::Usage("format ooni is for what=results only".into())),
+            Format::Ooni => RowWriter::Ooni(out),
             Format::Csv => {
                 let mut w = csv::Writer::from_writer(out);
                 w.write_record(cols.iter().map(|(n, _)| *n)).map_err(std::io::Error::other)?;
@@ -375,13 +383,14 @@ impl<W: Write + Send> RowWriter<W> {
         })
     }
 
-    /// One row; `json` is its JSONL form (results: the trace record, exactly).
-    fn row(&mut self, what: What, values: Vec<V>, json: Option<&TraceRecord>) -> Result<(), ExportError> {
+    /// One row. A result goes out as its trace record (JSONL: exactly the trace format) or
+    /// its measurement (OONI); its columns are made only for CSV and Parquet.
+    fn row(&mut self, what: What, content: Content) -> Result<(), ExportError> {
         match self {
             RowWriter::Jsonl(out) => {
-                match json {
-                    Some(rec) => serde_json::to_writer(&mut *out, rec).map_err(std::io::Error::from)?,
-                    None => {
+                match content {
+                    Content::Result(_, rec) => serde_json::to_writer(&mut *out, &*rec).map_err(std::io::Error::from)?,
+                    Content::Values(values) => {
                         let mut obj = serde_json::Map::new();
                         for ((name, _), v) in columns(what).iter().zip(values) {
                             obj.insert((*name).into(), json_value(v));
@@ -392,15 +401,15 @@ impl<W: Write + Send> RowWriter<W> {
                 out.write_all(b"\n")?;
             }
             RowWriter::Ooni(out) => {
-                if let Some(rec) = json {
+                if let Content::Result(_, rec) = &content {
                     serde_json::to_writer(&mut *out, &crate::ooni::measurement(rec)).map_err(std::io::Error::from)?;
                     out.write_all(b"\n")?;
                 }
             }
             RowWriter::Csv(w) => {
-                w.write_record(values.into_iter().map(csv_value)).map_err(std::io::Error::other)?;
+                w.write_record(content.into_values().into_iter().map(csv_value)).map_err(std::io::Error::other)?;
             }
-            RowWriter::Parquet(p) => p.push(values)?,
+            RowWriter::Parquet(p) => p.push(content.into_values())?,
         }
         Ok(())
     }
@@ -533,13 +542,39 @@ pub enum Output<'a, W: Write + Send> {
     Tree(&'a Path, &'a [Level]),
 }
 
+/// What a row holds: a stored result (its sequence number and record), or the values of
+/// a block's or an event's columns.
+enum Content {
+    Result(u64, Box<TraceRecord>),
+    Values(Vec<V>),
+}
+
+impl Content {
+    /// The row's column values.
+    fn into_values(self) -> Vec<V> {
+        match self {
+            Content::Result(seq, rec) => result_values(seq, &rec),
+            Content::Values(v) => v,
+        }
+    }
+}
+
 /// A row with what partitioning needs.
 struct Row {
-    values: Vec<V>,
-    trace: Option<TraceRecord>,
+    content: Content,
     at: i64,
     target: String,
     region: String,
+}
+
+impl Row {
+    /// The row of a stored result.
+    fn result(seq: u64, stored: &blockwatch_proto::v1::StoredResult) -> Row {
+        let rec = TraceRecord::from_stored(stored);
+        let at = parse_ts(&rec.started_at).unwrap_or(0);
+        let (target, region) = (rec.target.clone(), rec.region.clone());
+        Row { content: Content::Result(seq, Box::new(rec)), at, target, region }
+    }
 }
 
 /// Writes rows into one stream or a tree (one partition's file open at a time: when the
@@ -566,7 +601,7 @@ impl<'a, W: Write + Send> Rows<'a, W> {
     fn push(&mut self, row: Row) -> Result<(), ExportError> {
         self.n += 1;
         if let Some(w) = &mut self.one {
-            return w.row(self.what, row.values, row.trace.as_ref());
+            return w.row(self.what, row.content);
         }
         let Some((root, levels)) = self.tree else { return Ok(()) };
         let dir = root.join(partition_dir(levels, row.at, &row.target, &row.region));
@@ -582,7 +617,7 @@ impl<'a, W: Write + Send> Rows<'a, W> {
             self.open = Some((dir, RowWriter::new(self.format, self.what, f)?));
         }
         if let Some((_, w)) = &mut self.open {
-            w.row(self.what, row.values, row.trace.as_ref())?;
+            w.row(self.what, row.content)?;
         }
         Ok(())
     }
@@ -617,7 +652,7 @@ pub fn write_results<'r, W: Write + Send>(
     let mut w = RowWriter::new(format, What::Results, out)?;
     let mut n = 0;
     for (seq, rec) in records {
-        w.row(What::Results, result_values(seq, rec), Some(rec))?;
+        w.row(What::Results, Content::Result(seq, Box::new(rec.clone())))?;
         n += 1;
     }
     w.finish()?;
@@ -632,9 +667,7 @@ pub fn export<W: Write + Send>(
     filter: &Filter,
     out: Output<'_, W>,
 ) -> Result<u64, ExportError> {
-    if format == Format::Ooni && what != What::Results {
-        return Err(ExportError::Usage("format ooni is for what=results only".into()));
-    }
+    supported(what, format).map_err(ExportError::Usage)?;
     let tree = matches!(out, Output::Tree(..));
     let out_levels: Vec<Level> = match &out {
         Output::Tree(_, levels) => levels.to_vec(),
@@ -694,14 +727,7 @@ pub fn export<W: Write + Send>(
                 if !(from..to).contains(&at) || !keep(&r.target_id, &r.region) {
                     continue;
                 }
-                let rec = TraceRecord::from_stored(&stored);
-                rows.push(Row {
-                    values: result_values(seq, &rec),
-                    at,
-                    target: rec.target.clone(),
-                    region: rec.region.clone(),
-                    trace: Some(rec),
-                })?;
+                rows.push(Row::result(seq, &stored))?;
             }
         }
         What::Blocks => {
@@ -732,7 +758,7 @@ pub fn export<W: Write + Send>(
                     V::S(b.provider_code.clone()),
                     V::S(b.summary.clone()),
                 ];
-                rows.push(Row { values, trace: None, at: b.onset, target: b.target, region: b.region })?;
+                rows.push(Row { content: Content::Values(values), at: b.onset, target: b.target, region: b.region })?;
             }
         }
         What::Events => {
@@ -757,7 +783,7 @@ pub fn export<W: Write + Send>(
                     V::S(s("summary")),
                     V::S(ev.to_string()),
                 ];
-                rows.push(Row { values, trace: None, at, target: s("target"), region: s("region") })?;
+                rows.push(Row { content: Content::Values(values), at, target: s("target"), region: s("region") })?;
             }
         }
     }
@@ -769,15 +795,7 @@ fn emit<W: Write + Send>(store: &Reader, rows: &mut Rows<'_, W>, seqs: &mut Vec<
     seqs.sort_unstable();
     for seq in seqs.drain(..) {
         let Some(stored) = store.result_at(seq)? else { continue };
-        let rec = TraceRecord::from_stored(&stored);
-        let at = parse_ts(&rec.started_at).unwrap_or(0);
-        rows.push(Row {
-            values: result_values(seq, &rec),
-            at,
-            target: rec.target.clone(),
-            region: rec.region.clone(),
-            trace: Some(rec),
-        })?;
+        rows.push(Row::result(seq, &stored))?;
     }
     rows.end_part()
 }
