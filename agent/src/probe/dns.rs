@@ -58,12 +58,7 @@ pub(crate) struct Resolved {
 }
 
 /// One query: its record, and its addresses or why it has none.
-async fn query(
-    resolver: &TokioResolver,
-    fqdn: &str,
-    ty: RecordType,
-    deadline: Instant,
-) -> (DnsQuery, Result<Vec<IpAddr>, Failure>) {
+async fn query(resolver: &TokioResolver, fqdn: &str, ty: RecordType, deadline: Instant) -> Queried {
     let mut q = DnsQuery { query_type: ty.to_string(), ..Default::default() };
     let res = match timeout_at(deadline, resolver.lookup(fqdn, ty)).await {
         Err(_) => Err(Failure::timeout(Outcome::DnsTimeout, "DNS lookup")),
@@ -98,10 +93,32 @@ async fn query(
     (q, res)
 }
 
+/// One query's record and outcome.
+type Queried = (DnsQuery, Result<Vec<IpAddr>, Failure>);
+
+/// The other query of a lookup, once the first is done: when the first has addresses, the
+/// other gets [`SECOND_QUERY_GRACE`] more, not the probe's whole budget (a dropped AAAA
+/// query must not spend the time the connection needs), and is recorded as timed out past it.
+async fn second(
+    first_answered: bool,
+    other: std::pin::Pin<&mut impl std::future::Future<Output = Queried>>,
+    ty: RecordType,
+    deadline: Instant,
+) -> Queried {
+    if !first_answered {
+        return other.await;
+    }
+    timeout_at(deadline.min(Instant::now() + SECOND_QUERY_GRACE), other).await.unwrap_or_else(|_| {
+        let f = Failure::timeout(Outcome::DnsTimeout, "DNS lookup");
+        (DnsQuery { query_type: ty.to_string(), failure: f.failure.clone(), answers: Vec::new() }, Err(f))
+    })
+}
+
 /// Resolves `host` before `deadline`: AAAA and A asked together, the lookup failing only when
-/// both do (with the AAAA query's failure, as the resolver's own dual-stack lookup). Bogon
-/// answers fail unless `allow_private`; answers in `poison` always fail. What was learnt is
-/// returned on success and inside every failure.
+/// both do (with the AAAA query's failure, as the resolver's own dual-stack lookup, unless
+/// that query merely had no answer: then the A query's). Bogon answers fail unless
+/// `allow_private`; answers in `poison` always fail. What was learnt is returned on success
+/// and inside every failure.
 pub(crate) async fn resolve(
     resolver: &TokioResolver,
     host: &str,
@@ -114,35 +131,19 @@ pub(crate) async fn resolve(
     let aaaa = query(resolver, &fqdn, RecordType::AAAA, deadline);
     let a = query(resolver, &fqdn, RecordType::A, deadline);
     tokio::pin!(aaaa, a);
-    // Once one query has addresses, the other gets a moment more, not the probe's whole
-    // budget (a dropped AAAA query must not spend the time the connection needs).
-    let cut = |ty: RecordType| {
-        let f = Failure::timeout(Outcome::DnsTimeout, "DNS lookup");
-        (DnsQuery { query_type: ty.to_string(), failure: f.failure.clone(), answers: Vec::new() }, Err(f))
-    };
     let ((q6, r6), (q4, r4)) = tokio::select! {
         six = &mut aaaa => {
-            let four = if six.1.is_ok() {
-                timeout_at(deadline.min(Instant::now() + SECOND_QUERY_GRACE), &mut a).await.unwrap_or_else(|_| cut(RecordType::A))
-            } else {
-                a.await
-            };
+            let four = second(six.1.is_ok(), a, RecordType::A, deadline).await;
             (six, four)
         }
         four = &mut a => {
-            let six = if four.1.is_ok() {
-                timeout_at(deadline.min(Instant::now() + SECOND_QUERY_GRACE), &mut aaaa).await.unwrap_or_else(|_| cut(RecordType::AAAA))
-            } else {
-                aaaa.await
-            };
+            let six = second(four.1.is_ok(), aaaa, RecordType::AAAA, deadline).await;
             (six, four)
         }
     };
     let mut resolved = Resolved { addrs: Vec::new(), queries: vec![q6, q4] };
     match (r6, r4) {
-        // Both failed: the A query's failure when the AAAA query merely had no answer (an
-        // IPv4-only name whose A query is blocked is a blocked name), else the AAAA's, as the
-        // resolver's own dual-stack lookup reports.
+        // Both failed: an IPv4-only name whose A query is blocked is a blocked name.
         (Err(f6), Err(f4)) => return Err((if f6.failure == ooni::DNS_NO_ANSWER { f4 } else { f6 }, resolved)),
         (r6, r4) => {
             resolved.addrs = r6.unwrap_or_default();
