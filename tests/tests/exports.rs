@@ -42,19 +42,32 @@ fn get_bytes(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
 
 /// Runs a Python snippet with `args`; its stdout, or `None` when a module it imports is missing.
 fn python(code: &str, args: &[&str], modules: &[&str]) -> Option<String> {
+    python_in("", code, args, modules)
+}
+
+/// As [`python`], with `path` (a directory of packages, or empty) on `PYTHONPATH`.
+fn python_in(path: &str, code: &str, args: &[&str], modules: &[&str]) -> Option<String> {
+    let python3 = || {
+        let mut c = std::process::Command::new("python3");
+        c.env("PYTHONPATH", path);
+        c
+    };
     for m in modules {
-        let ok = std::process::Command::new("python3")
-            .args(["-c", &format!("import {m}")])
-            .status()
-            .is_ok_and(|s| s.success());
+        let ok = python3().args(["-c", &format!("import {m}")]).status().is_ok_and(|s| s.success());
         if !ok {
             eprintln!("SKIPPED part: python3 module {m} is not installed (tests/run.sh installs it)");
             return None;
         }
     }
-    let out = std::process::Command::new("python3").arg("-c").arg(code).args(args).output().unwrap();
+    let out = python3().arg("-c").arg(code).args(args).output().unwrap();
     assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
     Some(String::from_utf8(out.stdout).unwrap())
+}
+
+/// The rows of a CSV file as Python's `csv` module reads them, by header.
+fn csv_rows(path: &Path) -> Vec<BTreeMap<String, String>> {
+    let code = "import csv, json, sys\nprint(json.dumps(list(csv.DictReader(open(sys.argv[1], newline='')))))";
+    serde_json::from_str(&python(code, &[path.to_str().unwrap()], &[]).unwrap()).unwrap()
 }
 
 fn start(dir: &Path) -> CollectorProc {
@@ -92,13 +105,7 @@ fn results_and_blocks_come_out_in_every_format_and_read_back() {
     assert_eq!(status, 200);
     let csv_path = dir.path().join("results.csv");
     std::fs::write(&csv_path, &csv).unwrap();
-    let read = python(
-        "import csv, json, sys\nrows = list(csv.DictReader(open(sys.argv[1], newline='')))\nprint(json.dumps(rows))",
-        &[csv_path.to_str().unwrap()],
-        &[],
-    )
-    .unwrap();
-    let rows: Vec<BTreeMap<String, String>> = serde_json::from_str(&read).unwrap();
+    let rows = csv_rows(&csv_path);
     assert_eq!(rows.len(), 480);
     for row in &rows {
         let r = by_id[row["probe_id"].as_str()];
@@ -141,13 +148,7 @@ fn results_and_blocks_come_out_in_every_format_and_read_back() {
     let (_, blocks_csv) = get_bytes(api, "/v1/export?what=blocks&format=csv");
     let blocks_path = dir.path().join("blocks.csv");
     std::fs::write(&blocks_path, &blocks_csv).unwrap();
-    let read = python(
-        "import csv, json, sys\nprint(json.dumps(list(csv.DictReader(open(sys.argv[1], newline='')))))",
-        &[blocks_path.to_str().unwrap()],
-        &[],
-    )
-    .unwrap();
-    let blocks: Vec<BTreeMap<String, String>> = serde_json::from_str(&read).unwrap();
+    let blocks = csv_rows(&blocks_path);
     assert_eq!(blocks.len(), 2, "{blocks:?}");
     for b in &blocks {
         assert_eq!((b["kind"].as_str(), b["target"].as_str(), b["signature"].as_str()), ("block", "openai", "geo"));
@@ -362,7 +363,11 @@ for line in open(sys.argv[1]):
     })
 print(json.dumps(out))
 "#;
-    let Some(loaded) = python_with(code, &[path.to_str().unwrap()], "oonidata") else { return };
+    // oonidata goes in a directory of its own (tests/run.sh: it pins old dependencies).
+    let ooni_path = std::env::var("BLOCKWATCH_OONIDATA_PATH").unwrap_or_default();
+    let Some(loaded) = python_in(&ooni_path, code, &[path.to_str().unwrap()], &["oonidata.dataclient"]) else {
+        return;
+    };
     let loaded: Vec<serde_json::Value> = serde_json::from_str(&loaded).unwrap();
     assert_eq!(loaded.len(), 6);
     for (m, raw) in loaded.iter().zip(&raw) {
@@ -419,24 +424,4 @@ print(json.dumps(out))
     assert_eq!((loaded[1]["asn"].as_str(), loaded[1]["cc"].as_str()), (Some("AS0"), Some("ZZ")));
     // The binary body comes back byte for byte.
     assert_eq!(loaded[2]["http"][0][2], "ff008078");
-}
-
-/// Runs a Python snippet that imports `module` from the directory the test script installed
-/// it into (`BLOCKWATCH_OONIDATA_PATH`), or from the environment; `None` (and a note) when it
-/// is not installed.
-fn python_with(code: &str, args: &[&str], module: &str) -> Option<String> {
-    let path = std::env::var("BLOCKWATCH_OONIDATA_PATH").unwrap_or_default();
-    let ok = std::process::Command::new("python3")
-        .env("PYTHONPATH", &path)
-        .args(["-c", &format!("import {module}.dataclient")])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("SKIPPED part: python3 module {module} is not installed (tests/run.sh installs it)");
-        return None;
-    }
-    let out =
-        std::process::Command::new("python3").env("PYTHONPATH", &path).arg("-c").arg(code).args(args).output().unwrap();
-    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
-    Some(String::from_utf8(out.stdout).unwrap())
 }
