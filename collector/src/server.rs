@@ -109,7 +109,7 @@ impl Collector {
             .await
             .map_err(|e| StartError::Task(e.to_string()))??;
         let rebuilt = {
-            let store = store.clone();
+            let store = store.reader();
             let dcfg = cfg.detector.clone();
             tokio::task::spawn_blocking(move || rebuild_detector(&store, dcfg))
                 .await

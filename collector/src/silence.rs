@@ -63,7 +63,7 @@ pub(crate) async fn watch_silence(
         }
         if !out.is_empty() {
             let (log, events) = (Arc::clone(&log), events.clone());
-            let _ = tokio::task::spawn_blocking(move || publish(&log, &events, &mut out, None)).await;
+            let _ = tokio::task::spawn_blocking(move || publish(&log, &events, &mut out, None, &mut Vec::new())).await;
         }
     }
 }

@@ -79,3 +79,30 @@ impl Interner {
         &self.names[i as usize]
     }
 }
+
+/// An interner is saved as its names in index order; the map is rebuilt from them.
+impl serde::Serialize for Interner {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.names.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Interner {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Interner, D::Error> {
+        let names = Vec::<Box<str>>::deserialize(d)?;
+        let mut interner = Interner::default();
+        for name in names {
+            if !interner.get_or_insert(&name).1 {
+                return Err(serde::de::Error::custom(format!("name {name:?} appears twice")));
+            }
+        }
+        Ok(interner)
+    }
+}
+
+impl Interner {
+    /// How many names there are.
+    pub(crate) fn len(&self) -> usize {
+        self.names.len()
+    }
+}

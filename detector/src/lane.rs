@@ -10,7 +10,7 @@ use super::sample::Samples;
 use super::stats::{Class, Llr};
 
 /// One result as the lane keeps it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Entry {
     /// `started_at` (event time).
     pub t: Millis,
@@ -51,7 +51,7 @@ const SR_CAP: f64 = 3.0;
 /// one a probe late.
 const ONSET_SLACK: f64 = 1.92;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Lane {
     pub agent: u32,
     pub cell: u32,
@@ -110,6 +110,18 @@ pub(crate) struct Lane {
 }
 
 impl Lane {
+    /// What a lane read back from a snapshot must hold for its methods to be sound: results
+    /// in time order, within the history it keeps.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if self.cap < 8 || self.buf.len() > self.cap {
+            return Err(format!("{} results kept of at most {}", self.buf.len(), self.cap));
+        }
+        if self.buf.iter().zip(self.buf.iter().skip(1)).any(|(a, b)| a.t > b.t) {
+            return Err("results out of time order".to_string());
+        }
+        Ok(())
+    }
+
     pub(crate) fn new(agent: u32, cell: u32, cap: usize, interval: f64, end_threshold: f64) -> Lane {
         Lane {
             agent,

@@ -17,6 +17,7 @@ mod event;
 mod intern;
 mod lane;
 mod sample;
+mod snapshot;
 mod stats;
 mod vantage;
 
@@ -30,6 +31,7 @@ use blockwatch_proto::v1::StoredResult;
 
 pub use config::DetectorConfig;
 pub use event::{Event, EventKind, Evidence};
+pub use snapshot::SnapshotError;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -136,6 +138,7 @@ pub const FUTURE_LIMIT: Millis = 15 * 60 * 1000;
 const STALE_SWEEP: Millis = 30_000;
 
 /// An agent: its lanes, learned baseline and vantage state.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Agent {
     region: u32,
     /// (target, lane) pairs.
@@ -160,6 +163,7 @@ pub const SKEW_MIN: Millis = 60_000;
 pub const SKEW_SETTLE: Millis = 15 * 60_000;
 
 /// One target in one region, where blocks are decided.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Cell {
     target: u32,
     region: u32,
@@ -176,7 +180,7 @@ struct Cell {
 }
 
 /// An open block.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 struct Block {
     onset: Millis,
     /// Failure rate during the block (what recovery is weighed against).
@@ -186,6 +190,7 @@ struct Block {
 }
 
 /// A target and the regions probing it.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Target {
     cells: Vec<u32>,
     outage: Option<Outage>,
@@ -197,6 +202,7 @@ struct Target {
 }
 
 /// An open provider outage.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Outage {
     regions: Vec<u32>,
 }

@@ -10,7 +10,7 @@ const KEPT: usize = 3;
 const MAX_LEN: usize = 128;
 
 /// One failing result.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Sample {
     pub t: Millis,
     pub probe_id: String,
@@ -19,7 +19,7 @@ pub(crate) struct Sample {
 }
 
 /// The newest few failing results of a lane, by event time.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Samples(Vec<Sample>);
 
 impl Samples {

@@ -6,7 +6,7 @@ use blockwatch_proto::Outcome;
 use super::config::DetectorConfig;
 
 /// How a result counts as evidence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
 pub(crate) enum Class {
     /// The target was reachable as expected.
@@ -71,7 +71,7 @@ pub(crate) fn signature(o: Outcome) -> &'static str {
 ///
 /// `fail`/`ok`/`geo` weigh "blocked" (failure rate `p1`) against "as usual" (the agent's
 /// baseline `p0`); the `rec_*` values weigh the reverse, for the end of a block.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Llr {
     pub fail: f64,
     pub ok: f64,
@@ -132,7 +132,7 @@ impl Llr {
 /// An agent's learned rate of non-geo failures: exponentially decayed counts plus a prior,
 /// so a new agent starts at the prior and a flaky one earns a higher baseline (and so needs
 /// more failures before they mean anything).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Baseline {
     fails: f64,
     total: f64,

@@ -10,7 +10,12 @@
 //!   handled when it last appended events; written in the same commit as those events, so a
 //!   restart re-publishes exactly the events a crash kept from the log. `sink_cursor/NAME` →
 //!   the last event notification sink NAME finished with; `maintenance/ID` → a maintenance
-//!   window added through the API (JSON).
+//!   window added through the API (JSON); `detector_checkpoint` → the header of the detector's
+//!   checkpoint (the results it covers, its length and chunks).
+//! - `checkpoint`: chunk number (u32 big-endian) → the detector's state
+//!   (`Detector::snapshot`) in chunks of `CHECKPOINT_CHUNK`, written in one commit with its
+//!   header and the `detector_processed` mark (key-value separated: the values are large and
+//!   rewritten whole).
 //!
 //! All result writes go through one writer thread ([`writer`]) that does the dedupe check, so
 //! two concurrent batches carrying the same probe id cannot both store it, and that commits
@@ -58,6 +63,8 @@ pub enum StoreError {
     DiskFull { free_mib: u64, reserve_mib: u64 },
     #[error("store read failed: {0}")]
     Read(String),
+    #[error("{0} is damaged")]
+    Damaged(String),
     #[error("store record {key} is corrupt")]
     Corrupt { key: String, source: prost::DecodeError },
     #[error("the store writer has stopped")]
@@ -90,7 +97,12 @@ pub(crate) struct Keyspaces {
     cells: Keyspace,
     events: Keyspace,
     meta: Keyspace,
+    checkpoint: Keyspace,
 }
+
+const DETECTOR_CHECKPOINT: &[u8] = b"detector_checkpoint";
+/// Bytes per value of the detector's checkpoint.
+const CHECKPOINT_CHUNK: usize = 1 << 20;
 
 const DETECTOR_PROCESSED: &[u8] = b"detector_processed";
 
@@ -131,6 +143,11 @@ impl Store {
             cells: db.keyspace("cells", KeyspaceCreateOptions::default).map_err(open_err)?,
             events: db.keyspace("events", KeyspaceCreateOptions::default).map_err(open_err)?,
             meta: db.keyspace("meta", KeyspaceCreateOptions::default).map_err(open_err)?,
+            checkpoint: db
+                .keyspace("checkpoint", || {
+                    KeyspaceCreateOptions::default().with_kv_separation(Some(fjall::KvSeparationOptions::default()))
+                })
+                .map_err(open_err)?,
             db,
         };
         index_existing(&ks).map_err(|e| StoreError::Open { path: dir.to_owned(), cause: e.to_string() })?;
@@ -163,6 +180,7 @@ impl Store {
             db: ks.db.clone(),
             events: ks.events.clone(),
             meta: ks.meta.clone(),
+            checkpoint: ks.checkpoint.clone(),
             processed: self.reader.detector_processed().ok().flatten().unwrap_or(0),
         }
     }
@@ -236,6 +254,39 @@ impl Reader {
     pub fn detector_processed(&self) -> Result<Option<u64>, StoreError> {
         let v = self.ks.meta.get(DETECTOR_PROCESSED).map_err(|e| StoreError::Read(describe(&e)))?;
         Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(u64::from_be_bytes))
+    }
+
+    /// The detector's checkpoint: the results it covers (store order) and its bytes; `None`
+    /// when there is none. A checkpoint whose chunks do not add up is reported corrupt.
+    /// Blocking.
+    pub fn detector_checkpoint(&self) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+        let read = |e: fjall::Error| StoreError::Read(describe(&e));
+        let Some(header) = self.ks.meta.get(DETECTOR_CHECKPOINT).map_err(read)? else { return Ok(None) };
+        let Some(h) = CheckpointHeader::parse(&header) else {
+            return Err(StoreError::Damaged("the detector checkpoint's header".into()));
+        };
+        let mut bytes = Vec::with_capacity(usize::try_from(h.len).unwrap_or(0).min(1 << 30));
+        for chunk in 0..h.chunks {
+            match self.ks.checkpoint.get(chunk.to_be_bytes()).map_err(read)? {
+                Some(v) => bytes.extend_from_slice(&v),
+                None => return Err(StoreError::Damaged(format!("the detector checkpoint's chunk {chunk}"))),
+            }
+        }
+        if bytes.len() as u64 != h.len {
+            return Err(StoreError::Damaged(format!(
+                "the detector checkpoint: {} bytes, its header says {}",
+                bytes.len(),
+                h.len
+            )));
+        }
+        Ok(Some((h.processed, bytes)))
+    }
+
+    /// The header of the detector's checkpoint: the results it covers and its size in bytes.
+    /// Blocking.
+    pub fn detector_checkpoint_header(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let v = self.ks.meta.get(DETECTOR_CHECKPOINT).map_err(|e| StoreError::Read(describe(&e)))?;
+        Ok(v.and_then(|v| CheckpointHeader::parse(&v)).map(|h| (h.processed, h.len)))
     }
 
     /// Whether the event log is empty. Blocking.
@@ -487,11 +538,38 @@ impl Reader {
     }
 }
 
+/// The detector checkpoint's header in `meta`: results covered, length, chunk count.
+struct CheckpointHeader {
+    processed: u64,
+    len: u64,
+    chunks: u32,
+}
+
+impl CheckpointHeader {
+    fn parse(v: &[u8]) -> Option<CheckpointHeader> {
+        let v: &[u8; 20] = v.try_into().ok()?;
+        Some(CheckpointHeader {
+            processed: u64::from_be_bytes(v[..8].try_into().ok()?),
+            len: u64::from_be_bytes(v[8..16].try_into().ok()?),
+            chunks: u32::from_be_bytes(v[16..].try_into().ok()?),
+        })
+    }
+
+    fn bytes(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[..8].copy_from_slice(&self.processed.to_be_bytes());
+        out[8..16].copy_from_slice(&self.len.to_be_bytes());
+        out[16..].copy_from_slice(&self.chunks.to_be_bytes());
+        out
+    }
+}
+
 /// Appends detector events; one writer, so it numbers them itself.
 pub struct EventLog {
     db: Database,
     events: Keyspace,
     meta: Keyspace,
+    checkpoint: Keyspace,
     next: u64,
     processed: u64,
 }
@@ -509,6 +587,33 @@ impl EventLog {
         batch.insert(&self.meta, DETECTOR_PROCESSED, processed.to_be_bytes());
         batch.commit().map_err(|e| StoreError::Write(describe(&e)))?;
         self.next += lines.len() as u64;
+        self.processed = processed;
+        Ok(())
+    }
+
+    /// Replaces the detector's checkpoint with `state`, its state after the first `processed`
+    /// results, and moves the `detector_processed` mark to it: one durable commit, so a
+    /// restart sees the old checkpoint or the new one whole, and never a mark behind it.
+    /// Blocking.
+    pub fn checkpoint(&mut self, processed: u64, state: &[u8]) -> Result<(), StoreError> {
+        let write = |e: fjall::Error| StoreError::Write(describe(&e));
+        let old = match self.meta.get(DETECTOR_CHECKPOINT).map_err(write)? {
+            Some(v) => CheckpointHeader::parse(&v).map_or(0, |h| h.chunks),
+            None => 0,
+        };
+        let chunks = state.chunks(CHECKPOINT_CHUNK);
+        let header = CheckpointHeader { processed, len: state.len() as u64, chunks: chunks.len() as u32 };
+        let mut batch = self.db.batch().durability(Some(fjall::PersistMode::SyncAll));
+        for (i, chunk) in chunks.enumerate() {
+            batch.insert(&self.checkpoint, (i as u32).to_be_bytes(), chunk);
+        }
+        for stale in header.chunks..old {
+            batch.remove(&self.checkpoint, stale.to_be_bytes());
+        }
+        batch.insert(&self.meta, DETECTOR_CHECKPOINT, header.bytes());
+        let processed = processed.max(self.processed);
+        batch.insert(&self.meta, DETECTOR_PROCESSED, processed.to_be_bytes());
+        batch.commit().map_err(write)?;
         self.processed = processed;
         Ok(())
     }
