@@ -5,6 +5,7 @@
 //! The binaries must be built first (`cargo build --bins`); the README's test command does.
 
 pub mod fake_collector;
+pub mod faults;
 pub mod mmdb;
 pub mod receiver;
 pub mod session;

@@ -1,0 +1,482 @@
+//! Ingest under load, measured from outside: a load generator opens 1 000 and 10 000 agent
+//! streams (one HTTP/2 connection each, as agents have) to a real collector process on
+//! loopback, sends results in batches of 1, 10, 100 or 500 with at most 4 unacked batches per
+//! stream (the agent's own limit), and counts results acked — durable — per second, ack
+//! latency, and the collector's CPU and peak RSS. In the same run it measures two ceilings: the
+//! same streams against a server that acks without validating or storing (this process's own
+//! `--null-server`), and the store's batch-write rate without gRPC. Then a rate at half the
+//! durable figure for the latency goal, and a burst: every agent reconnecting at once with a
+//! spool full of backlog, sending batches of 500 as fast as the collector takes them.
+//!
+//! `cargo build --release --bins && cargo bench -p blockwatch-tests --bench load`
+//! Environment: `BW_LOAD_SECS` (measured seconds per shape, default 10), `BW_LOAD_AGENTS`
+//! (the big fleet, default 10000).
+//!
+//! The load generator shares the machine's cores with the collector, so every figure is a
+//! lower bound of what the collector does alone.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use blockwatch_collector::store::Store;
+use blockwatch_proto::v1::fleet_client::FleetClient;
+use blockwatch_proto::v1::{
+    AgentMessage, DnsAnswer, DnsQuery, Header, Hello, PhaseDurations, ProbeResult, RegisterRequest, ResultBatch,
+    agent_message, collector_message,
+};
+use blockwatch_tests::fake_collector::{cpu_seconds, rss_kib};
+use blockwatch_tests::*;
+use prost::Message;
+use tokio::sync::{Mutex, mpsc};
+
+/// Unacked batches a stream may have, as the agent's uplink allows.
+const IN_FLIGHT: usize = 4;
+/// Streams opened at once while the fleet connects.
+const CONNECTING: usize = 256;
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A result as a real probe of an HTTPS API records it (DNS answers, TLS, headers, a body
+/// prefix): about 600 bytes encoded.
+fn result(agent: &str, region: &str, epoch: u64, n: u64) -> ProbeResult {
+    let mut r = ProbeResult {
+        probe_id: format!("{agent}/{epoch}/{n}"),
+        agent_id: agent.into(),
+        region: region.into(),
+        target_id: ["openai", "anthropic", "gemini", "mistral"][(n % 4) as usize].into(),
+        started_at: Some(blockwatch_proto::time::to_timestamp(blockwatch_proto::time::now() - 500)),
+        provider: "openai".into(),
+        http_status: 401,
+        provider_code: "invalid_api_key".into(),
+        resolved_addresses: vec!["192.0.2.10".into(), "2001:db8::10".into()],
+        peer_address: "192.0.2.10:443".into(),
+        durations: Some(PhaseDurations {
+            dns_us: 900,
+            connect_us: 21_000,
+            tls_us: 43_000,
+            http_ttfb_us: 88_000,
+            http_us: 90_000,
+            total_us: 160_000,
+        }),
+        egress_address: "198.51.100.7".into(),
+        egress_asn: 64_500,
+        egress_country: "ZZ".into(),
+        url: "https://api.openai.com/v1/models".into(),
+        dns_queries: vec![DnsQuery {
+            query_type: "A".into(),
+            failure: String::new(),
+            answers: vec![DnsAnswer { answer_type: "A".into(), value: "192.0.2.10".into(), ttl: 300 }],
+        }],
+        tls_version: "TLSv1.3".into(),
+        tls_cipher_suite: "TLS_AES_128_GCM_SHA256".into(),
+        tls_alpn: "h2".into(),
+        response_headers: ["content-type: application/json", "server: cloudflare", "cf-ray: 8f1e2d3c4b5a6978-AMS"]
+            .iter()
+            .map(|h| {
+                let (name, value) = h.split_once(": ").unwrap();
+                Header { name: name.into(), value: value.into() }
+            })
+            .collect(),
+        body_prefix: br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}"#.to_vec(),
+        ..Default::default()
+    };
+    r.set_outcome(blockwatch_proto::Outcome::Ok);
+    r
+}
+
+/// What one shape offers: how many agents, results per batch, and in all how many results a
+/// second (`None`: as fast as acks come back), or a backlog per agent to send first.
+#[derive(Clone, Copy)]
+struct Shape {
+    /// Distinguishes the probe ids of each shape's results (the agents are the same).
+    epoch: u64,
+    agents: usize,
+    batch: usize,
+    rate: Option<f64>,
+    backlog: u64,
+}
+
+/// What a shape measured.
+#[derive(Default)]
+struct Measured {
+    acked_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu: f64,
+    rss_mib: f64,
+    refused: u64,
+    /// Burst: fresh results' ack latency, p99.
+    fresh_p99_ms: f64,
+}
+
+/// Counters shared by every agent of a shape.
+#[derive(Default)]
+struct Shared {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    acked: AtomicU64,
+    refused: AtomicU64,
+    latencies: Mutex<Vec<u32>>,
+    fresh: Mutex<Vec<u32>>,
+}
+
+/// One agent: registers, opens its Report stream, and sends batches while it may.
+async fn agent(
+    addr: SocketAddr,
+    id: String,
+    region: String,
+    shape: Shape,
+    shared: Arc<Shared>,
+    ready: mpsc::Sender<()>,
+) {
+    let channel = loop {
+        match tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await {
+            Ok(c) => break c,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let mut client = FleetClient::new(channel).max_decoding_message_size(8 << 20);
+    let reg =
+        RegisterRequest { agent_id: id.clone(), region: region.clone(), version: "load".into(), ..Default::default() };
+    if let Err(e) = client.register(reg).await {
+        eprintln!("{id}: register: {e}");
+        return;
+    }
+    let (tx, rx) = mpsc::channel(IN_FLIGHT + 2);
+    let hello = AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: id.clone() })) };
+    tx.send(hello).await.unwrap();
+    let mut inbound = match client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => {
+            eprintln!("{id}: report: {e}");
+            return;
+        }
+    };
+    let _ = ready.send(()).await;
+    drop(ready);
+    let mut n = 0u64;
+    let mut batch_id = 0u64;
+    // Sent and not yet acked: batch id, when sent, and whether it carried a fresh result.
+    let mut pending: VecDeque<(u64, Instant, bool)> = VecDeque::new();
+    let mut latencies = Vec::new();
+    let mut fresh = Vec::new();
+    let mut backlog = shape.backlog;
+    // A paced agent sends a batch every `period`, from a phase of its own.
+    let period = shape.rate.map(|r| Duration::from_secs_f64(shape.batch as f64 * shape.agents as f64 / r));
+    let mut next_send = Instant::now() + period.map_or(Duration::ZERO, |p| p.mul_f64(fastrand(&id)));
+    loop {
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        if stopping && pending.is_empty() {
+            break;
+        }
+        let can_send = !stopping && pending.len() < IN_FLIGHT;
+        let wait = next_send.saturating_duration_since(Instant::now());
+        tokio::select! {
+            _ = tokio::time::sleep(wait), if can_send => {
+                let mut results = Vec::with_capacity(shape.batch);
+                // Behind a backlog, a quarter of each batch is fresh (as the agent's uplink
+                // sends them), the rest the spool's oldest.
+                let carries_fresh = backlog == 0 || batch_id.is_multiple_of(4);
+                for _ in 0..shape.batch {
+                    n += 1;
+                    results.push(result(&id, &region, shape.epoch, n));
+                }
+                backlog = backlog.saturating_sub(shape.batch as u64);
+                batch_id += 1;
+                let msg = AgentMessage { kind: Some(agent_message::Kind::Batch(ResultBatch { batch_id, results })) };
+                if tx.send(msg).await.is_err() {
+                    break;
+                }
+                pending.push_back((batch_id, Instant::now(), carries_fresh));
+                next_send = match period {
+                    Some(p) if backlog == 0 => next_send.max(Instant::now() - p) + p,
+                    _ => Instant::now(),
+                };
+            }
+            m = inbound.message() => {
+                let Ok(Some(m)) = m else { break };
+                match m.kind {
+                    Some(collector_message::Kind::Ack(a)) => {
+                        let Some(pos) = pending.iter().position(|(b, _, _)| *b == a.batch_id) else { continue };
+                        let (_, sent, carries_fresh) = pending.remove(pos).unwrap();
+                        if shared.measuring.load(Ordering::Relaxed) {
+                            let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                            shared.acked.fetch_add(a.probe_ids.len() as u64, Ordering::Relaxed);
+                            latencies.push(us);
+                            if carries_fresh && shape.backlog > 0 {
+                                fresh.push(us);
+                            }
+                        }
+                    }
+                    Some(collector_message::Kind::Reject(r)) => {
+                        shared.refused.fetch_add(r.probe_ids.len() as u64, Ordering::Relaxed);
+                        pending.retain(|(b, _, _)| *b != r.batch_id);
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    shared.latencies.lock().await.extend(latencies);
+    shared.fresh.lock().await.extend(fresh);
+}
+
+/// A number in [0, 1) from a name: each agent's phase.
+fn fastrand(s: &str) -> f64 {
+    let h = s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+    (h >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn percentile(xs: &mut [u32], p: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    xs.sort_unstable();
+    xs[((xs.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+/// Runs one shape against the server at `addr` (process `pid`): connects the fleet, warms up
+/// for 2 s, measures for `secs`, then lets every stream drain.
+fn run(rt: &tokio::runtime::Runtime, addr: SocketAddr, pid: u32, shape: Shape, secs: u64) -> Measured {
+    let shared = Arc::new(Shared::default());
+    let (ready_tx, mut ready) = mpsc::channel(shape.agents);
+    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTING));
+    let tasks: Vec<_> = (0..shape.agents)
+        .map(|i| {
+            let region = format!("r{:02}", i % 30);
+            let id = format!("{}-{i}", region);
+            let (shared, ready_tx, connecting) = (Arc::clone(&shared), ready_tx.clone(), Arc::clone(&connecting));
+            rt.spawn(async move {
+                // Released once the stream is open: at most CONNECTING handshakes at once.
+                let permit = connecting.acquire_owned().await.unwrap();
+                let (opened_tx, mut opened) = mpsc::channel(1);
+                let run = tokio::spawn(agent(addr, id, region, shape, shared, opened_tx));
+                let opened = opened.recv().await.is_some();
+                drop(permit);
+                if opened {
+                    let _ = ready_tx.send(()).await;
+                }
+                let _ = run.await;
+            })
+        })
+        .collect();
+    drop(ready_tx);
+    let connected = rt.block_on(async {
+        let mut n = 0;
+        while n < shape.agents {
+            match tokio::time::timeout(Duration::from_secs(60), ready.recv()).await {
+                Ok(Some(())) => n += 1,
+                _ => break,
+            }
+        }
+        n
+    });
+    assert_eq!(connected, shape.agents, "only {connected} of {} agents connected", shape.agents);
+    std::thread::sleep(Duration::from_secs(2));
+    let cpu0 = cpu_seconds(pid);
+    shared.measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut peak = rss_kib(pid);
+    while t0.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_millis(100));
+        peak = peak.max(rss_kib(pid));
+    }
+    shared.measuring.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu = (cpu_seconds(pid) - cpu0) / elapsed;
+    shared.stop.store(true, Ordering::Relaxed);
+    rt.block_on(async {
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
+        }
+    });
+    let mut lat = std::mem::take(&mut *shared.latencies.blocking_lock());
+    let mut fresh = std::mem::take(&mut *shared.fresh.blocking_lock());
+    Measured {
+        acked_per_s: shared.acked.load(Ordering::Relaxed) as f64 / elapsed,
+        p50_ms: percentile(&mut lat, 0.5),
+        p99_ms: percentile(&mut lat, 0.99),
+        cpu,
+        rss_mib: peak.max(rss_kib(pid)) as f64 / 1024.0,
+        refused: shared.refused.load(Ordering::Relaxed),
+        fresh_p99_ms: percentile(&mut fresh, 0.99),
+    }
+}
+
+/// `--null-server`: a Fleet server that registers anyone and acks every batch at once,
+/// storing nothing: the ceiling of the streams and of this load generator.
+fn null_server() {
+    use blockwatch_proto::v1::fleet_server::{Fleet, FleetServer};
+    use blockwatch_proto::v1::{Ack, CollectorMessage, RegisterResponse};
+    use tonic::{Request, Response, Status, Streaming};
+
+    struct Null;
+    type Out = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<CollectorMessage, Status>> + Send>>;
+
+    #[tonic::async_trait]
+    impl Fleet for Null {
+        async fn register(&self, _: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+            Ok(Response::new(RegisterResponse { max_batch: 500, ..Default::default() }))
+        }
+        type ReportStream = Out;
+        async fn report(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<Out>, Status> {
+            let mut inbound = request.into_inner();
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = inbound.message().await {
+                    if let Some(agent_message::Kind::Batch(b)) = m.kind {
+                        let probe_ids = b.results.into_iter().map(|r| r.probe_id).collect();
+                        let ack = Ack { batch_id: b.batch_id, duplicates: 0, probe_ids };
+                        let msg = CollectorMessage { kind: Some(collector_message::Kind::Ack(ack)) };
+                        if tx.send(Ok(msg)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("listening {}", listener.local_addr().unwrap());
+        tonic::transport::Server::builder()
+            .add_service(FleetServer::new(Null).max_decoding_message_size(8 << 20))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .unwrap();
+    });
+}
+
+/// The store's batch-write rate without gRPC: `writers` tasks writing batches of `batch`
+/// results for `secs`, each waiting for its write to be durable, as the streams do.
+fn store_ceiling(rt: &tokio::runtime::Runtime, writers: usize, batch: usize, secs: u64) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (store, stop, written) = (store.clone(), Arc::clone(&stop), Arc::clone(&written));
+            rt.spawn(async move {
+                let (id, region) = (format!("w-{w}"), format!("r{:02}", w % 30));
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let results: Vec<_> = (0..batch)
+                        .map(|_| {
+                            n += 1;
+                            result(&id, &region, 1, n)
+                        })
+                        .collect();
+                    let out = store.write_results(results, blockwatch_proto::time::now()).await.unwrap();
+                    written.fetch_add(out.stored as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    let rate = written.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    store.close();
+    rate
+}
+
+fn line(name: &str, m: &Measured) {
+    println!(
+        "{name:<44} {:>9.0}/s  p50 {:>7.1} ms  p99 {:>7.1} ms  CPU {:>4.2} cores  RSS {:>6.1} MiB{}",
+        m.acked_per_s,
+        m.p50_ms,
+        m.p99_ms,
+        m.cpu,
+        m.rss_mib,
+        if m.refused > 0 { format!("  ({} refused)", m.refused) } else { String::new() }
+    );
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--null-server") {
+        return null_server();
+    }
+    let secs = env("BW_LOAD_SECS", 10);
+    let big = env("BW_LOAD_AGENTS", 10_000) as usize;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!(
+        "result: {} bytes encoded; {secs} s measured per shape; generator and server share 2 cores",
+        result("r00-1", "r00", 1, 1).encoded_len()
+    );
+
+    let store_rate = store_ceiling(&rt, 64, 10, secs);
+    println!("{:<44} {store_rate:>9.0}/s", "ceiling: store writes, 64 writers x 10, no gRPC");
+    if std::env::var("BW_LOAD_ONLY").is_ok_and(|v| v == "store") {
+        return;
+    }
+
+    // The null server, in a process of its own like the collector.
+    let mut null = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--null-server")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the null server");
+    let null_addr: SocketAddr = {
+        use std::io::BufRead;
+        let mut l = String::new();
+        std::io::BufReader::new(null.stdout.take().unwrap()).read_line(&mut l).unwrap();
+        l.trim().strip_prefix("listening ").unwrap().parse().unwrap()
+    };
+    let null_shape = Shape { epoch: 1, agents: big, batch: 10, rate: None, backlog: 0 };
+    let null_m = run(&rt, null_addr, null.id(), null_shape, secs);
+    line(&format!("ceiling: null server, {big} streams x 10"), &null_m);
+    let _ = null.kill();
+    let _ = null.wait();
+
+    let dir = tempfile::tempdir().unwrap();
+    let limits = format!(
+        "[limits]\nmax_agents = {n}\nmax_connections = {n}\nmax_connections_per_address = {n}\n",
+        n = big + 1000
+    );
+    let collector = CollectorProc::start_insecure(dir.path(), None, &limits);
+    let pid = collector.proc.child.id();
+    let mut durable_small = 0.0f64;
+    let shapes = [(1000, 1), (1000, 10), (1000, 100), (1000, 500), (big, 1), (big, 10)];
+    for (epoch, (agents, batch)) in (2..).zip(shapes) {
+        let m = run(&rt, collector.addr, pid, Shape { epoch, agents, batch, rate: None, backlog: 0 }, secs);
+        line(&format!("collector: {agents} streams x {batch}"), &m);
+        if agents == big && batch <= 10 {
+            durable_small = durable_small.max(m.acked_per_s);
+        }
+    }
+    let half = durable_small / 2.0;
+    let m =
+        run(&rt, collector.addr, pid, Shape { epoch: 100, agents: big, batch: 10, rate: Some(half), backlog: 0 }, secs);
+    line(&format!("collector: {big} streams x 10 at {half:.0}/s offered"), &m);
+    let lower = store_rate.min(null_m.acked_per_s);
+    println!(
+        "durable, {big} agents, batches <= 10: {durable_small:.0}/s (goal >= 100000); {:.2} of the lower ceiling (goal >= 0.5); ack p99 at half that rate {:.1} ms (goal <= 50)",
+        durable_small / lower,
+        m.p99_ms
+    );
+    // The burst: every agent back at once with 2 000 results spooled, in batches of 500.
+    let burst =
+        run(&rt, collector.addr, pid, Shape { epoch: 101, agents: big, batch: 500, rate: None, backlog: 2000 }, secs);
+    line(&format!("burst: {big} agents x 2000 spooled, batches of 500"), &burst);
+    println!(
+        "burst: fresh results acked p99 {:.1} ms; collector still serving: {}",
+        burst.fresh_p99_ms,
+        listening(collector.addr)
+    );
+    let log = collector.proc.log();
+    assert!(!log.contains("panicked"), "the collector panicked:\n{log}");
+}
