@@ -149,6 +149,8 @@ impl Collector {
             tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
                 .max_concurrent_streams(limits.max_streams_per_connection)
+                .initial_connection_window_size(limits.receive_window_kib * 1024)
+                .initial_stream_window_size(limits.receive_window_kib * 1024)
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stopped.await;

@@ -23,8 +23,11 @@ use blockwatch_proto::trace::TraceRecord;
 
 /// Path of a workspace binary, next to the test executable's `deps/` folder.
 pub fn bin(name: &str) -> PathBuf {
+    // A test or bench runs from `target/PROFILE/deps`, a binary of this crate from
+    // `target/PROFILE`.
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let here = exe.parent().expect("the executable's directory");
+    let dir = if here.join(name).exists() { here } else { here.parent().expect("target profile dir") };
     let path = dir.join(name);
     assert!(path.exists(), "{} is not built; run `cargo build --bins` first", path.display());
     path

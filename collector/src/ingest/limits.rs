@@ -41,6 +41,11 @@ pub struct Limits {
     pub max_connections_per_address: usize,
     /// Most concurrent gRPC streams on one connection. Default 16 (an agent uses two).
     pub max_streams_per_connection: u32,
+    /// HTTP/2 receive window of each agent connection and stream, in KiB: how much an agent
+    /// may send ahead of what the collector has read. With one batch being decoded per
+    /// stream, the memory agents can make the collector hold is about `max_connections` ×
+    /// (this + one batch). Default 64 (HTTP/2's own default; the server library's is 1 MiB).
+    pub receive_window_kib: u32,
     /// Free space kept on the store's filesystem, in MiB: below it results are refused
     /// (`UNAVAILABLE`, agents keep them spooled) until space returns, so the store never
     /// meets a full disk mid-write. Default 128; 0 turns the check off.
@@ -61,6 +66,7 @@ impl Default for Limits {
             max_connections: 512,
             max_connections_per_address: 32,
             max_streams_per_connection: 16,
+            receive_window_kib: 64,
             min_free_disk_mb: 128,
         }
     }
@@ -84,6 +90,7 @@ impl Limits {
         range("max_connections", self.max_connections as u64, 1, 1_000_000);
         range("max_connections_per_address", self.max_connections_per_address as u64, 1, 1_000_000);
         range("max_streams_per_connection", u64::from(self.max_streams_per_connection), 2, 100_000);
+        range("receive_window_kib", u64::from(self.receive_window_kib), 16, 16 * 1024);
         range("min_free_disk_mb", self.min_free_disk_mb, 0, 1 << 30);
         if self.max_future > Duration::from_secs(24 * 3600) {
             p.push("limits.max_future: must be at most 24h".into());

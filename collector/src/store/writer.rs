@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{Keyspaces, StoreError};
 
-/// Most queued requests folded into one commit (one fsync).
-const MAX_GROUP: usize = 32;
+/// Most queued requests folded into one commit (one fsync): all the queue holds.
+const MAX_GROUP: usize = super::WRITE_QUEUE;
 
 pub(crate) enum Request {
     Results {
@@ -123,11 +123,12 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>, s
         let mut seq = next_result;
         // What this commit stores, in store order: the feed's next batch.
         let mut fed: Vec<StoredResult> = Vec::new();
-        for (results, received_at, _) in &group {
+        for (results, received_at, _) in &mut group {
             let received_at = (*received_at).max(last_received);
             last_received = received_at;
             let mut out = WriteOutcome::default();
-            for r in results {
+            // Moved, not copied: the stored record takes each result.
+            for r in std::mem::take(results) {
                 let dup = seen.contains(r.probe_id.as_str())
                     || match ks.ids.contains_key(&r.probe_id) {
                         Ok(found) => found,
@@ -137,17 +138,17 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>, s
                         }
                     };
                 if dup {
-                    out.duplicates.push(r.probe_id.clone());
+                    out.duplicates.push(r.probe_id);
                     continue;
                 }
                 seen.insert(r.probe_id.clone());
-                let stored = StoredResult { result: Some(r.clone()), received_at: Some(to_timestamp(received_at)) };
-                batch.insert(&ks.results, seq.to_be_bytes(), stored.encode_to_vec());
                 batch.insert(&ks.ids, r.probe_id.as_bytes(), seq.to_be_bytes());
                 // The index, in the same commit as the result.
-                if let Some((key, val)) = super::cell_entry(seq, r) {
+                if let Some((key, val)) = super::cell_entry(seq, &r) {
                     batch.insert(&ks.cells, key, val);
                 }
+                let stored = StoredResult { result: Some(r), received_at: Some(to_timestamp(received_at)) };
+                batch.insert(&ks.results, seq.to_be_bytes(), stored.encode_to_vec());
                 seq += 1;
                 out.stored += 1;
                 fed.push(stored);
