@@ -1,7 +1,7 @@
 //! The fault harness as a command: `cargo build --release --bins &&
 //! target/release/blockwatch-faults [--long] [--seed N] [--keep DIR]`. Loopback only; the short
 //! run takes about a minute and a half, `--long` (50 collector and 50 agent kills, a one-minute
-//! partition) about eight. Exits non-zero when anything was lost, stored twice, or the live
+//! partition) about seven. Exits non-zero when anything was lost, stored twice, or the live
 //! events differ from a replay.
 
 use blockwatch_tests::faults::{Options, run};
