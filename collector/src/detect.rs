@@ -24,6 +24,9 @@ pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(60);
 /// Where the live detector's output goes. Holds no handle that keeps the store's writer
 /// alive, so closing the store ends the detector.
 pub(crate) struct Live {
+    /// The store's directory and the free space kept there (`limits.min_free_disk_mb`, in
+    /// bytes; 0: no check): a checkpoint that would reach into it is not written.
+    pub(crate) space: (std::path::PathBuf, u64),
     pub(crate) log: Arc<Mutex<EventLog>>,
     pub(crate) events: broadcast::Sender<Event>,
     pub(crate) results: broadcast::Sender<Arc<Vec<StoredResult>>>,
@@ -33,7 +36,7 @@ pub(crate) struct Live {
 /// The live detector, on its own thread: results in store order in, events out, and probe
 /// requests to the agents of a region where a block is suspected.
 pub(crate) fn run_detector(rebuilt: Rebuilt, rx: std::sync::mpsc::Receiver<Vec<StoredResult>>, live: Live) {
-    let Live { log, events, results, streams } = live;
+    let Live { space, log, events, results, streams } = live;
     let Rebuilt { mut detector, mut processed, recovered: mut out, checkpointed, .. } = rebuilt;
     // Event lines whose append failed: retried with the next, so the log never skips them.
     let mut unlogged = Vec::new();
@@ -41,7 +44,7 @@ pub(crate) fn run_detector(rebuilt: Rebuilt, rx: std::sync::mpsc::Receiver<Vec<S
         tracing::warn!(events = out.len(), "publishing events the previous run decided but did not log");
         publish(&log, &events, &mut out, Some(processed), &mut unlogged);
     }
-    let mut checkpoint = Checkpoint { at: checkpointed, when: Instant::now() };
+    let mut checkpoint = Checkpoint { at: checkpointed, when: Instant::now(), space };
     // A start that replayed results writes a checkpoint now, so the next does not again.
     if processed > checkpointed {
         checkpoint.write(&detector, processed, &log, &unlogged);
@@ -74,6 +77,7 @@ struct Checkpoint {
     /// The results it covers.
     at: u64,
     when: Instant,
+    space: (std::path::PathBuf, u64),
 }
 
 impl Checkpoint {
@@ -91,6 +95,18 @@ impl Checkpoint {
         }
         let started = Instant::now();
         let state = detector.snapshot();
+        let (dir, reserve) = &self.space;
+        if *reserve > 0
+            && let Ok(st) = rustix::fs::statvfs(dir)
+            && st.f_bavail.saturating_mul(st.f_frsize) < reserve.saturating_add(state.len() as u64)
+        {
+            self.when = Instant::now();
+            tracing::warn!(
+                bytes = state.len(),
+                "disk nearly full: detector checkpoint not written (a restart replays more)"
+            );
+            return;
+        }
         let written = match log.lock() {
             Ok(mut log) => log.checkpoint(processed, &state),
             Err(_) => {

@@ -126,7 +126,8 @@ impl Collector {
         let log = Arc::new(Mutex::new(store.event_log()));
         let detector = {
             let (log, events, results) = (Arc::clone(&log), events.clone(), results.clone());
-            let live = Live { log, events, results, streams };
+            let space = (cfg.data_dir.clone(), min_free);
+            let live = Live { space, log, events, results, streams };
             std::thread::Builder::new()
                 .name("detector".into())
                 .spawn(move || run_detector(rebuilt, det_rx, live))

@@ -36,6 +36,8 @@ pub(crate) enum Insert {
 
 /// No time: the statistic is at zero.
 pub(crate) const NEVER: Millis = Millis::MIN;
+/// Beyond any time a result can carry (year 9999 is 2.5e14 ms).
+pub(crate) const MAX_TIME: Millis = 1 << 50;
 
 /// Caps keep the statistics quick to turn around when the state changes, and make the
 /// statistics a function of the recent window only (so a recomputation after a late result
@@ -112,9 +114,23 @@ pub(crate) struct Lane {
 impl Lane {
     /// What a lane read back from a snapshot must hold for its methods to be sound: results
     /// in time order, within the history it keeps.
-    pub(crate) fn check(&self) -> Result<(), String> {
-        if self.cap < 8 || self.buf.len() > self.cap {
-            return Err(format!("{} results kept of at most {}", self.buf.len(), self.cap));
+    pub(crate) fn check(&self, cap: usize) -> Result<(), String> {
+        if self.cap != cap.max(8) || self.buf.len() > self.cap {
+            return Err(format!(
+                "{} results kept of at most {} (the configuration keeps {cap})",
+                self.buf.len(),
+                self.cap
+            ));
+        }
+        // Times are milliseconds of years 1..=9999 or NEVER, so differences of them cannot
+        // overflow.
+        let time = |t: Millis| t == NEVER || t.abs() <= MAX_TIME;
+        if ![self.last_t, self.f_start, self.f_last, self.r_start, self.r_last, self.late_received, self.clean_since]
+            .into_iter()
+            .chain(self.buf.iter().map(|e| e.t))
+            .all(time)
+        {
+            return Err("a time out of range".to_string());
         }
         if self.buf.iter().zip(self.buf.iter().skip(1)).any(|(a, b)| a.t > b.t) {
             return Err("results out of time order".to_string());

@@ -127,7 +127,7 @@ impl Detector {
         if state.config != config_text(&config) {
             return Err(SnapshotError::OtherConfig);
         }
-        check(&state).map_err(SnapshotError::Damaged)?;
+        check(&state, config.lane_history).map_err(SnapshotError::Damaged)?;
         let mut d = Detector::new(config);
         d.agent_names = state.agent_names;
         d.target_names = state.target_names;
@@ -150,7 +150,7 @@ impl Detector {
 
 /// Every index of the state points at something, and the lanes, cells and agents agree on
 /// who holds whom.
-fn check(s: &State) -> Result<(), String> {
+fn check(s: &State, lane_history: usize) -> Result<(), String> {
     let (agents, targets, regions) = (s.agent_names.len(), s.target_names.len(), s.region_names.len());
     let (lanes, cells) = (s.lanes.len(), s.cells.len());
     if s.agents.len() != agents || s.targets.len() != targets {
@@ -163,6 +163,9 @@ fn check(s: &State) -> Result<(), String> {
     for (i, a) in s.agents.iter().enumerate() {
         if a.region as usize >= regions {
             return Err(format!("agent {i} is in region {} of {regions}", a.region));
+        }
+        if a.skew.abs() > crate::lane::MAX_TIME {
+            return Err(format!("agent {i}'s clock offset is out of range"));
         }
         for &(t, l) in &a.lanes {
             if t as usize >= targets || l as usize >= lanes || s.lanes[l as usize].agent as usize != i {
@@ -196,7 +199,7 @@ fn check(s: &State) -> Result<(), String> {
         if l.agent as usize >= agents || l.cell as usize >= cells {
             return Err(format!("lane {i} is of agent {} in cell {}", l.agent, l.cell));
         }
-        l.check().map_err(|e| format!("lane {i}: {e}"))?;
+        l.check(lane_history).map_err(|e| format!("lane {i}: {e}"))?;
     }
     Ok(())
 }

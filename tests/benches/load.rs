@@ -179,8 +179,9 @@ async fn agent(
         tokio::select! {
             _ = tokio::time::sleep(wait), if can_send => {
                 let mut results = Vec::with_capacity(shape.batch);
-                // Behind a backlog, a quarter of each batch is fresh (as the agent's uplink
-                // sends them), the rest the spool's oldest.
+                // Behind a backlog, every fourth batch stands for the fresh results the agent's
+                // uplink mixes in (a quarter of what it sends); once the backlog is sent, all
+                // are fresh.
                 let carries_fresh = backlog == 0 || batch_id.is_multiple_of(4);
                 for _ in 0..shape.batch {
                     n += 1;
@@ -277,7 +278,9 @@ fn run(rt: &tokio::runtime::Runtime, addr: SocketAddr, pid: u32, shape: Shape, s
         n
     });
     assert_eq!(connected, shape.agents, "only {connected} of {} agents connected", shape.agents);
-    std::thread::sleep(Duration::from_secs(2));
+    // Warm-up: 2 s, and at least one pacing period, so every paced agent has begun.
+    let period = shape.rate.map_or(0.0, |r| shape.batch as f64 * shape.agents as f64 / r);
+    std::thread::sleep(Duration::from_secs_f64(period.max(2.0) + 0.5));
     let cpu0 = cpu_seconds(pid);
     shared.measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();

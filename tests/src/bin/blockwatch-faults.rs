@@ -19,7 +19,11 @@ fn main() {
     eprintln!("fault harness: {opts:?}\nin {}", dir.display());
     let summary = run(&dir, &opts);
     print!("{}", summary.table());
-    let ok = summary.lost == 0 && summary.duplicates_stored == 0 && summary.live_equals_replay;
+    let ok = summary.lost == 0
+        && summary.duplicates_stored == 0
+        && summary.stored == summary.sent
+        && summary.live_equals_replay
+        && summary.blocks_detected > 0;
     if !ok {
         eprintln!("FAILED: see {}", dir.display());
         let _ = tmp.keep();
