@@ -14,6 +14,18 @@ fn result(id: &str) -> ProbeResult {
     r
 }
 
+/// How many `cells` index entries the target `openai` has, in every region.
+fn index_entries(store: &Store) -> usize {
+    let mut n = 0;
+    store
+        .cell_entries("openai", None, i64::MIN, i64::MAX, |_, _, _, _| {
+            n += 1;
+            true
+        })
+        .unwrap();
+    n
+}
+
 fn ids(store: &Store) -> Vec<String> {
     store.results().map(|r| r.unwrap().result.unwrap().probe_id).collect()
 }
@@ -134,28 +146,12 @@ async fn retention_deletes_old_results_and_keeps_the_index_and_the_newest() {
     store.write_results(old, 1_000).await.unwrap();
     store.write_results(vec![result("a1/new/1"), result("a1/new/2")], 9_000).await.unwrap();
     store.event_log().append(&["{\"kind\":\"block_started\"}".into()], Some(25_002)).unwrap();
-    let cells_before = {
-        let mut n = 0;
-        store
-            .cell_entries("openai", None, i64::MIN, i64::MAX, |_, _, _, _| {
-                n += 1;
-                true
-            })
-            .unwrap();
-        n
-    };
+    let cells_before = index_entries(&store);
     assert_eq!(store.delete_results_before(5_000).unwrap(), 25_000);
     assert_eq!(ids(&store), ["a1/new/1", "a1/new/2"]);
     assert_eq!(store.seq_of("a1/old/7").unwrap(), None, "its dedupe entry went with it");
     assert_eq!(store.seq_of("a1/new/1").unwrap(), Some(25_001));
-    let mut cells = 0;
-    store
-        .cell_entries("openai", None, i64::MIN, i64::MAX, |_, _, _, _| {
-            cells += 1;
-            true
-        })
-        .unwrap();
-    assert_eq!(cells, cells_before, "the timelines' index stays");
+    assert_eq!(index_entries(&store), cells_before, "the timelines' index stays");
     assert_eq!(store.events().count(), 1);
     assert_eq!(store.delete_results_before(5_000).unwrap(), 0, "nothing more is that old");
     // Everything is old now, but the newest result stays.
