@@ -10,7 +10,9 @@
 //!
 //! `cargo build --release --bins && cargo bench -p blockwatch-tests --bench load`
 //! Environment: `BW_LOAD_SECS` (measured seconds per shape, default 10), `BW_LOAD_AGENTS`
-//! (the big fleet, default 10000).
+//! (the big fleet, default 10000), `BW_LOAD_ONLY` (`store`, `null`, `burst`, or one collector
+//! shape as `AGENTSxBATCH`), `BW_LOAD_RATE` (results/s offered in the null and single shapes;
+//! unset, as fast as acks return).
 //!
 //! The load generator shares the machine's cores with the collector, so every figure is a
 //! lower bound of what the collector does alone.
@@ -441,11 +443,19 @@ fn main() {
         std::io::BufReader::new(null.stdout.take().unwrap()).read_line(&mut l).unwrap();
         l.trim().strip_prefix("listening ").unwrap().parse().unwrap()
     };
-    let null_shape = Shape { epoch: 1, agents: big, batch: 10, rate: None, backlog: 0 };
-    let null_m = if only.is_empty() { run(&rt, null_addr, null.id(), null_shape, secs) } else { Measured::default() };
+    let rate = std::env::var("BW_LOAD_RATE").ok().and_then(|r| r.parse().ok());
+    let null_shape = Shape { epoch: 1, agents: big, batch: 10, rate, backlog: 0 };
+    let null_m = if only.is_empty() || only == "null" {
+        run(&rt, null_addr, null.id(), null_shape, secs)
+    } else {
+        Measured::default()
+    };
     line(&format!("ceiling: null server, {big} streams x 10"), &null_m);
     let _ = null.kill();
     let _ = null.wait();
+    if only == "null" {
+        return;
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let limits = format!(
@@ -455,10 +465,16 @@ fn main() {
     let collector = CollectorProc::start_insecure(dir.path(), None, &limits);
     let pid = collector.proc.child.id();
     let mut durable_small = 0.0f64;
-    let shapes: &[(usize, usize)] =
-        if only.is_empty() { &[(1000, 1), (1000, 10), (1000, 100), (1000, 500), (big, 1), (big, 10)] } else { &[] };
+    // BW_LOAD_ONLY=AGENTSxBATCH runs that one collector shape alone.
+    let one: Option<(usize, usize)> = only.split_once('x').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)));
+    let all = [(1000, 1), (1000, 10), (1000, 100), (1000, 500), (big, 1), (big, 10)];
+    let shapes: &[(usize, usize)] = match &one {
+        Some(s) => std::slice::from_ref(s),
+        None if only.is_empty() => &all,
+        None => &[],
+    };
     for (epoch, &(agents, batch)) in (2..).zip(shapes) {
-        let m = run(&rt, collector.addr, pid, Shape { epoch, agents, batch, rate: None, backlog: 0 }, secs);
+        let m = run(&rt, collector.addr, pid, Shape { epoch, agents, batch, rate, backlog: 0 }, secs);
         line(&format!("collector: {agents} streams x {batch}"), &m);
         if agents == big && batch <= 10 {
             durable_small = durable_small.max(m.acked_per_s);
@@ -475,6 +491,9 @@ fn main() {
             durable_small / lower,
             m.p99_ms
         );
+    }
+    if one.is_some() {
+        return;
     }
     // The burst: every agent back at once with 500 results spooled, sending batches of 50 as
     // fast as acks return (4 in flight each), ten times the offer of batches of 10 or less.
