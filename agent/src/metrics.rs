@@ -108,7 +108,18 @@ impl AgentMetrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `stop`.
+/// Whether the agent does its job now: the spool takes results and a stream to the collector
+/// is open. The error says what is wrong.
+pub fn readiness(metrics: &AgentMetrics, spool: &Spool) -> Result<(), String> {
+    spool.health().map_err(|e| format!("spool: {e}"))?;
+    if metrics.connected.get() != 1 {
+        return Err("no stream to the collector is open (results are spooled meanwhile)".into());
+    }
+    Ok(())
+}
+
+/// Serves `GET /metrics`, `GET /healthz` (alive) and `GET /readyz` ([`readiness`]) on
+/// `listener` until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<AgentMetrics>,
@@ -132,12 +143,19 @@ pub async fn serve(
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let (metrics, spool) = (Arc::clone(&metrics), Arc::clone(&spool));
                 async move {
-                    if req.uri().path() == "/metrics" && req.method() == hyper::Method::GET {
-                        hyper::Response::builder()
+                    let text = hyper::Response::builder().header("content-type", "text/plain; charset=utf-8");
+                    match (req.method() == hyper::Method::GET, req.uri().path()) {
+                        (true, "/metrics") => hyper::Response::builder()
                             .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                            .body(Full::new(Bytes::from(metrics.render(&spool))))
-                    } else {
-                        hyper::Response::builder().status(404).body(Full::new(Bytes::from_static(b"only /metrics\n")))
+                            .body(Full::new(Bytes::from(metrics.render(&spool)))),
+                        (true, "/healthz") => text.body(Full::new(Bytes::from_static(b"ok\n"))),
+                        (true, "/readyz") => match readiness(&metrics, &spool) {
+                            Ok(()) => text.body(Full::new(Bytes::from_static(b"ready\n"))),
+                            Err(why) => text.status(503).body(Full::new(Bytes::from(format!("not ready: {why}\n")))),
+                        },
+                        _ => {
+                            text.status(404).body(Full::new(Bytes::from_static(b"GET /metrics, /healthz or /readyz\n")))
+                        }
                     }
                 }
             });

@@ -79,6 +79,8 @@ pub struct Spool {
     /// The newest sequence number handed out (0 when none).
     last_seq: AtomicU64,
     stats: Mutex<SpoolStats>,
+    /// The last spool error, until a commit succeeds again (readiness).
+    failing: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -131,11 +133,22 @@ impl Spool {
             staged_signal: tokio::sync::Notify::new(),
             last_seq: AtomicU64::new(next_seq - 1),
             stats: Mutex::new(stats),
+            failing: Mutex::new(None),
         })
     }
 
     fn err(&self, e: impl Into<redb::Error>) -> SpoolError {
-        SpoolError::Db { path: self.path.clone(), source: e.into() }
+        let e = SpoolError::Db { path: self.path.clone(), source: e.into() };
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = Some(blockwatch_proto::error::chain(&e));
+        e
+    }
+
+    /// Whether the spool takes results: the last error, if no commit has succeeded since.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.failing.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 
     /// The spool's epoch, part of every probe id it hands out.
@@ -154,6 +167,7 @@ impl Spool {
     }
 
     fn publish(&self, stats: SpoolStats) {
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
         *self.stats.lock().unwrap_or_else(|p| p.into_inner()) = stats;
     }
 

@@ -1,6 +1,8 @@
 //! The collector's HTTP query API (plain HTTP/1.1, JSON), for SREs, scripts and dashboards:
 //!
 //! - `GET /healthz` — `ok` while the collector runs.
+//! - `GET /readyz` — `ready` while the store is open and ingest takes results; `503` with the
+//!   reason (shutting down, the store writer stopped, the disk at its reserve) otherwise.
 //! - `GET /v1/events` — the event log as JSON lines, oldest first, each with its `seq`.
 //!   Query: `after=SEQ` (only later events: poll with the last `seq` you saw), `kind=`,
 //!   `target=`, `region=` (exact matches), `limit=` (default 1000, at most 100 000).
@@ -101,6 +103,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let mut app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/v1/events", get(events))
         .route("/v1/agents", get(agents))
         .route("/v1/results", get(results))
@@ -137,8 +140,8 @@ pub async fn serve(
     }
 }
 
-/// Bearer tokens: `read` for `GET`, `admin` for anything else; `/healthz` is open (for
-/// supervisors and load balancers).
+/// Bearer tokens: `read` for `GET`, `admin` for anything else; `/healthz` and `/readyz` are
+/// open (for supervisors and load balancers).
 async fn authorize(
     State(tokens): State<Arc<Tokens>>,
     req: axum::extract::Request,
@@ -146,7 +149,7 @@ async fn authorize(
 ) -> Response {
     // The dashboard's page, script and style hold no data (what they show comes from the API,
     // with the token the page asks for).
-    if matches!(req.uri().path(), "/healthz" | "/" | "/dashboard.js" | "/dashboard.css") {
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/" | "/dashboard.js" | "/dashboard.css") {
         return next.run(req).await;
     }
     let needs = match *req.method() {
@@ -718,6 +721,22 @@ async fn timeline(
 }
 
 /// `GET /metrics`: Prometheus' text format.
+/// `GET /readyz`: whether results sent now would be stored.
+#[utoipa::path(get, path = "/readyz", tag = "status",
+    responses((status = 200, description = "store open, ingest accepting", content_type = "text/plain", body = String),
+              (status = 503, description = "not accepting results, and why", content_type = "text/plain", body = String)))]
+async fn readyz(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
+    match api.ingest.readiness() {
+        Ok(()) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "ready\n").into_response(),
+        Err(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("not ready: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
 #[utoipa::path(get, path = "/metrics", tag = "status",
     responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
 async fn metrics(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
@@ -879,6 +898,7 @@ struct Asked {
         maintenance_add,
         maintenance_remove,
         probe,
+        readyz,
         metrics
     ),
     components(schemas(ErrorBody, StatusAnswer, Asked, crate::research::What, crate::research::Format))

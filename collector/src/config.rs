@@ -25,7 +25,7 @@ pub struct CollectorConfig {
     /// `127.0.0.1:7401`. Env: `BLOCKWATCH_API_LISTEN`.
     #[serde(default = "default_api_listen")]
     pub api_listen: SocketAddr,
-    /// Directory of the store. Default `./blockwatch-data`. Env: `BLOCKWATCH_DATA_DIR`.
+    /// Directory of the store. Default `/var/lib/blockwatch`. Env: `BLOCKWATCH_DATA_DIR`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Most results per batch. Default 500.
@@ -121,7 +121,7 @@ fn default_api_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7401))
 }
 fn default_data_dir() -> PathBuf {
-    PathBuf::from("blockwatch-data")
+    PathBuf::from("/var/lib/blockwatch")
 }
 fn default_max_batch() -> u32 {
     DEFAULT_MAX_BATCH

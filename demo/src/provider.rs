@@ -71,3 +71,49 @@ impl Provider {
         format!("https://{}{path}", self.addr)
     }
 }
+
+/// `blockwatch-demo provider`: the simulated provider as a server of its own (for a compose
+/// stack or a lab): HTTPS on `listen` with a fresh CA written to `ca_out`, a certificate for
+/// `names`, OpenAI's keyless 401 to everyone, and its geo refusal to the `block` source
+/// addresses once `block_after` has passed. Runs until SIGTERM or Ctrl-C.
+pub async fn serve_standalone(
+    listen: SocketAddr,
+    names: &[String],
+    ca_out: &Path,
+    block: Vec<IpAddr>,
+    block_after: std::time::Duration,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let pki = TestPki::new()?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let tls = pki.server_config(&names)?;
+    if let Some(dir) = ca_out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(ca_out, pki.ca_pem()).with_context(|| format!("cannot write {}", ca_out.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let start = std::time::Instant::now();
+    let announced = std::sync::atomic::AtomicBool::new(false);
+    let server = serve_https(listener, tls, move |peer, _req| {
+        if start.elapsed() >= block_after && block.contains(&peer.ip()) {
+            if !announced.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                println!("refusing {block:?} from now on (geo block)");
+            }
+            canned::openai_geo_blocked()
+        } else {
+            canned::openai_reachable()
+        }
+    })?;
+    println!(
+        "simulated provider on https://{} (names {}), CA in {}",
+        server.addr(),
+        names.join(", "),
+        ca_out.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}

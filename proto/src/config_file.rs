@@ -64,6 +64,25 @@ fn in_file_order(mut problems: Vec<(usize, String)>) -> Vec<String> {
     problems.into_iter().map(|(_, p)| p).collect()
 }
 
+/// Checks that `dir` (config key `key`) is a directory this process can write, creating it
+/// as a start would: a probe file is written and removed.
+pub fn writable_dir(key: &str, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{key} {}: cannot create: {e}", dir.display()))?;
+    let probe = dir.join(format!(".blockwatch-check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|e| format!("{key} {}: not writable: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Checks that `ip` (config key `key`) is an address of this host: a socket can be bound to
+/// it (on a free port, so a running process on the configured port does not count).
+pub fn local_address(key: &str, ip: std::net::IpAddr) -> Result<(), String> {
+    if ip.is_unspecified() {
+        return Ok(());
+    }
+    std::net::UdpSocket::bind((ip, 0)).map(drop).map_err(|e| format!("{key} {ip}: not an address of this host: {e}"))
+}
+
 /// Reads and parses a TOML file.
 pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;

@@ -83,6 +83,9 @@ fn a_full_disk_stops_acks_and_ingest_resumes_when_space_returns() {
     wait_for("the collector to report the full disk", Duration::from_secs(30), || {
         collector.proc.log().contains("disk nearly full").then_some(())
     });
+    let (status, body) = http_get(collector.api, "/readyz");
+    assert_eq!(status, 503, "a collector refusing results said it was ready: {body}");
+    assert!(body.contains("disk nearly full"), "{body}");
     let stalled = stored(collector.api).len();
     let src = "127.0.0.2".parse().unwrap();
     let probed = provider.requests_from(src);
@@ -99,6 +102,7 @@ fn a_full_disk_stops_acks_and_ingest_resumes_when_space_returns() {
     wait_for("ingest to resume", Duration::from_secs(60), || {
         (stored(collector.api).len() > stalled + 30).then_some(())
     });
+    assert_eq!(http_get(collector.api, "/readyz"), (200, "ready\n".to_string()));
     wait_for("the spool to drain", Duration::from_secs(60), || {
         agent_spooled(collector.api, "d-1").filter(|n| *n <= 10).map(|_| ())
     });

@@ -5,6 +5,7 @@ mod run;
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
 /// blockwatch agent: probes API providers and reports to a collector.
@@ -13,6 +14,12 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as `text` (human-readable) or `json` (one object per line); levels come from
+    /// `RUST_LOG`.
+    #[arg(long, global = true, env = "BLOCKWATCH_LOG_FORMAT", default_value = "text",
+          value_parser = clap::builder::PossibleValuesParser::new(["text", "json"])
+              .map(|s| s.parse::<blockwatch_proto::process::LogFormat>().unwrap_or_default()))]
+    pub log_format: blockwatch_proto::process::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -30,13 +37,34 @@ pub enum Command {
     },
     /// Probe one URL once and print every phase (exit 0 when reachable as expected).
     Probe(Box<probe::Args>),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (one per command) into a directory.
+    Man {
+        /// Directory for the `.1` files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Command::Run { config } => run::run(&config).map(|()| 0),
+        Command::Run { config } => run::run(&config, cli.log_format).map(|()| 0),
         Command::CheckConfig { config } => run::check(&config).map(|()| 0),
         Command::Probe(args) => probe::run(*args),
+        Command::Completions { shell } => {
+            blockwatch_proto::process::completions(<Cli as clap::CommandFactory>::command(), shell);
+            Ok(0)
+        }
+        Command::Man { dir } => {
+            for path in blockwatch_proto::process::man_pages(<Cli as clap::CommandFactory>::command(), &dir)? {
+                println!("{}", path.display());
+            }
+            Ok(0)
+        }
     }
 }

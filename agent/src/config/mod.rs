@@ -48,7 +48,7 @@ pub struct AgentConfig {
     /// Local address probes connect from (per-region egress on a multi-homed host).
     #[serde(default)]
     pub source_address: Option<IpAddr>,
-    /// Spool directory. Default `./blockwatch-spool`. Env: `BLOCKWATCH_SPOOL_DIR`.
+    /// Spool directory. Default `/var/lib/blockwatch-agent`. Env: `BLOCKWATCH_SPOOL_DIR`.
     #[serde(default = "default_spool_dir")]
     pub spool_dir: PathBuf,
     /// Spool bound in MiB; past it the oldest results are dropped (and reported). Default 64.
@@ -215,7 +215,7 @@ fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
 fn default_spool_dir() -> PathBuf {
-    PathBuf::from("blockwatch-spool")
+    PathBuf::from("/var/lib/blockwatch-agent")
 }
 fn default_spool_mb() -> u64 {
     64

@@ -15,7 +15,7 @@ pub mod failure;
 pub mod geoip;
 mod http;
 mod tcp;
-mod tls;
+pub(crate) mod tls;
 mod url;
 
 use std::collections::BTreeMap;

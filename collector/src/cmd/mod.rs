@@ -2,6 +2,7 @@
 
 mod alert;
 mod ca;
+mod check;
 mod export;
 pub use export::filter as export_filter;
 mod replay;
@@ -10,6 +11,7 @@ mod token;
 
 use std::path::PathBuf;
 
+use clap::builder::TypedValueParser as _;
 use clap::{Parser, Subcommand};
 
 /// blockwatch collector: stores probe results from agents and detects regional blocks.
@@ -18,12 +20,25 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as `text` (human-readable) or `json` (one object per line); levels come from
+    /// `RUST_LOG`.
+    #[arg(long, global = true, env = "BLOCKWATCH_LOG_FORMAT", default_value = "text",
+          value_parser = clap::builder::PossibleValuesParser::new(["text", "json"])
+              .map(|s| s.parse::<blockwatch_proto::process::LogFormat>().unwrap_or_default()))]
+    pub log_format: blockwatch_proto::process::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the collector: gRPC ingest, store, live detector.
     Serve {
+        /// Collector config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Check a config file as `serve` would use it: keys, values, and the files, directories
+    /// and addresses it names.
+    CheckConfig {
         /// Collector config file (TOML).
         #[arg(long)]
         config: PathBuf,
@@ -90,12 +105,35 @@ pub enum Command {
         #[arg(long, value_enum, value_delimiter = ',')]
         partition_by: Vec<crate::research::Level>,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (one per command) into a directory.
+    Man {
+        /// Directory for the `.1` files.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => serve::run(&config),
+        Command::Serve { config } => serve::run(&config, cli.log_format),
+        Command::CheckConfig { config } => check::run(&config),
+        Command::Completions { shell } => {
+            blockwatch_proto::process::completions(<Cli as clap::CommandFactory>::command(), shell);
+            Ok(())
+        }
+        Command::Man { dir } => {
+            for path in blockwatch_proto::process::man_pages(<Cli as clap::CommandFactory>::command(), &dir)? {
+                println!("{}", path.display());
+            }
+            Ok(())
+        }
+
         Command::Ca { command } => ca::run(command),
         Command::Token { command } => token::run(command),
         Command::Alert { command } => alert::run(command),

@@ -11,8 +11,8 @@ use crate::server::Collector;
 /// How long shutdown waits for open streams and the detector.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
-pub fn run(config: &Path) -> anyhow::Result<()> {
-    blockwatch_proto::process::init_logging("info");
+pub fn run(config: &Path, log_format: blockwatch_proto::process::LogFormat) -> anyhow::Result<()> {
+    blockwatch_proto::process::init_logging("info", log_format);
     let cfg = CollectorConfig::load(config)?;
     blockwatch_proto::process::runtime(None)?.block_on(async {
         let collector = Collector::start(&cfg).await.context("collector failed to start")?;

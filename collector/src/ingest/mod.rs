@@ -301,6 +301,14 @@ impl Ingest {
         self.stop.subscribe()
     }
 
+    /// Whether results sent now would be stored; the error says why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if *self.stop.borrow() {
+            return Err("shutting down".into());
+        }
+        self.store.accepting().map_err(|e| e.to_string())
+    }
+
     /// How often agents are told to send heartbeats.
     pub fn heartbeat(&self) -> std::time::Duration {
         self.heartbeat

@@ -112,6 +112,8 @@ pub struct Store {
     reader: Reader,
     tx: mpsc::Sender<writer::Request>,
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The writer's disk reserve, asked again for readiness.
+    space: Arc<writer::Space>,
 }
 
 impl Store {
@@ -153,11 +155,16 @@ impl Store {
         index_existing(&ks).map_err(|e| StoreError::Open { path: dir.to_owned(), cause: e.to_string() })?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let space = writer::Space { dir: dir.to_owned(), min_free };
-        let handle = writer::spawn(ks.clone(), rx, feed, space).map_err(|e| StoreError::Open {
+        let handle = writer::spawn(ks.clone(), rx, feed, space.clone()).map_err(|e| StoreError::Open {
             path: dir.to_owned(),
             cause: format!("cannot start the writer thread: {e}"),
         })?;
-        Ok(Store { reader: Reader { ks }, tx, writer: Arc::new(std::sync::Mutex::new(Some(handle))) })
+        Ok(Store {
+            reader: Reader { ks },
+            tx,
+            writer: Arc::new(std::sync::Mutex::new(Some(handle))),
+            space: Arc::new(space),
+        })
     }
 
     /// Stores the results not stored yet; returns once they are durable.
@@ -169,6 +176,18 @@ impl Store {
         let (reply, rx) = oneshot::channel();
         self.tx.send(writer::Request::Results { results, received_at, reply }).await.map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Whether a write now would be taken: the writer runs and the disk holds more than its
+    /// reserve. The error says why not.
+    pub fn accepting(&self) -> Result<(), StoreError> {
+        if self.tx.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        match self.space.short() {
+            Some(free) => Err(StoreError::DiskFull { free_mib: free >> 20, reserve_mib: self.space.min_free >> 20 }),
+            None => Ok(()),
+        }
     }
 
     /// The event log, for its one writer (the detector). It does not keep the result writer
@@ -193,7 +212,7 @@ impl Store {
 
     /// Stops the writer after the queued writes and flushes everything to disk.
     pub fn close(self) {
-        let Store { reader: Reader { ks }, tx, writer } = self;
+        let Store { reader: Reader { ks }, tx, writer, .. } = self;
         // Other handles may still be alive (a stream task past the shutdown deadline): the
         // writer stops on this request, not when the last handle goes, and their later writes
         // get `StoreError::Closed`.

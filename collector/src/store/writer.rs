@@ -38,6 +38,7 @@ pub struct WriteOutcome {
 }
 
 /// The free space the writer keeps on the store's filesystem.
+#[derive(Clone)]
 pub(super) struct Space {
     pub dir: std::path::PathBuf,
     /// Bytes; 0: no check.
@@ -50,7 +51,7 @@ const DISK_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 impl Space {
     /// `Some(free bytes)` when less than the reserve is free. A filesystem that cannot be
     /// asked passes.
-    fn short(&self) -> Option<u64> {
+    pub(super) fn short(&self) -> Option<u64> {
         if self.min_free == 0 {
             return None;
         }
