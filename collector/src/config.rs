@@ -15,7 +15,7 @@ pub use crate::plan::{PlanConfig, PlanTargetConfig};
 pub const DEFAULT_MAX_BATCH: u32 = 500;
 
 /// `blockwatch-collector serve --config FILE`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CollectorConfig {
     /// gRPC listen address for agents. Default `127.0.0.1:7400`. Env: `BLOCKWATCH_LISTEN`.
@@ -32,12 +32,14 @@ pub struct CollectorConfig {
     #[serde(default = "default_max_batch")]
     pub max_batch: u32,
     /// How often agents send heartbeats. Default 15s.
+    #[schemars(with = "String")]
     #[serde(default = "default_heartbeat", with = "humantime_serde")]
     pub heartbeat_interval: Duration,
     /// Results older than this (by when they were received) are deleted, hourly; blocks,
     /// events and the timelines' index stay. Absent (the default): results are kept
     /// forever. At least `limits.max_age` plus a day, so no deleted result can be stored
     /// again by a late re-send.
+    #[schemars(with = "Option<String>")]
     #[serde(default, with = "humantime_serde")]
     pub retention: Option<Duration>,
     /// Agents allowed to register. Empty (the default) admits any agent id.
@@ -68,16 +70,18 @@ pub struct CollectorConfig {
     #[serde(default)]
     pub public_url: Option<String>,
     /// Notification sinks (`[[sink]]`): webhooks and Alertmanagers. Default: none.
+    #[schemars(with = "Vec<serde_json::Value>")]
     #[serde(default, rename = "sink")]
     pub sinks: Vec<crate::alert::SinkConfig>,
     /// Maintenance windows (`[[maintenance]]`): no notifications for their targets and
     /// regions while they last; events are still recorded. Default: none.
+    #[schemars(with = "Vec<serde_json::Value>")]
     #[serde(default, rename = "maintenance")]
     pub maintenance: Vec<crate::alert::Window>,
 }
 
 /// `[api]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
     /// `"token"`: every route but `/healthz` needs a bearer token from `tokens_file`;
@@ -98,7 +102,7 @@ pub struct ApiConfig {
 }
 
 /// How API clients are authenticated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ApiAuth {
     Token,
@@ -106,7 +110,7 @@ pub enum ApiAuth {
 }
 
 /// `[tls]`: where the fleet CA lives.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// The fleet CA directory (`ca.crt`, `collector.crt`, `collector.key`, `crl.pem`),
@@ -162,9 +166,14 @@ pub const NO_TLS: &str = "agents are authenticated with mutual TLS: set [tls] ca
 impl CollectorConfig {
     /// Reads, parses, applies environment overrides and validates a config file.
     pub fn load(path: &Path) -> Result<CollectorConfig, ConfigError> {
-        let mut cfg: CollectorConfig = blockwatch_proto::config_file::read_toml(path)?;
-        let mut problems = cfg.apply_env(|k| std::env::var(k).ok()).err().unwrap_or_default();
-        problems.extend(cfg.validate().err().unwrap_or_default());
+        CollectorConfig::load_from(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`CollectorConfig::load`] with the environment read through `env`.
+    pub fn load_from(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<CollectorConfig, ConfigError> {
+        let cfg: CollectorConfig =
+            blockwatch_proto::config_file::read_toml_env(path, &CollectorConfig::env_keys(), env)?;
+        let problems = cfg.validate().err().unwrap_or_default();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid { path: path.to_owned(), problems });
         }
@@ -176,31 +185,10 @@ impl CollectorConfig {
         blockwatch_proto::config_file::parse_toml(text).map_err(|p| p.join("; "))
     }
 
-    /// Applies `BLOCKWATCH_*` overrides read through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), Vec<String>> {
-        let mut problems = Vec::new();
-        if let Some(v) = get("BLOCKWATCH_LISTEN") {
-            match v.parse() {
-                Ok(a) => self.listen = a,
-                Err(e) => problems.push(format!("BLOCKWATCH_LISTEN={v:?}: {e}")),
-            }
-        }
-        if let Some(v) = get("BLOCKWATCH_API_LISTEN") {
-            match v.parse() {
-                Ok(a) => self.api_listen = a,
-                Err(e) => problems.push(format!("BLOCKWATCH_API_LISTEN={v:?}: {e}")),
-            }
-        }
-        if let Some(v) = get("BLOCKWATCH_DATA_DIR") {
-            self.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = get("BLOCKWATCH_API_TOKENS_FILE") {
-            self.api.tokens_file = Some(PathBuf::from(v));
-        }
-        if let Some(v) = get("BLOCKWATCH_TLS_CA_DIR") {
-            self.tls = Some(TlsConfig { ca_dir: PathBuf::from(v) });
-        }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    /// Every config key, each with the `BLOCKWATCH_…` variable that sets it, from the
+    /// config type itself.
+    pub fn env_keys() -> Vec<blockwatch_proto::config_env::Key> {
+        blockwatch_proto::config_env::keys(schemars::schema_for!(CollectorConfig).as_value())
     }
 
     /// The base of links in notifications.
@@ -357,10 +345,40 @@ mod tests {
 
     #[test]
     fn env_overrides() {
-        let mut c = CollectorConfig::default();
-        c.apply_env(|k| (k == "BLOCKWATCH_LISTEN").then(|| "127.0.0.9:1".to_string())).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        std::fs::write(&path, "[limits]\nmax_agents = 5\n").unwrap();
+        let env = |k: &str| {
+            Some(match k {
+                "BLOCKWATCH_LISTEN" => "127.0.0.9:1".to_string(),
+                "BLOCKWATCH_LIMITS_MAX_AGENTS" => "50".into(),
+                "BLOCKWATCH_DETECTOR_BLOCK_THRESHOLD" => "14.5".into(),
+                "BLOCKWATCH_TLS_CA_DIR" => "/etc/blockwatch/ca".into(),
+                "BLOCKWATCH_API_AUTH" => "none".into(),
+                _ => return None,
+            })
+        };
+        let c = CollectorConfig::load_from(&path, env).unwrap();
         assert_eq!(c.listen.to_string(), "127.0.0.9:1");
-        let e = c.apply_env(|k| (k == "BLOCKWATCH_LISTEN").then(|| "nope".to_string())).unwrap_err();
-        assert!(e[0].contains("BLOCKWATCH_LISTEN"));
+        assert_eq!(c.limits.max_agents, 50, "a variable wins over the file");
+        assert_eq!(c.detector.block_threshold, 14.5);
+        assert_eq!(c.tls.unwrap().ca_dir, PathBuf::from("/etc/blockwatch/ca"));
+        assert_eq!(c.api.auth, Some(ApiAuth::None));
+        let e = CollectorConfig::load_from(&path, |k| (k == "BLOCKWATCH_LISTEN").then(|| "nope".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("BLOCKWATCH_LISTEN") && e.contains("invalid socket address"), "{e}");
+        let e = CollectorConfig::load_from(&path, |k| (k == "BLOCKWATCH_API_AUTH").then(|| "maybe".to_string()))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown variant `maybe`"), "{e}");
+        // A file's own mistakes keep their line numbers whatever the environment sets.
+        std::fs::write(&path, "insecure = true\nmax_batch = \"many\"\n").unwrap();
+        let e = CollectorConfig::load_from(&path, env).unwrap_err().to_string();
+        assert!(e.contains("line 2: max_batch"), "{e}");
+        // Every key has its own variable.
+        let keys = CollectorConfig::env_keys();
+        let vars: std::collections::BTreeSet<&str> = keys.iter().map(|k| k.env.as_str()).collect();
+        assert_eq!(vars.len(), keys.len());
     }
 }

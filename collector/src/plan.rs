@@ -6,13 +6,15 @@ use blockwatch_proto::v1::Plan;
 use serde::Deserialize;
 
 /// The targets the collector hands to agents.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanConfig {
     /// Default probe interval.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
     /// Targets to probe.
+    #[schemars(with = "Vec<serde_json::Value>")]
     #[serde(rename = "target")]
     pub targets: Vec<PlanTargetConfig>,
 }

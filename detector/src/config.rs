@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Configuration of the [`Detector`](super::Detector). Unknown keys are rejected; every
 /// missing key takes the default documented on its field.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct DetectorConfig {
     /// Results kept per (agent, target) lane, newest by `started_at`: the window in which

@@ -83,6 +83,34 @@ pub fn local_address(key: &str, ip: std::net::IpAddr) -> Result<(), String> {
     std::net::UdpSocket::bind((ip, 0)).map(drop).map_err(|e| format!("{key} {ip}: not an address of this host: {e}"))
 }
 
+/// Reads and parses a TOML file, with the keys `keys` lists overridden by their
+/// `BLOCKWATCH_…` variables read through `env` (see [`crate::config_env`]). Problems of the
+/// file itself keep their line numbers; a required key may come from a variable alone.
+pub fn read_toml_env<T: DeserializeOwned>(
+    path: &Path,
+    keys: &[crate::config_env::Key],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<T, ConfigError> {
+    let parse_err = |problems| ConfigError::Parse { path: path.to_owned(), problems };
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let mut table: toml::Table = parse_toml(&text).map_err(parse_err)?;
+    let applied = crate::config_env::overlay(keys, &mut table, env).map_err(parse_err)?;
+    if applied.is_empty() {
+        return parse_toml(&text).map_err(parse_err);
+    }
+    // The file's own problems first, with their lines; a key missing from it may be one a
+    // variable sets.
+    if let Err(problems) = parse_toml::<T>(&text) {
+        let own: Vec<String> = problems.into_iter().filter(|p| !p.starts_with("missing field")).collect();
+        if !own.is_empty() {
+            return Err(parse_err(own));
+        }
+    }
+    toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
+        parse_err(vec![format!("{} (with {} set)", e.message().trim(), applied.join(", "))])
+    })
+}
+
 /// Reads and parses a TOML file.
 pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;

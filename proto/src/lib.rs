@@ -5,6 +5,7 @@
 //! detector can depend on it without pulling in an async runtime.
 
 pub mod bounds;
+pub mod config_env;
 pub mod config_file;
 pub mod error;
 pub mod id;

@@ -198,3 +198,39 @@ fn the_standalone_provider_refuses_the_blocked_address_after_its_delay() {
     assert_eq!(probe("127.0.0.6"), "ok", "an address not listed was refused");
     assert_eq!(provider.terminate(), Some(0), "{}", provider.log());
 }
+
+/// `docs/environment.md` is generated from the config types; this fails when it is stale.
+/// `BLOCKWATCH_BLESS=1 cargo test -p blockwatch-tests --test operate` rewrites it.
+#[test]
+fn the_environment_table_is_generated_from_the_config_types() {
+    use blockwatch_proto::config_env::markdown;
+    let doc = format!(
+        "# Configuration from the environment\n\n\
+         Generated from the config types by `blockwatch-agent config-keys` and \
+         `blockwatch-collector config-keys`; do not edit by hand (the test suite checks it).\n\n\
+         Every key of a config file can be set by its variable, which wins over the file. String keys \
+         take the value as it is; any other key takes a TOML value (`500`, `true`, `[\"a\", \"b\"]`, \
+         `[{{ id = \"x\", url = \"https://…\" }}]` for an array of tables). A variable can supply a key \
+         the file leaves out, required ones included.\n\n\
+         ## Agent (`blockwatch-agent run --config FILE`)\n\n{}\n\
+         ## Collector (`blockwatch-collector serve --config FILE`)\n\n{}",
+        markdown(&blockwatch_agent::config::AgentConfig::env_keys()),
+        markdown(&blockwatch_collector::config::CollectorConfig::env_keys())
+    );
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/environment.md");
+    if std::env::var_os("BLOCKWATCH_BLESS").is_some() {
+        std::fs::write(&path, &doc).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        on_disk == doc,
+        "docs/environment.md is stale: BLOCKWATCH_BLESS=1 cargo test -p blockwatch-tests --test operate"
+    );
+    // The binaries print the same tables.
+    let out = run(&bin("blockwatch-collector"), &["config-keys"]);
+    assert!(doc.contains(&*String::from_utf8_lossy(&out.stdout)));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("| `limits.max_agents` | `BLOCKWATCH_LIMITS_MAX_AGENTS` | integer |")
+    );
+}

@@ -37,6 +37,8 @@ pub enum Command {
     },
     /// Probe one URL once and print every phase (exit 0 when reachable as expected).
     Probe(Box<probe::Args>),
+    /// List every config key with the `BLOCKWATCH_…` variable that sets it (Markdown table).
+    ConfigKeys,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -56,6 +58,10 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run { config } => run::run(&config, cli.log_format).map(|()| 0),
         Command::CheckConfig { config } => run::check(&config).map(|()| 0),
         Command::Probe(args) => probe::run(*args),
+        Command::ConfigKeys => {
+            print!("{}", blockwatch_proto::config_env::markdown(&crate::config::AgentConfig::env_keys()));
+            Ok(0)
+        }
         Command::Completions { shell } => {
             blockwatch_proto::process::completions(<Cli as clap::CommandFactory>::command(), shell);
             Ok(0)

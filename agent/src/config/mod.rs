@@ -17,7 +17,7 @@ use crate::probe::{Catalogue, CatalogueError, Credential, CredentialError, Provi
 pub use blockwatch_proto::plan::CONTROL_ID;
 
 /// `blockwatch-agent run --config FILE`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// Stable, unique id of this agent (`eu-west-1`). Required, in the file or from the env
@@ -40,9 +40,11 @@ pub struct AgentConfig {
     #[serde(default)]
     pub insecure: bool,
     /// Default probe interval. Default 60s.
+    #[schemars(with = "String")]
     #[serde(default = "default_interval", with = "humantime_serde")]
     pub interval: Duration,
     /// Longest a probe may take, all phases together. Default 10s.
+    #[schemars(with = "String")]
     #[serde(default = "default_timeout", with = "humantime_serde")]
     pub timeout: Duration,
     /// Local address probes connect from (per-region egress on a multi-homed host).
@@ -74,10 +76,12 @@ pub struct AgentConfig {
     #[serde(default)]
     pub poison: Vec<IpAddr>,
     /// Targets to probe. A plan from the collector replaces those not marked `pin`.
+    #[schemars(with = "Vec<serde_json::Value>")]
     #[serde(default, rename = "target")]
     pub targets: Vec<TargetConfig>,
     /// Provider entries (`[[provider]]`) added to the built-in catalogue; one with a built-in
     /// id replaces that entry whole. Default: none.
+    #[schemars(with = "Vec<serde_json::Value>")]
     #[serde(default, rename = "provider")]
     pub providers: Vec<ProviderConfig>,
     /// The control target, probed like a target (id `control`) so the collector can tell a
@@ -97,13 +101,14 @@ pub struct AgentConfig {
     /// MaxMind-format databases (`.mmdb`: GeoLite2 ASN / Country / City, DB-IP lite, IPinfo
     /// lite), one path or a list, that name the egress address's network — ASN, AS
     /// organisation, country — in every result. Needs `egress_echo_url`. Default: none.
+    #[schemars(with = "Vec<PathBuf>")]
     #[serde(default, deserialize_with = "crate::probe::entry::one_or_many")]
     pub geoip_db: Vec<PathBuf>,
 }
 
 /// `[tls]`: the files `blockwatch-collector ca issue-agent` writes. They are re-read on every
 /// reconnection, so a renewed certificate is used without a restart.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UplinkTls {
     /// The fleet CA certificate (PEM): the only authority the collector's certificate may
@@ -120,15 +125,17 @@ pub struct UplinkTls {
 }
 
 /// Confirm-on-failure.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConfirmConfig {
     /// Re-probes after a failure, at most. 0 turns confirmation off. Default 2.
     pub count: u32,
     /// Earliest re-probe after the failure. Default 5s.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde")]
     pub min_delay: Duration,
     /// Latest re-probe after the failure. Default 15s.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
 }
@@ -232,10 +239,14 @@ pub use blockwatch_proto::config_file::ConfigError;
 impl AgentConfig {
     /// Reads, parses, applies environment overrides and validates a config file.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
-        let mut cfg: AgentConfig = blockwatch_proto::config_file::read_toml(path)?;
-        cfg.apply_env(|k| std::env::var(k).ok());
+        AgentConfig::load_from(path, |k| std::env::var(k).ok())
+    }
+
+    /// [`AgentConfig::load`] with the environment read through `env`.
+    pub fn load_from(path: &Path, env: impl Fn(&str) -> Option<String>) -> Result<AgentConfig, ConfigError> {
+        let cfg: AgentConfig = blockwatch_proto::config_file::read_toml_env(path, &AgentConfig::env_keys(), &env)?;
         let mut problems = cfg.validate().err().unwrap_or_default();
-        problems.extend(cfg.credentials(|k| std::env::var(k).ok()).err().unwrap_or_default());
+        problems.extend(cfg.credentials(&env).err().unwrap_or_default());
         if let Err(why) = crate::uplink::tls_config(&cfg) {
             problems.push(why);
         }
@@ -299,20 +310,10 @@ impl AgentConfig {
         blockwatch_proto::config_file::parse_toml(text).map_err(|p| p.join("; "))
     }
 
-    /// Applies `BLOCKWATCH_*` overrides read through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
-        if let Some(v) = get("BLOCKWATCH_AGENT_ID") {
-            self.agent_id = v;
-        }
-        if let Some(v) = get("BLOCKWATCH_REGION") {
-            self.region = v;
-        }
-        if let Some(v) = get("BLOCKWATCH_COLLECTOR") {
-            self.collector = v;
-        }
-        if let Some(v) = get("BLOCKWATCH_SPOOL_DIR") {
-            self.spool_dir = PathBuf::from(v);
-        }
+    /// Every config key, each with the `BLOCKWATCH_…` variable that sets it, from the
+    /// config type itself.
+    pub fn env_keys() -> Vec<blockwatch_proto::config_env::Key> {
+        blockwatch_proto::config_env::keys(schemars::schema_for!(AgentConfig).as_value())
     }
 
     /// Configured nameservers as socket addresses (port 53 when none is given).

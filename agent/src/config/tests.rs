@@ -186,10 +186,8 @@ fn every_type_error_at_once_and_required_keys_from_the_environment() {
         AgentConfig::parse("agent_id = 1\nregion = 2\ninterval = \"soon\"\ncollector = \"http://c:1\"\n").unwrap_err();
     assert!(e.starts_with("line 1: agent_id: invalid type: integer `1`, expected a string; line 2: region:"), "{e}");
     assert!(e.contains("; line 3: interval: "), "{e}");
-    let mut c = AgentConfig::parse(
-        "insecure = true\n[[target]]\nid = \"openai\"\nurl = \"https://api.openai.com/v1/models\"\n",
-    )
-    .unwrap();
+    let text = "insecure = true\n[[target]]\nid = \"openai\"\nurl = \"https://api.openai.com/v1/models\"\n";
+    let c = AgentConfig::parse(text).unwrap();
     assert_eq!(
         c.validate().unwrap_err(),
         [
@@ -198,15 +196,34 @@ fn every_type_error_at_once_and_required_keys_from_the_environment() {
             "collector: missing (set it in the file or in BLOCKWATCH_COLLECTOR)",
         ]
     );
-    c.apply_env(|k| {
+    // From the environment alone, any key: strings as they are, the rest as TOML values.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, text).unwrap();
+    let env = |k: &str| {
         Some(match k {
             "BLOCKWATCH_AGENT_ID" => "hk-1".into(),
             "BLOCKWATCH_REGION" => "hk".into(),
             "BLOCKWATCH_COLLECTOR" => "http://collector:7400".into(),
+            "BLOCKWATCH_CONFIRM_COUNT" => "0".into(),
+            "BLOCKWATCH_INTERVAL" => "30s".into(),
+            "BLOCKWATCH_NAMESERVERS" => "[\"192.0.2.53\"]".into(),
             _ => return None,
         })
-    });
-    c.validate().unwrap();
+    };
+    let c = AgentConfig::load_from(&path, env).unwrap();
+    assert_eq!((c.agent_id.as_str(), c.region.as_str(), c.collector.as_str()), ("hk-1", "hk", "http://collector:7400"));
+    assert_eq!(
+        (c.confirm.count, c.interval, &c.nameservers[..]),
+        (0, Duration::from_secs(30), &["192.0.2.53".to_string()][..])
+    );
+    let e = AgentConfig::load_from(&path, |k| (k == "BLOCKWATCH_CONFIRM_COUNT").then(|| "two".into())).unwrap_err();
+    assert!(e.to_string().contains("BLOCKWATCH_CONFIRM_COUNT=\"two\": confirm.count is integer"), "{e}");
+    // Every key has its own variable.
+    let keys = AgentConfig::env_keys();
+    let vars: std::collections::BTreeSet<&str> = keys.iter().map(|k| k.env.as_str()).collect();
+    assert_eq!(vars.len(), keys.len());
+    assert!(vars.contains("BLOCKWATCH_SPOOL_DIR") && vars.contains("BLOCKWATCH_TLS_CERT_FILE"), "{vars:?}");
 }
 
 #[test]

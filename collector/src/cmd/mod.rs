@@ -105,6 +105,8 @@ pub enum Command {
         #[arg(long, value_enum, value_delimiter = ',')]
         partition_by: Vec<crate::research::Level>,
     },
+    /// List every config key with the `BLOCKWATCH_…` variable that sets it (Markdown table).
+    ConfigKeys,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -123,6 +125,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve::run(&config, cli.log_format),
         Command::CheckConfig { config } => check::run(&config),
+        Command::ConfigKeys => {
+            print!("{}", blockwatch_proto::config_env::markdown(&crate::config::CollectorConfig::env_keys()));
+            Ok(())
+        }
         Command::Completions { shell } => {
             blockwatch_proto::process::completions(<Cli as clap::CommandFactory>::command(), shell);
             Ok(())

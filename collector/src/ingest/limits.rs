@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 /// `[limits]` in the collector's config.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Longest probe id, provider code, failure string, provider, address or edge header
@@ -20,10 +20,12 @@ pub struct Limits {
     pub max_list_len: usize,
     /// How far after its receipt a result may say it started (agent clocks run fast).
     /// Default 5m.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
     /// How long before its receipt a result may have started (an agent's spool flushed after
     /// an outage). Default 7 days.
+    #[schemars(with = "String")]
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     /// Most agents the collector keeps track of; a Register past it is refused. Default 10000.
