@@ -73,6 +73,34 @@ struct Api {
     maintenance: Arc<crate::alert::Maintenance>,
     status: Arc<crate::status::Status>,
     data_dir: Arc<std::path::PathBuf>,
+    backups: Arc<Backups>,
+}
+
+/// `POST /v1/backup`'s directory and the state of the last backup.
+struct Backups {
+    dir: Option<std::path::PathBuf>,
+    state: std::sync::Mutex<BackupState>,
+}
+
+/// The last backup started through the API.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(tag = "state", rename_all = "lowercase")]
+enum BackupState {
+    /// None since the collector started.
+    None,
+    Running {
+        path: String,
+        started_at: String,
+    },
+    Done {
+        path: String,
+        #[schema(value_type = Object)]
+        backup: crate::store::Backup,
+    },
+    Failed {
+        path: String,
+        error: String,
+    },
 }
 
 /// What the API serves from.
@@ -84,6 +112,8 @@ pub struct Parts {
     pub status: Arc<crate::status::Status>,
     /// The store's directory (its size for `/metrics`).
     pub data_dir: std::path::PathBuf,
+    /// Where `POST /v1/backup` writes (`backup_dir`).
+    pub backup_dir: Option<std::path::PathBuf>,
 }
 
 /// Where the API takes its connections from.
@@ -112,6 +142,7 @@ pub async fn serve(
         .route("/v1/maintenance", get(maintenance_list).post(maintenance_add))
         .route("/v1/maintenance/{id}", axum::routing::delete(maintenance_remove))
         .route("/v1/probe", axum::routing::post(probe))
+        .route("/v1/backup", get(backup_status).post(backup_start))
         .route("/", get(dashboard_page))
         .route("/dashboard.js", get(dashboard_js))
         .route("/dashboard.css", get(dashboard_css))
@@ -129,6 +160,7 @@ pub async fn serve(
             maintenance: parts.maintenance,
             status: parts.status,
             data_dir: Arc::new(parts.data_dir),
+            backups: Arc::new(Backups { dir: parts.backup_dir, state: std::sync::Mutex::new(BackupState::None) }),
         });
     if let Some(tokens) = tokens {
         app = app.layer(axum::middleware::from_fn_with_state(tokens, authorize));
@@ -197,6 +229,62 @@ async fn probe(
     }
     let asked = api.ingest.streams().probe_now(&q.target, &q.region, "requested through the API");
     ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&Asked { asked }).unwrap_or_default() + "\n")
+        .into_response()
+}
+
+/// `POST /v1/backup` (admin): starts an online backup of the store into a new directory
+/// under `backup_dir`, named by the time; ingest goes on meanwhile. Answers at once; `GET
+/// /v1/backup` follows it.
+#[utoipa::path(post, path = "/v1/backup", tag = "status",
+    responses((status = 202, description = "the backup started", body = BackupState),
+              (status = 409, description = "no backup_dir configured, or a backup is running", body = ErrorBody)))]
+async fn backup_start(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
+    let Some(dir) = api.backups.dir.clone() else {
+        return json_error(StatusCode::CONFLICT, "no backup_dir is configured".into());
+    };
+    let now = blockwatch_proto::time::format_rfc3339(blockwatch_proto::time::now());
+    let path = dir.join(format!("backup-{}", now.replace(':', "")));
+    let running = BackupState::Running { path: path.display().to_string(), started_at: now };
+    {
+        let Ok(mut state) = api.backups.state.lock() else {
+            return json_error(StatusCode::INTERNAL_SERVER_ERROR, "backup state unavailable".into());
+        };
+        if let BackupState::Running { path, .. } = &*state {
+            return json_error(StatusCode::CONFLICT, format!("a backup is running: {path}"));
+        }
+        *state = running.clone();
+    }
+    let (reader, backups) = (api.store.clone(), Arc::clone(&api.backups));
+    tokio::task::spawn_blocking(move || {
+        let shown = path.display().to_string();
+        let done = match reader.backup(&path) {
+            Ok(backup) => {
+                tracing::info!(path = %shown, last_result = backup.last_result, "backup done");
+                BackupState::Done { path: shown, backup }
+            }
+            Err(e) => {
+                tracing::error!(path = %shown, error = %e, "backup failed");
+                BackupState::Failed { path: shown, error: e.to_string() }
+            }
+        };
+        if let Ok(mut state) = backups.state.lock() {
+            *state = done;
+        }
+    });
+    (
+        StatusCode::ACCEPTED,
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_string(&running).unwrap_or_default() + "\n",
+    )
+        .into_response()
+}
+
+/// `GET /v1/backup`: the last backup started through the API.
+#[utoipa::path(get, path = "/v1/backup", tag = "status",
+    responses((status = 200, description = "none, running, done (with its manifest) or failed", body = BackupState)))]
+async fn backup_status(State(api): State<Api>, Query(_): Query<NoQuery>) -> Response {
+    let state = api.backups.state.lock().map(|s| s.clone()).unwrap_or(BackupState::None);
+    ([(header::CONTENT_TYPE, "application/json")], serde_json::to_string(&state).unwrap_or_default() + "\n")
         .into_response()
 }
 
@@ -898,10 +986,12 @@ struct Asked {
         maintenance_add,
         maintenance_remove,
         probe,
+        backup_start,
+        backup_status,
         readyz,
         metrics
     ),
-    components(schemas(ErrorBody, StatusAnswer, Asked, crate::research::What, crate::research::Format))
+    components(schemas(ErrorBody, StatusAnswer, Asked, BackupState, crate::research::What, crate::research::Format))
 )]
 pub struct ApiDoc;
 

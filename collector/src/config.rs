@@ -28,6 +28,10 @@ pub struct CollectorConfig {
     /// Directory of the store. Default `/var/lib/blockwatch`. Env: `BLOCKWATCH_DATA_DIR`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Where `POST /v1/backup` writes online backups of the store, one directory each, named
+    /// by the time. Default: none (the route answers 409).
+    #[serde(default)]
+    pub backup_dir: Option<PathBuf>,
     /// Most results per batch. Default 500.
     #[serde(default = "default_max_batch")]
     pub max_batch: u32,
@@ -140,6 +144,7 @@ impl Default for CollectorConfig {
             listen: default_listen(),
             api_listen: default_api_listen(),
             data_dir: default_data_dir(),
+            backup_dir: None,
             max_batch: DEFAULT_MAX_BATCH,
             heartbeat_interval: default_heartbeat(),
             retention: None,

@@ -220,6 +220,7 @@ impl Collector {
             maintenance: Arc::clone(&windows),
             status,
             data_dir: cfg.data_dir.clone(),
+            backup_dir: cfg.backup_dir.clone(),
         };
         let api = tokio::spawn(crate::api::serve(api_listener, parts, tokens, async {
             let _ = api_stopped.await;

@@ -34,6 +34,15 @@ pub fn filter(
     Ok(Filter { from: t("from", from)?, to: t("to", to)?, target, region })
 }
 
+/// The store directory a command names: `--config FILE`'s `data_dir`, or `--data-dir DIR`.
+pub(super) fn store_dir(command: &str, config: Option<&Path>, data_dir: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match (config, data_dir) {
+        (Some(c), _) => CollectorConfig::load(c)?.data_dir,
+        (None, Some(d)) => d,
+        (None, None) => bail!("{command} needs --config FILE or --data-dir DIR"),
+    })
+}
+
 pub fn run(
     config: Option<&Path>,
     data_dir: Option<PathBuf>,
@@ -43,11 +52,7 @@ pub fn run(
     output: Option<&Path>,
     partition_by: &[Level],
 ) -> anyhow::Result<()> {
-    let dir = match (config, data_dir) {
-        (Some(c), _) => CollectorConfig::load(c)?.data_dir,
-        (None, Some(d)) => d,
-        (None, None) => bail!("export needs --config FILE or --data-dir DIR"),
-    };
+    let dir = store_dir("export", config, data_dir)?;
     if !dir.is_dir() {
         bail!("no store at {}", dir.display());
     }

@@ -105,6 +105,32 @@ pub enum Command {
         #[arg(long, value_enum, value_delimiter = ',')]
         partition_by: Vec<crate::research::Level>,
     },
+    /// Back up a stopped collector's store into an empty directory (a running collector backs
+    /// up online through `POST /v1/backup`).
+    Backup {
+        /// Collector config (for `data_dir`).
+        #[arg(long, conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
+        /// Store directory (instead of --config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The backup's directory (created; must be empty).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Restore a backup into an empty store directory, checking it is complete and whole
+    /// (the collector stopped).
+    Restore {
+        /// The backup's directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Collector config (for `data_dir`).
+        #[arg(long, conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
+        /// Store directory (instead of --config).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     /// List every config key with the `BLOCKWATCH_…` variable that sets it (Markdown table).
     ConfigKeys,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
@@ -125,6 +151,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve::run(&config, cli.log_format),
         Command::CheckConfig { config } => check::run(&config),
+        Command::Backup { config, data_dir, to } => {
+            let dir = export::store_dir("backup", config.as_deref(), data_dir)?;
+            anyhow::ensure!(dir.is_dir(), "no store at {}", dir.display());
+            let store = crate::store::Store::open_for_scan(&dir)
+                .map_err(|e| anyhow::anyhow!("{e} (a running collector holds it: back up through POST /v1/backup)"))?;
+            let backup = store.reader().backup(&to)?;
+            store.close();
+            println!(
+                "backed up {} results (last seq {}) to {}",
+                backup.entries.get("results").copied().unwrap_or(0),
+                backup.last_result,
+                to.display()
+            );
+            Ok(())
+        }
+        Command::Restore { from, config, data_dir } => {
+            let dir = export::store_dir("restore", config.as_deref(), data_dir)?;
+            let backup = crate::store::restore(&from, &dir)?;
+            println!(
+                "restored the backup of {} ({} results, last seq {}) into {}",
+                backup.taken_at,
+                backup.entries.get("results").copied().unwrap_or(0),
+                backup.last_result,
+                dir.display()
+            );
+            Ok(())
+        }
         Command::ConfigKeys => {
             print!("{}", blockwatch_proto::config_env::markdown(&crate::config::CollectorConfig::env_keys()));
             Ok(())

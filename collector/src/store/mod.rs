@@ -24,6 +24,7 @@
 //! later replay of the store sees. Events are appended by the detector alone, through an
 //! [`EventLog`].
 
+mod backup;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 
+pub use backup::{BACKUP_MANIFEST, Backup, restore};
 pub use writer::{Feed, WriteOutcome};
 
 /// Requests waiting for the writer thread. When full, callers wait (backpressure reaches the
@@ -100,6 +102,40 @@ pub(crate) struct Keyspaces {
     checkpoint: Keyspace,
 }
 
+impl Keyspaces {
+    /// Opens (or creates) the database in `dir` and its keyspaces.
+    fn open(dir: &Path, cache: u64) -> Result<Keyspaces, StoreError> {
+        let open_err = |e: fjall::Error| StoreError::Open { path: dir.to_owned(), cause: describe(&e) };
+        let db =
+            Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).cache_size(cache).open().map_err(open_err)?;
+        Ok(Keyspaces {
+            results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
+            ids: db.keyspace("ids", KeyspaceCreateOptions::default).map_err(open_err)?,
+            cells: db.keyspace("cells", KeyspaceCreateOptions::default).map_err(open_err)?,
+            events: db.keyspace("events", KeyspaceCreateOptions::default).map_err(open_err)?,
+            meta: db.keyspace("meta", KeyspaceCreateOptions::default).map_err(open_err)?,
+            checkpoint: db
+                .keyspace("checkpoint", || {
+                    KeyspaceCreateOptions::default().with_kv_separation(Some(fjall::KvSeparationOptions::default()))
+                })
+                .map_err(open_err)?,
+            db,
+        })
+    }
+
+    /// Every keyspace with its name, in a fixed order.
+    fn named(&self) -> [(&'static str, &Keyspace); 6] {
+        [
+            ("results", &self.results),
+            ("ids", &self.ids),
+            ("cells", &self.cells),
+            ("events", &self.events),
+            ("meta", &self.meta),
+            ("checkpoint", &self.checkpoint),
+        ]
+    }
+}
+
 const DETECTOR_CHECKPOINT: &[u8] = b"detector_checkpoint";
 /// Bytes per value of the detector's checkpoint.
 const CHECKPOINT_CHUNK: usize = 1 << 20;
@@ -136,22 +172,7 @@ impl Store {
     }
 
     fn open_with(dir: &Path, feed: Option<Feed>, min_free: u64, cache: u64) -> Result<Store, StoreError> {
-        let open_err = |e: fjall::Error| StoreError::Open { path: dir.to_owned(), cause: describe(&e) };
-        let db =
-            Database::builder(dir).max_journaling_size(MAX_JOURNAL_BYTES).cache_size(cache).open().map_err(open_err)?;
-        let ks = Keyspaces {
-            results: db.keyspace("results", KeyspaceCreateOptions::default).map_err(open_err)?,
-            ids: db.keyspace("ids", KeyspaceCreateOptions::default).map_err(open_err)?,
-            cells: db.keyspace("cells", KeyspaceCreateOptions::default).map_err(open_err)?,
-            events: db.keyspace("events", KeyspaceCreateOptions::default).map_err(open_err)?,
-            meta: db.keyspace("meta", KeyspaceCreateOptions::default).map_err(open_err)?,
-            checkpoint: db
-                .keyspace("checkpoint", || {
-                    KeyspaceCreateOptions::default().with_kv_separation(Some(fjall::KvSeparationOptions::default()))
-                })
-                .map_err(open_err)?,
-            db,
-        };
+        let ks = Keyspaces::open(dir, cache)?;
         index_existing(&ks).map_err(|e| StoreError::Open { path: dir.to_owned(), cause: e.to_string() })?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let space = writer::Space { dir: dir.to_owned(), min_free };
