@@ -55,6 +55,12 @@ export BLOCKWATCH_OONIDATA_PATH="$ooni_dir"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads=2
 
+# The deployment artefacts in deploy/: validated with their own tools (systemd-analyze,
+# kubectl kustomize, kubernetes-validate, docker compose config, promtool, amtool,
+# shellcheck, hadolint), and the shipped configs run with the binaries just built. It installs
+# what it needs and says what it skipped, and why.
+bash tests/deploy-check.sh
+
 # The labelled traces beside the project, when they are there (a separate step: no test run
 # by `cargo test` reads outside the repository).
 target_dir=$(cargo metadata --format-version 1 --no-deps --locked | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
