@@ -57,7 +57,7 @@ cargo test --workspace --locked -- --test-threads=2
 
 # The deployment artefacts in deploy/: validated with their own tools (systemd-analyze,
 # kubectl kustomize, kubernetes-validate, docker compose config, promtool, amtool,
-# shellcheck, hadolint), and the shipped configs run with the binaries just built. It installs
+# hadolint, shellcheck), and the shipped configs run with the binaries just built. It installs
 # what it needs and says what it skipped, and why.
 bash tests/deploy-check.sh
 
