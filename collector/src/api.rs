@@ -24,8 +24,8 @@
 //! - `POST /v1/probe?target=ID&region=R` (admin) — asks every connected agent of the region
 //!   to probe the target now; answers `{"asked": N}`.
 //!
-//! Authentication (`[api]`): with `auth = "token"` every route but `/healthz` needs
-//! `Authorization: Bearer TOKEN` — `401` without a valid one, `403` when a `read` token
+//! Authentication (`[api]`): with `auth = "token"` every route but `/healthz`, `/readyz` and
+//! the dashboard files needs `Authorization: Bearer TOKEN` — `401` without a valid one, `403` when a `read` token
 //! asks for an admin route (see `api_auth`).
 //!
 //! Reads run on the blocking pool and never hold the store's writer. At most
@@ -79,6 +79,11 @@ struct Api {
 /// `POST /v1/backup`'s directory and the state of the last backup.
 struct Backups {
     dir: Option<std::path::PathBuf>,
+    /// Bytes kept free on its filesystem (`limits.min_free_disk_mb`).
+    reserve: u64,
+    /// Set when the API stops: a running backup ends within one batch (and removes what it
+    /// wrote) instead of holding up shutdown.
+    cancel: Arc<std::sync::atomic::AtomicBool>,
     state: std::sync::Mutex<BackupState>,
 }
 
@@ -114,6 +119,8 @@ pub struct Parts {
     pub data_dir: std::path::PathBuf,
     /// Where `POST /v1/backup` writes (`backup_dir`).
     pub backup_dir: Option<std::path::PathBuf>,
+    /// Bytes a backup leaves free there (`limits.min_free_disk_mb`).
+    pub backup_reserve: u64,
 }
 
 /// Where the API takes its connections from.
@@ -131,6 +138,17 @@ pub async fn serve(
     tokens: Option<Arc<Tokens>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let backups = Arc::new(Backups {
+        dir: parts.backup_dir,
+        reserve: parts.backup_reserve,
+        cancel: Arc::default(),
+        state: std::sync::Mutex::new(BackupState::None),
+    });
+    let cancel = Arc::clone(&backups.cancel);
+    let stop = async move {
+        stop.await;
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
     let mut app = axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -160,11 +178,12 @@ pub async fn serve(
             maintenance: parts.maintenance,
             status: parts.status,
             data_dir: Arc::new(parts.data_dir),
-            backups: Arc::new(Backups { dir: parts.backup_dir, state: std::sync::Mutex::new(BackupState::None) }),
+            backups: Arc::clone(&backups),
         });
     if let Some(tokens) = tokens {
         app = app.layer(axum::middleware::from_fn_with_state(tokens, authorize));
     }
+    let app = app.layer(axum::middleware::from_fn(same_origin));
     let app = app.layer(axum::middleware::from_fn_with_state(Arc::new(Semaphore::new(MAX_REQUESTS)), bounded));
     match listener {
         ApiListener::Plain(l) => axum::serve(l, app).with_graceful_shutdown(stop).await,
@@ -174,6 +193,33 @@ pub async fn serve(
 
 /// Bearer tokens: `read` for `GET`, `admin` for anything else; `/healthz` and `/readyz` are
 /// open (for supervisors and load balancers).
+/// A request that changes something (not `GET` / `HEAD`) sent by a browser on behalf of
+/// another site is refused, so a page open on a machine that reaches an open API cannot start
+/// probes, backups or maintenance windows: browsers say where a request comes from
+/// (`Sec-Fetch-Site`, else `Origin` against `Host`); scripts and tools send neither and pass.
+async fn same_origin(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if matches!(*req.method(), axum::http::Method::GET | axum::http::Method::HEAD) {
+        return next.run(req).await;
+    }
+    let h = req.headers();
+    let text = |name: &str| h.get(name).and_then(|v| v.to_str().ok());
+    let cross = match (text("sec-fetch-site"), text("origin")) {
+        (Some(site), _) => !matches!(site, "same-origin" | "none"),
+        (None, Some(origin)) => {
+            let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+            text("host") != Some(authority)
+        }
+        (None, None) => false,
+    };
+    if cross {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            format!("{} {} from another site's page is refused", req.method(), req.uri().path()),
+        );
+    }
+    next.run(req).await
+}
+
 async fn authorize(
     State(tokens): State<Arc<Tokens>>,
     req: axum::extract::Request,
@@ -254,10 +300,10 @@ async fn backup_start(State(api): State<Api>, Query(_): Query<NoQuery>) -> Respo
         }
         *state = running.clone();
     }
-    let (reader, backups) = (api.store.clone(), Arc::clone(&api.backups));
+    let (reader, backups, data_dir) = (api.store.clone(), Arc::clone(&api.backups), Arc::clone(&api.data_dir));
     tokio::task::spawn_blocking(move || {
         let shown = path.display().to_string();
-        let done = match reader.backup(&path) {
+        let done = match reader.backup(&path, crate::metrics::dir_bytes(&data_dir), backups.reserve, &backups.cancel) {
             Ok(backup) => {
                 tracing::info!(path = %shown, last_result = backup.last_result, "backup done");
                 BackupState::Done { path: shown, backup }

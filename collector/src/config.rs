@@ -29,7 +29,7 @@ pub struct CollectorConfig {
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Where `POST /v1/backup` writes online backups of the store, one directory each, named
-    /// by the time. Default: none (the route answers 409).
+    /// by the time; outside `data_dir`. Default: none (the route answers 409).
     #[serde(default)]
     pub backup_dir: Option<PathBuf>,
     /// Most results per batch. Default 500.
@@ -88,9 +88,10 @@ pub struct CollectorConfig {
 #[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// `"token"`: every route but `/healthz` needs a bearer token from `tokens_file`;
-    /// `"none"`: open to anyone who reaches `api_listen`. Default: `"none"` when `api_listen`
-    /// is a loopback address, `"token"` otherwise.
+    /// `"token"`: every route but `/healthz`, `/readyz` and the dashboard's page, script and
+    /// style needs a bearer token from `tokens_file`; `"none"`: open to anyone who reaches
+    /// `api_listen`. Default: `"none"` when `api_listen` is a loopback address, `"token"`
+    /// otherwise.
     #[serde(default)]
     pub auth: Option<ApiAuth>,
     /// The tokens file `blockwatch-collector token create` writes (JSON; hashes only).
@@ -211,6 +212,15 @@ impl CollectorConfig {
         let mut problems = Vec::new();
         if self.max_batch == 0 || self.max_batch > 10_000 {
             problems.push(format!("max_batch = {}: must be 1..=10000", self.max_batch));
+        }
+        if let Some(b) = &self.backup_dir
+            && b.starts_with(&self.data_dir)
+        {
+            problems.push(format!(
+                "backup_dir {}: inside data_dir {}, where backups would be part of the store",
+                b.display(),
+                self.data_dir.display()
+            ));
         }
         if self.heartbeat_interval < Duration::from_secs(1) || self.heartbeat_interval > Duration::from_secs(3600) {
             problems.push("heartbeat_interval: must be 1s..=1h".to_string());

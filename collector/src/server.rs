@@ -221,6 +221,7 @@ impl Collector {
             status,
             data_dir: cfg.data_dir.clone(),
             backup_dir: cfg.backup_dir.clone(),
+            backup_reserve: cfg.limits.min_free_disk_mb << 20,
         };
         let api = tokio::spawn(crate::api::serve(api_listener, parts, tokens, async {
             let _ = api_stopped.await;

@@ -139,11 +139,20 @@ pub fn overlay(
     let mut problems = Vec::new();
     for key in keys {
         let Some(raw) = get(&key.env) else { continue };
+        if raw.trim().is_empty() {
+            problems.push(format!("{} is set but empty: unset it, or give {} a value", key.env, key.dotted()));
+            continue;
+        }
         let value = if key.is_string() {
             toml::Value::String(raw)
         } else {
+            // The value alone: a document of exactly the one key, so nothing else rides along.
             match format!("v = {raw}").parse::<toml::Table>() {
-                Ok(mut t) => t.remove("v").unwrap_or(toml::Value::Boolean(false)),
+                Ok(t) if t.len() == 1 && t.contains_key("v") => t["v"].clone(),
+                Ok(_) => {
+                    problems.push(format!("{}: {} takes one TOML value, not more", key.env, key.dotted()));
+                    continue;
+                }
                 Err(e) => {
                     problems.push(format!(
                         "{}={raw:?}: {} is {}, and this is not a TOML value: {}",
@@ -252,6 +261,12 @@ mod tests {
         let bad = |k: &str| (k == "BLOCKWATCH_MAX_BATCH").then(|| "lots".to_string());
         let p = overlay(&keys, &mut table, bad).unwrap_err();
         assert!(p[0].starts_with("BLOCKWATCH_MAX_BATCH=\"lots\": max_batch is integer"), "{p:?}");
+        let smuggled = |k: &str| (k == "BLOCKWATCH_MAX_BATCH").then(|| "500\nagent_id = \"x\"".to_string());
+        let p = overlay(&keys, &mut table, smuggled).unwrap_err();
+        assert!(p[0].contains("takes one TOML value"), "{p:?}");
+        let empty = |k: &str| (k == "BLOCKWATCH_TLS_CA_DIR").then(String::new);
+        let p = overlay(&keys, &mut table, empty).unwrap_err();
+        assert!(p[0].contains("set but empty"), "{p:?}");
         let mut not_table: toml::Table = "limits = 3\n".parse().unwrap();
         let p =
             overlay(&keys, &mut not_table, |k| (k == "BLOCKWATCH_LIMITS_MAX_AGENTS").then(|| "1".into())).unwrap_err();

@@ -107,7 +107,11 @@ pub fn read_toml_env<T: DeserializeOwned>(
         }
     }
     toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| {
-        parse_err(vec![format!("{} (with {} set)", e.message().trim(), applied.join(", "))])
+        parse_err(vec![format!(
+            "{} (in the file or in {}; line numbers are not known once variables are applied)",
+            e.message().trim(),
+            applied.join(", ")
+        )])
     })
 }
 

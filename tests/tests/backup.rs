@@ -7,6 +7,17 @@ use std::time::Duration;
 use blockwatch_demo::provider::Provider;
 use blockwatch_tests::*;
 
+/// `POST path` with extra request headers, as a browser would send it; the status.
+fn browser_post(addr: std::net::SocketAddr, path: &str, headers: &str) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
 fn events(data_dir: &std::path::Path) -> Vec<String> {
     let out =
         run(&bin("blockwatch-collector"), &["export", "--what", "events", "--data-dir", data_dir.to_str().unwrap()]);
@@ -32,8 +43,12 @@ fn a_backup_taken_under_load_restores_to_the_store_at_its_snapshot() {
         .collect();
     wait_for("results to be stored", Duration::from_secs(30), || (stored(collector.api).len() >= 150).then_some(()));
 
-    // No backup yet; one starts and ingest goes on while it runs.
+    // No backup yet. A page of another site cannot start one through a browser.
     assert!(http_get(collector.api, "/v1/backup").1.contains("\"state\":\"none\""));
+    assert_eq!(browser_post(collector.api, "/v1/backup", "Sec-Fetch-Site: cross-site\r\n"), 403);
+    assert_eq!(browser_post(collector.api, "/v1/backup", "Origin: http://attacker.example\r\n"), 403);
+    assert!(http_get(collector.api, "/v1/backup").1.contains("\"state\":\"none\""));
+    // One starts, and ingest goes on while it runs.
     let (status, body) = http_send(collector.api, "POST", "/v1/backup", b"");
     assert_eq!(status, 202, "{body}");
     let started: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -83,6 +98,28 @@ fn a_backup_taken_under_load_restores_to_the_store_at_its_snapshot() {
     let agents_json = http_get(again.api, "/v1/agents").1;
     assert!(agents_json.contains("b-0") && agents_json.contains("b-2"), "{agents_json}");
     assert_eq!(again.proc.terminate(), Some(0));
+
+    // A backup whose contents do not match its manifest is refused, and leaves nothing where
+    // a collector would start.
+    let manifest = path.join("blockwatch-backup.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let tampered = text.replacen(&format!("\"results\": {in_backup}"), &format!("\"results\": {}", in_backup + 1), 1);
+    assert_ne!(text, tampered);
+    std::fs::write(&manifest, &tampered).unwrap();
+    let target = dir2.path().join("tampered");
+    let out = run(
+        &bin("blockwatch-collector"),
+        &["restore", "--from", path.to_str().unwrap(), "--data-dir", target.to_str().unwrap()],
+    );
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("its manifest says"));
+    assert!(std::fs::read_dir(&target).map_or(true, |mut d| d.next().is_none()), "a failed restore left files");
+    let leftovers: Vec<_> = std::fs::read_dir(dir2.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    std::fs::write(&manifest, &text).unwrap();
 
     // Restore refuses a directory in use and a backup that never finished.
     let out = run(

@@ -48,6 +48,9 @@ pub fn run(config: &Path) -> anyhow::Result<()> {
 pub fn preflight(cfg: &CollectorConfig) -> Vec<String> {
     let mut problems = Vec::new();
     problems.extend(writable_dir("data_dir", &cfg.data_dir).err());
+    if let Some(b) = &cfg.backup_dir {
+        problems.extend(writable_dir("backup_dir", b).err());
+    }
     problems.extend(local_address("listen", cfg.listen.ip()).err());
     problems.extend(local_address("api_listen", cfg.api_listen.ip()).err());
     if let Some(t) = &cfg.tls

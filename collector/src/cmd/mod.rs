@@ -156,7 +156,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             anyhow::ensure!(dir.is_dir(), "no store at {}", dir.display());
             let store = crate::store::Store::open_for_scan(&dir)
                 .map_err(|e| anyhow::anyhow!("{e} (a running collector holds it: back up through POST /v1/backup)"))?;
-            let backup = store.reader().backup(&to)?;
+            let reserve = crate::ingest::Limits::default().min_free_disk_mb << 20;
+            let never = std::sync::atomic::AtomicBool::new(false);
+            let backup = store.reader().backup(&to, crate::metrics::dir_bytes(&dir), reserve, &never)?;
             store.close();
             println!(
                 "backed up {} results (last seq {}) to {}",

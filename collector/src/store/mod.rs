@@ -150,6 +150,8 @@ pub struct Store {
     writer: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
     /// The writer's disk reserve, asked again for readiness.
     space: Arc<writer::Space>,
+    /// The writer's last commit failure, if the last commit failed.
+    failing: writer::Failing,
 }
 
 impl Store {
@@ -176,15 +178,16 @@ impl Store {
         index_existing(&ks).map_err(|e| StoreError::Open { path: dir.to_owned(), cause: e.to_string() })?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let space = writer::Space { dir: dir.to_owned(), min_free };
-        let handle = writer::spawn(ks.clone(), rx, feed, space.clone()).map_err(|e| StoreError::Open {
-            path: dir.to_owned(),
-            cause: format!("cannot start the writer thread: {e}"),
+        let failing = writer::Failing::default();
+        let handle = writer::spawn(ks.clone(), rx, feed, space.clone(), Arc::clone(&failing)).map_err(|e| {
+            StoreError::Open { path: dir.to_owned(), cause: format!("cannot start the writer thread: {e}") }
         })?;
         Ok(Store {
             reader: Reader { ks },
             tx,
             writer: Arc::new(std::sync::Mutex::new(Some(handle))),
             space: Arc::new(space),
+            failing,
         })
     }
 
@@ -199,11 +202,14 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Whether a write now would be taken: the writer runs and the disk holds more than its
-    /// reserve. The error says why not.
+    /// Whether a write now would be taken: the writer runs, its last commit succeeded, and
+    /// the disk holds more than its reserve. The error says why not.
     pub fn accepting(&self) -> Result<(), StoreError> {
         if self.tx.is_closed() {
             return Err(StoreError::Closed);
+        }
+        if let Some(why) = self.failing.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Err(StoreError::Write(format!("the last commit failed: {why}")));
         }
         match self.space.short() {
             Some(free) => Err(StoreError::DiskFull { free_mib: free >> 20, reserve_mib: self.space.min_free >> 20 }),

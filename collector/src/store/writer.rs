@@ -37,6 +37,9 @@ pub struct WriteOutcome {
     pub duplicates: Vec<String>,
 }
 
+/// The last commit's failure, until a commit succeeds again (readiness).
+pub(super) type Failing = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
 /// The free space the writer keeps on the store's filesystem.
 #[derive(Clone)]
 pub(super) struct Space {
@@ -66,11 +69,12 @@ pub(super) fn spawn(
     rx: mpsc::Receiver<Request>,
     feed: Option<Feed>,
     space: Space,
+    failing: Failing,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("store-writer".into()).spawn(move || run(ks, rx, feed, space))
+    std::thread::Builder::new().name("store-writer".into()).spawn(move || run(ks, rx, feed, space, failing))
 }
 
-fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>, space: Space) {
+fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>, space: Space, failing: Failing) {
     let mut disk_logged: Option<std::time::Instant> = None;
     let mut next_result = super::last_key(&ks.results) + 1;
     // Receive times never go backwards in store order, so replaying the store in order gives
@@ -162,6 +166,7 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>, s
         };
         match result {
             Ok(()) => {
+                *failing.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 next_result = seq;
                 if let Some(f) = &feed
                     && !fed.is_empty()
@@ -177,6 +182,7 @@ fn run(ks: Keyspaces, mut rx: mpsc::Receiver<Request>, mut feed: Option<Feed>, s
             Err(e) => {
                 let why = super::describe(&e);
                 tracing::error!(error = %why, "store commit failed; nothing in this batch is acknowledged");
+                *failing.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
                 for (_, _, reply) in group {
                     let _ = reply.send(Err(StoreError::Write(why.clone())));
                 }
