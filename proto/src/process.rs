@@ -49,6 +49,40 @@ pub fn init_logging(default: &str, format: LogFormat) {
     };
 }
 
+/// The commands both binaries have for their own documentation.
+#[derive(Debug, clap::Subcommand)]
+pub enum DocsCommand {
+    /// List every config key with the `BLOCKWATCH_…` variable that sets it (Markdown table).
+    ConfigKeys,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (one per command) into a directory.
+    Man {
+        /// Directory for the `.1` files.
+        #[arg(long, default_value = ".")]
+        dir: std::path::PathBuf,
+    },
+}
+
+impl DocsCommand {
+    /// Runs it for the binary whose command line is `cmd` and config keys are `keys`.
+    pub fn run(self, cmd: clap::Command, keys: &[crate::config_env::Key]) -> std::io::Result<()> {
+        match self {
+            DocsCommand::ConfigKeys => print!("{}", crate::config_env::markdown(keys)),
+            DocsCommand::Completions { shell } => completions(cmd, shell),
+            DocsCommand::Man { dir } => {
+                for path in man_pages(cmd, &dir)? {
+                    println!("{}", path.display());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Prints `shell`'s completion script for the command line `cmd` to stdout.
 pub fn completions(mut cmd: clap::Command, shell: clap_complete::Shell) {
     let name = cmd.get_name().to_string();

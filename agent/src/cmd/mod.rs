@@ -37,19 +37,8 @@ pub enum Command {
     },
     /// Probe one URL once and print every phase (exit 0 when reachable as expected).
     Probe(Box<probe::Args>),
-    /// List every config key with the `BLOCKWATCH_…` variable that sets it (Markdown table).
-    ConfigKeys,
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Write man pages (one per command) into a directory.
-    Man {
-        /// Directory for the `.1` files.
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-    },
+    #[command(flatten)]
+    Docs(blockwatch_proto::process::DocsCommand),
 }
 
 /// Runs a parsed command line; returns the process exit code.
@@ -58,18 +47,8 @@ pub fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run { config } => run::run(&config, cli.log_format).map(|()| 0),
         Command::CheckConfig { config } => run::check(&config).map(|()| 0),
         Command::Probe(args) => probe::run(*args),
-        Command::ConfigKeys => {
-            print!("{}", blockwatch_proto::config_env::markdown(&crate::config::AgentConfig::env_keys()));
-            Ok(0)
-        }
-        Command::Completions { shell } => {
-            blockwatch_proto::process::completions(<Cli as clap::CommandFactory>::command(), shell);
-            Ok(0)
-        }
-        Command::Man { dir } => {
-            for path in blockwatch_proto::process::man_pages(<Cli as clap::CommandFactory>::command(), &dir)? {
-                println!("{}", path.display());
-            }
+        Command::Docs(docs) => {
+            docs.run(<Cli as clap::CommandFactory>::command(), &crate::config::AgentConfig::env_keys())?;
             Ok(0)
         }
     }

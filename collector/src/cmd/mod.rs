@@ -131,19 +131,8 @@ pub enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
-    /// List every config key with the `BLOCKWATCH_…` variable that sets it (Markdown table).
-    ConfigKeys,
-    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Write man pages (one per command) into a directory.
-    Man {
-        /// Directory for the `.1` files.
-        #[arg(long, default_value = ".")]
-        dir: PathBuf,
-    },
+    #[command(flatten)]
+    Docs(blockwatch_proto::process::DocsCommand),
 }
 
 /// Runs a parsed command line.
@@ -180,19 +169,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::ConfigKeys => {
-            print!("{}", blockwatch_proto::config_env::markdown(&crate::config::CollectorConfig::env_keys()));
-            Ok(())
-        }
-        Command::Completions { shell } => {
-            blockwatch_proto::process::completions(<Cli as clap::CommandFactory>::command(), shell);
-            Ok(())
-        }
-        Command::Man { dir } => {
-            for path in blockwatch_proto::process::man_pages(<Cli as clap::CommandFactory>::command(), &dir)? {
-                println!("{}", path.display());
-            }
-            Ok(())
+        Command::Docs(docs) => {
+            Ok(docs.run(<Cli as clap::CommandFactory>::command(), &crate::config::CollectorConfig::env_keys())?)
         }
 
         Command::Ca { command } => ca::run(command),
