@@ -63,14 +63,11 @@ pub fn preflight(cfg: &CollectorConfig) -> Vec<String> {
     {
         problems.push(format!("api.tls_cert_file / api.tls_key_file: {e}"));
     }
-    match (cfg.api_auth(), &cfg.api.tokens_file) {
-        (ApiAuth::Token, None) => problems.push("api.auth is token but no api.tokens_file is set".into()),
-        (ApiAuth::Token, Some(file)) => {
-            if let Err(e) = crate::api_auth::read(file) {
-                problems.push(format!("api.tokens_file {}: {e}", file.display()));
-            }
-        }
-        (ApiAuth::None, _) => {}
+    // Token auth without a tokens file is refused by `CollectorConfig::validate` already.
+    if let (ApiAuth::Token, Some(file)) = (cfg.api_auth(), &cfg.api.tokens_file)
+        && let Err(e) = crate::api_auth::read(file)
+    {
+        problems.push(format!("api.tokens_file {}: {e}", file.display()));
     }
     problems
 }
