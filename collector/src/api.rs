@@ -74,6 +74,7 @@ struct Api {
     status: Arc<crate::status::Status>,
     data_dir: Arc<std::path::PathBuf>,
     backups: Arc<Backups>,
+    archive: Option<Arc<crate::archive::Archive>>,
 }
 
 /// `POST /v1/backup`'s directory and the state of the last backup.
@@ -121,6 +122,8 @@ pub struct Parts {
     pub backup_dir: Option<std::path::PathBuf>,
     /// Bytes a backup leaves free there (`limits.min_free_disk_mb`).
     pub backup_reserve: u64,
+    /// The archive old results are read from.
+    pub archive: Option<Arc<crate::archive::Archive>>,
 }
 
 /// Where the API takes its connections from.
@@ -179,6 +182,7 @@ pub async fn serve(
             status: parts.status,
             data_dir: Arc::new(parts.data_dir),
             backups: Arc::clone(&backups),
+            archive: parts.archive,
         });
     if let Some(tokens) = tokens {
         app = app.layer(axum::middleware::from_fn_with_state(tokens, authorize));
@@ -681,13 +685,30 @@ async fn export(
     let Ok(permit) = Arc::clone(&api.exports).try_acquire_owned() else {
         return busy(format!("{MAX_EXPORTS} result exports are running; retry shortly"));
     };
+    // Archived days are read from the archive (local copies for the export's time).
+    let (archived, copies) = match (&api.archive, q.what) {
+        (Some(a), crate::research::What::Results) => {
+            let copies = match tempfile::Builder::new().prefix("export-").tempdir_in(&*api.data_dir) {
+                Ok(d) => d,
+                Err(e) => return busy(format!("cannot make a directory for archived files: {e}")),
+            };
+            match a.results_for(&api.store, &filter, copies.path()).await {
+                Ok(archived) => (archived, Some(copies)),
+                Err(e) => return busy(blockwatch_proto::error::chain(&e)),
+            }
+        }
+        _ => (crate::research::Archived::none(), None),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let store = api.store.clone();
     let what = q.what;
     tokio::task::spawn_blocking(move || {
         let _permit = permit;
+        let _copies = copies;
         let out = ChunkWriter { buf: Vec::with_capacity(CHUNK), tx: tx.clone() };
-        if let Err(e) = crate::research::export(&store, what, format, &filter, crate::research::Output::One(out)) {
+        if let Err(e) =
+            crate::research::export(&store, &archived, what, format, &filter, crate::research::Output::One(out))
+        {
             tracing::warn!(error = %blockwatch_proto::error::chain(&e), "export over the API stopped");
             let _ = tx.blocking_send(Err(std::io::Error::other(e.to_string())));
         }

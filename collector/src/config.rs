@@ -46,6 +46,11 @@ pub struct CollectorConfig {
     #[schemars(with = "Option<String>")]
     #[serde(default, with = "humantime_serde")]
     pub retention: Option<Duration>,
+    /// Where closed days of results and events go as Parquet (see `archive`). With
+    /// `retention`, results leave the store only once archived. Absent (the default): no
+    /// archive.
+    #[serde(default)]
+    pub archive: Option<crate::archive::ArchiveConfig>,
     /// Agents allowed to register. Empty (the default) admits any agent id.
     #[serde(default)]
     pub agents: Vec<String>,
@@ -149,6 +154,7 @@ impl Default for CollectorConfig {
             max_batch: DEFAULT_MAX_BATCH,
             heartbeat_interval: default_heartbeat(),
             retention: None,
+            archive: None,
             agents: Vec::new(),
             plan: None,
             detector: DetectorConfig::default(),
@@ -226,6 +232,9 @@ impl CollectorConfig {
             problems.push("heartbeat_interval: must be 1s..=1h".to_string());
         }
         problems.extend(self.limits.problems());
+        if let Some(a) = &self.archive {
+            problems.extend(a.problems());
+        }
         if let Some(r) = self.retention {
             let least = self.limits.max_age + Duration::from_secs(86_400);
             if r < least {

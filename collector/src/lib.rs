@@ -4,6 +4,7 @@
 pub mod alert;
 pub mod api;
 pub mod api_auth;
+pub mod archive;
 pub mod blocks;
 pub mod cmd;
 pub mod config;

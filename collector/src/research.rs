@@ -7,7 +7,8 @@
 //! [`ROW_GROUP`]); a partitioned results export reads through the index, target by target,
 //! region by region, in time order, so one partition's file is open at a time.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -570,7 +571,11 @@ struct Row {
 impl Row {
     /// The row of a stored result.
     fn result(seq: u64, stored: &blockwatch_proto::v1::StoredResult) -> Row {
-        let rec = TraceRecord::from_stored(stored);
+        Row::record(seq, TraceRecord::from_stored(stored))
+    }
+
+    /// The row of a result's trace record.
+    fn record(seq: u64, rec: TraceRecord) -> Row {
         let at = parse_ts(&rec.started_at).unwrap_or(0);
         let (target, region) = (rec.target.clone(), rec.region.clone());
         Row { content: Content::Result(seq, Box::new(rec)), at, target, region }
@@ -659,9 +664,58 @@ pub fn write_results<'r, W: Write + Send>(
     Ok(n)
 }
 
-/// Runs an export; returns how many rows. Blocking.
+/// The results the archive holds in place of the store: every result started before
+/// `before` (the end of the last whole day archived) is read from `files` (results part
+/// files, local copies), none from the store.
+#[derive(Debug, Clone)]
+pub struct Archived {
+    pub before: i64,
+    pub files: Vec<PathBuf>,
+}
+
+impl Archived {
+    /// Nothing archived: everything from the store.
+    pub fn none() -> Archived {
+        Archived { before: i64::MIN, files: Vec::new() }
+    }
+}
+
+/// Rows in the order received, each with its sequence number.
+type Source<'s> = Box<dyn Iterator<Item = Result<(u64, Row), ExportError>> + 's>;
+
+/// Merges sources of rows, each in the order received, into one in that order.
+fn merge_by_seq<'s>(
+    mut sources: Vec<Source<'s>>,
+    mut f: impl FnMut(Row) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    let mut heads: Vec<Option<Row>> = Vec::with_capacity(sources.len());
+    let mut heap = BinaryHeap::new();
+    for (i, src) in sources.iter_mut().enumerate() {
+        match src.next().transpose()? {
+            Some((seq, row)) => {
+                heap.push(Reverse((seq, i)));
+                heads.push(Some(row));
+            }
+            None => heads.push(None),
+        }
+    }
+    while let Some(Reverse((_, i))) = heap.pop() {
+        if let Some(row) = heads[i].take() {
+            f(row)?;
+        }
+        if let Some((seq, row)) = sources[i].next().transpose()? {
+            heap.push(Reverse((seq, i)));
+            heads[i] = Some(row);
+        }
+    }
+    Ok(())
+}
+
+/// Runs an export; returns how many rows. Results started before `archived.before` come
+/// from the archive's files, the rest from the store. Blocking.
 pub fn export<W: Write + Send>(
     store: &Reader,
+    archived: &Archived,
     what: What,
     format: Format,
     filter: &Filter,
@@ -684,8 +738,22 @@ pub fn export<W: Write + Send>(
             // gathered (their sequence numbers only) and written in one go in the order
             // received, which is the order `replay` merges a tree in.
             let by_date = out_levels.contains(&Level::Date);
+            // The archive's part files first, each already one partition in the order received.
+            for file in &archived.files {
+                for item in ResultsFile::open(file)? {
+                    let (seq, rec) = item?;
+                    let row = Row::record(seq, rec);
+                    if (from..to).contains(&row.at) && keep(&row.target, &row.region) {
+                        rows.push(row)?;
+                    }
+                }
+                rows.end_part()?;
+            }
+            let from = from.max(archived.before);
             let targets = match &filter.target {
+                Some(_) if from >= to => Vec::new(),
                 Some(t) => vec![t.clone()],
+                None if from >= to => Vec::new(),
                 None => store.targets()?,
             };
             for t in targets {
@@ -719,16 +787,33 @@ pub fn export<W: Write + Send>(
             }
         }
         What::Results => {
-            for stored in store.numbered_results_after(0) {
-                let (seq, stored) = stored?;
+            let stored = store.numbered_results_after(0).filter_map(|stored| {
+                let (seq, stored) = match stored {
+                    Ok(s) => s,
+                    Err(e) => return Some(Err(e.into())),
+                };
                 // The filter on the stored result itself, before any copy of it is made.
-                let Some(r) = &stored.result else { continue };
+                let r = stored.result.as_ref()?;
                 let at = r.started_at.as_ref().map_or(0, blockwatch_proto::time::from_timestamp);
-                if !(from..to).contains(&at) || !keep(&r.target_id, &r.region) {
-                    continue;
+                if !(from..to).contains(&at) || !keep(&r.target_id, &r.region) || at < archived.before {
+                    return None;
                 }
-                rows.push(Row::result(seq, &stored))?;
+                Some(Ok((seq, Row::result(seq, &stored))))
+            });
+            let mut sources: Vec<Source<'_>> = Vec::new();
+            for file in &archived.files {
+                let keep = &keep;
+                sources.push(Box::new(ResultsFile::open(file)?.filter_map(move |item| {
+                    let (seq, rec) = match item {
+                        Ok(x) => x,
+                        Err(e) => return Some(Err(e)),
+                    };
+                    let row = Row::record(seq, rec);
+                    ((from..to).contains(&row.at) && keep(&row.target, &row.region)).then_some(Ok((seq, row)))
+                })));
             }
+            sources.push(Box::new(stored));
+            merge_by_seq(sources, |row| rows.push(row))?;
         }
         What::Blocks => {
             for b in spans(store)? {
@@ -916,4 +1001,189 @@ fn provider_of(store: &Reader, b: &Span) -> Result<String, StoreError> {
         Some(s) => store.result_at(s)?.and_then(|r| r.result).map(|r| r.provider).unwrap_or_default(),
         None => String::new(),
     })
+}
+
+/// Rows of a results file decoded at a time.
+const READ_BATCH: usize = 1024;
+
+/// The results of a Parquet results export (what the archive holds), each with its sequence
+/// number, in the file's order (the order received), decoded back to trace records.
+pub struct ResultsFile {
+    path: PathBuf,
+    reader: parquet::arrow::arrow_reader::ParquetRecordBatchReader,
+    rows: std::vec::IntoIter<(u64, TraceRecord)>,
+}
+
+impl ResultsFile {
+    pub fn open(path: &Path) -> Result<ResultsFile, ExportError> {
+        let file = std::fs::File::open(path)?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.with_batch_size(READ_BATCH).build())
+            .map_err(|e| ExportError::Parquet(format!("{}: {e}", path.display())))?;
+        Ok(ResultsFile { path: path.to_owned(), reader, rows: Vec::new().into_iter() })
+    }
+
+    fn fail(&self, e: impl std::fmt::Display) -> ExportError {
+        ExportError::Parquet(format!("{}: {e}", self.path.display()))
+    }
+}
+
+impl Iterator for ResultsFile {
+    type Item = Result<(u64, TraceRecord), ExportError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.rows.next() {
+                return Some(Ok(row));
+            }
+            let batch = match self.reader.next()? {
+                Ok(b) => b,
+                Err(e) => return Some(Err(self.fail(e))),
+            };
+            match decode_results(&batch) {
+                Ok(rows) => self.rows = rows.into_iter(),
+                Err(e) => return Some(Err(self.fail(e))),
+            }
+        }
+    }
+}
+
+/// One column of a decoded batch, read back by its [`Ty`].
+enum Read {
+    Strs(crate::replay::parquet::Strs),
+    Ts(arrow_array::TimestampMillisecondArray),
+    U32(arrow_array::UInt32Array),
+    U64(arrow_array::UInt64Array),
+    F64(arrow_array::Float64Array),
+    Bool(arrow_array::BooleanArray),
+    Bin(arrow_array::BinaryArray),
+}
+
+impl Read {
+    fn of(batch: &RecordBatch, name: &str, ty: Ty) -> Result<Read, String> {
+        use arrow_array::Array;
+        use arrow_array::cast::AsArray;
+        if let Ty::Str | Ty::Dict = ty {
+            return crate::replay::parquet::Strs::of(batch, name)?
+                .map(Read::Strs)
+                .ok_or_else(|| format!("no column {name}"));
+        }
+        let a = batch.column_by_name(name).ok_or_else(|| format!("no column {name}"))?;
+        let want = |w: &str| crate::replay::parquet::want(name, a.data_type(), w);
+        Ok(match (ty, a.data_type()) {
+            (Ty::Ts, DataType::Timestamp(TimeUnit::Millisecond, _)) => {
+                Read::Ts(a.as_primitive::<arrow_array::types::TimestampMillisecondType>().clone())
+            }
+            (Ty::U32, DataType::UInt32) => Read::U32(a.as_primitive::<arrow_array::types::UInt32Type>().clone()),
+            (Ty::U64, DataType::UInt64) => Read::U64(a.as_primitive::<arrow_array::types::UInt64Type>().clone()),
+            (Ty::F64, DataType::Float64) => Read::F64(a.as_primitive::<arrow_array::types::Float64Type>().clone()),
+            (Ty::Bool, DataType::Boolean) => Read::Bool(a.as_boolean().clone()),
+            (Ty::Bin, DataType::Binary) => Read::Bin(a.as_binary::<i32>().clone()),
+            (Ty::Ts, _) => return Err(want("timestamp[ms]")),
+            (Ty::U32, _) => return Err(want("uint32")),
+            (Ty::U64, _) => return Err(want("uint64")),
+            (Ty::F64, _) => return Err(want("float64")),
+            (Ty::Bool, _) => return Err(want("boolean")),
+            (Ty::Bin, _) | (Ty::Str | Ty::Dict, _) => return Err(want("binary")),
+        })
+    }
+
+    fn value(&self, i: usize) -> V {
+        use arrow_array::Array;
+        match self {
+            Read::Strs(s) => V::S(s.get(i).unwrap_or_default().to_string()),
+            Read::Ts(a) => V::T(a.is_valid(i).then(|| a.value(i))),
+            Read::U32(a) => V::U(a.is_valid(i).then(|| u64::from(a.value(i)))),
+            Read::U64(a) => V::U(a.is_valid(i).then(|| a.value(i))),
+            Read::F64(a) => V::F(a.is_valid(i).then(|| a.value(i))),
+            Read::Bool(a) => V::B(a.is_valid(i) && a.value(i)),
+            Read::Bin(a) => V::Bin(if a.is_valid(i) { a.value(i).to_vec() } else { Vec::new() }),
+        }
+    }
+}
+
+/// A batch of a results file back to its rows: the inverse of [`result_values`].
+fn decode_results(batch: &RecordBatch) -> Result<Vec<(u64, TraceRecord)>, String> {
+    let cols: Vec<Read> =
+        RESULT_COLUMNS.iter().map(|(name, ty)| Read::of(batch, name, *ty)).collect::<Result<_, _>>()?;
+    (0..batch.num_rows())
+        .map(|i| record_of(cols.iter().map(|c| c.value(i)).collect()).map_err(|e| format!("row {i}: {e}")))
+        .collect()
+}
+
+/// A results row's values (in [`RESULT_COLUMNS`] order) as its sequence number and record.
+fn record_of(values: Vec<V>) -> Result<(u64, TraceRecord), String> {
+    let mut v = values.into_iter();
+    let mut next = || v.next().ok_or("short row");
+    let s = |x: V| match x {
+        V::S(s) => s,
+        _ => String::new(),
+    };
+    let u = |x: V| match x {
+        V::U(u) => u.unwrap_or(0),
+        _ => 0,
+    };
+    let f = |x: V| match x {
+        V::F(f) => f.unwrap_or(0.0),
+        _ => 0.0,
+    };
+    let b = |x: V| matches!(x, V::B(true));
+    let t = |x: V| match x {
+        V::T(t) => t.map(ts_text),
+        _ => None,
+    };
+    fn list<T: serde::de::DeserializeOwned + Default>(text: &str, name: &str) -> Result<T, String> {
+        if text.is_empty() { Ok(T::default()) } else { serde_json::from_str(text).map_err(|e| format!("{name}: {e}")) }
+    }
+    let seq = match next()? {
+        V::U(Some(seq)) => seq,
+        _ => return Err("no seq".into()),
+    };
+    let mut r = TraceRecord {
+        probe_id: s(next()?),
+        agent_id: s(next()?),
+        region: s(next()?),
+        target: s(next()?),
+        provider: s(next()?),
+        ..Default::default()
+    };
+    r.started_at = t(next()?).ok_or("no started_at")?;
+    r.received_at = t(next()?);
+    r.outcome = s(next()?);
+    r.outcome_detail = s(next()?);
+    r.failure = s(next()?);
+    r.failed_operation = s(next()?);
+    r.http_status = u32::try_from(u(next()?)).map_err(|_| "http_status out of range")?;
+    r.provider_code = s(next()?);
+    r.duration_ms = u(next()?);
+    r.dns_ms = f(next()?);
+    r.connect_ms = f(next()?);
+    r.tls_ms = f(next()?);
+    r.ttfb_ms = f(next()?);
+    r.http_ms = f(next()?);
+    r.peer_address = s(next()?);
+    r.local_address = s(next()?);
+    r.resolved_addresses = s(next()?).split_whitespace().map(String::from).collect();
+    r.egress_address = s(next()?);
+    r.egress_asn = u32::try_from(u(next()?)).map_err(|_| "egress_asn out of range")?;
+    r.egress_as_org = s(next()?);
+    r.egress_country = s(next()?);
+    r.confirmation = b(next()?);
+    r.control = b(next()?);
+    r.keyed = b(next()?);
+    r.detail = s(next()?);
+    r.edge_headers = list(&s(next()?), "edge_headers")?;
+    r.url = s(next()?);
+    r.dns_queries = list(&s(next()?), "dns_queries")?;
+    r.tls_version = s(next()?);
+    r.tls_cipher_suite = s(next()?);
+    r.tls_alpn = s(next()?);
+    r.request_headers = list(&s(next()?), "request_headers")?;
+    r.response_headers = list(&s(next()?), "response_headers")?;
+    r.body_prefix = match next()? {
+        V::Bin(x) if !x.is_empty() => Some(blockwatch_proto::trace::MaybeBinary::of(&x)),
+        _ => None,
+    };
+    r.body_truncated = b(next()?);
+    Ok((seq, r))
 }

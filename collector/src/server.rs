@@ -60,6 +60,8 @@ pub enum StartError {
     Sink(#[from] crate::alert::SinkError),
     #[error("maintenance windows: {0}")]
     Maintenance(String),
+    #[error(transparent)]
+    Archive(#[from] crate::archive::ArchiveError),
 }
 
 /// A collector that is running.
@@ -101,6 +103,10 @@ impl Collector {
                 None
             }
             (None, false) => return Err(StartError::NoTls),
+        };
+        let archive = match &cfg.archive {
+            Some(a) => Some(Arc::new(crate::archive::Archive::open(a)?)),
+            None => None,
         };
         let dir = cfg.data_dir.clone();
         let (det_tx, det_rx) = std::sync::mpsc::sync_channel(DETECTOR_QUEUE);
@@ -222,6 +228,7 @@ impl Collector {
             data_dir: cfg.data_dir.clone(),
             backup_dir: cfg.backup_dir.clone(),
             backup_reserve: cfg.limits.min_free_disk_mb << 20,
+            archive: archive.clone(),
         };
         let api = tokio::spawn(crate::api::serve(api_listener, parts, tokens, async {
             let _ = api_stopped.await;
@@ -229,7 +236,17 @@ impl Collector {
         tracing::info!(%addr, api = %api_addr, data_dir = %cfg.data_dir.display(), "collector listening");
         let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone(), store.reader()));
         if let Some(keep) = cfg.retention {
-            tokio::spawn(crate::retention::run(store.reader(), keep, ingest.stopping()));
+            tokio::spawn(crate::retention::run(store.reader(), keep, archive.is_some(), ingest.stopping()));
+        }
+        if let (Some(a), Some(c)) = (&archive, &cfg.archive) {
+            tokio::spawn(crate::archive::run(
+                store.reader(),
+                Arc::clone(a),
+                cfg.data_dir.join("archive-staging"),
+                cfg.limits.max_age,
+                c.every,
+                ingest.stopping(),
+            ));
         }
         Ok(Collector {
             addr,

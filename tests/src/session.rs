@@ -177,11 +177,9 @@ pub async fn stream_agent(addr: std::net::SocketAddr, agent: String, region: Str
     // Half-close and wait for the collector to end the stream: it has then let go of the
     // agent id, so a caller streaming the same agent again is not refused as connected.
     drop(tx);
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Ok(Some(_)) = replies.message().await {}
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{agent}: the collector ends the stream after a half-close"));
+    tokio::time::timeout(Duration::from_secs(10), async { while let Ok(Some(_)) = replies.message().await {} })
+        .await
+        .unwrap_or_else(|_| panic!("{agent}: the collector ends the stream after a half-close"));
 }
 
 /// Every agent of `per_agent` (agent → region and results, in order) streams its results at

@@ -52,7 +52,12 @@ pub fn run(
     output: Option<&Path>,
     partition_by: &[Level],
 ) -> anyhow::Result<()> {
-    let dir = store_dir("export", config, data_dir)?;
+    let loaded = config.map(CollectorConfig::load).transpose()?;
+    let dir = match (&loaded, data_dir) {
+        (Some(c), _) => c.data_dir.clone(),
+        (None, Some(d)) => d,
+        (None, None) => bail!("export needs --config FILE or --data-dir DIR"),
+    };
     if !dir.is_dir() {
         bail!("no store at {}", dir.display());
     }
@@ -63,21 +68,47 @@ pub fn run(
         )
     })?;
     let reader = store.reader();
+    // Results of archived days come from the archive (with --config naming one).
+    let archive_cfg = loaded.as_ref().and_then(|c| c.archive.clone()).filter(|_| what == What::Results);
+    let copies = tempfile::Builder::new().prefix("blockwatch-export-").tempdir()?;
+    let archived = match archive_cfg {
+        Some(a) => {
+            let archive = crate::archive::Archive::open(&a)?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(archive.results_for(&reader, filter, copies.path()))
+                .with_context(|| format!("cannot read the archive at {}", archive.url()))?
+        }
+        None => crate::research::Archived::none(),
+    };
     let n = match (output, partition_by.is_empty()) {
         (Some(p), false) => {
             std::fs::create_dir_all(p).with_context(|| format!("cannot create {}", p.display()))?;
-            crate::research::export::<io::Sink>(&reader, what, format, filter, Output::Tree(p, partition_by))?
+            crate::research::export::<io::Sink>(
+                &reader,
+                &archived,
+                what,
+                format,
+                filter,
+                Output::Tree(p, partition_by),
+            )?
         }
         (None, false) => bail!("--partition-by writes a tree: give its directory with --output"),
         (Some(p), true) => {
             let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
-            crate::research::export(&reader, what, format, filter, Output::One(BufWriter::new(f)))?
+            crate::research::export(&reader, &archived, what, format, filter, Output::One(BufWriter::new(f)))?
         }
         (None, true) => {
             if format == Format::Parquet && std::io::IsTerminal::is_terminal(&io::stdout()) {
                 bail!("Parquet is binary: give --output FILE");
             }
-            crate::research::export(&reader, what, format, filter, Output::One(BufWriter::new(io::stdout())))?
+            crate::research::export(
+                &reader,
+                &archived,
+                what,
+                format,
+                filter,
+                Output::One(BufWriter::new(io::stdout())),
+            )?
         }
     };
     store.close();

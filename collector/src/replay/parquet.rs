@@ -58,13 +58,26 @@ fn err(file: &Path, message: impl std::fmt::Display) -> ReplayError {
 }
 
 /// A string column, dictionary-encoded (as the export writes names) or plain.
-enum Strs {
+pub(crate) enum Strs {
     Dict(PrimitiveArray<Int32Type>, StringArray),
     Plain(StringArray),
 }
 
 impl Strs {
-    fn get(&self, i: usize) -> Option<&str> {
+    /// The column `name` of a batch as strings; `None` when the batch has no such column.
+    pub(crate) fn of(b: &RecordBatch, name: &str) -> Result<Option<Strs>, String> {
+        let Some(a) = b.column_by_name(name) else { return Ok(None) };
+        Ok(Some(match a.data_type() {
+            DataType::Utf8 => Strs::Plain(a.as_string::<i32>().clone()),
+            DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                let d: &DictionaryArray<Int32Type> = a.as_dictionary();
+                Strs::Dict(d.keys().clone(), d.values().as_string::<i32>().clone())
+            }
+            other => return Err(want(name, other, "string or dictionary<int32, string>")),
+        }))
+    }
+
+    pub(crate) fn get(&self, i: usize) -> Option<&str> {
         match self {
             Strs::Plain(a) => a.is_valid(i).then(|| a.value(i)),
             Strs::Dict(keys, values) => {
@@ -96,24 +109,14 @@ struct Batch {
     control: Option<BooleanArray>,
 }
 
-fn want(name: &str, got: &DataType, wanted: &str) -> String {
+pub(crate) fn want(name: &str, got: &DataType, wanted: &str) -> String {
     format!("column {name} is {got}, want {wanted}")
 }
 
 impl Batch {
     fn new(b: &RecordBatch) -> Result<Batch, String> {
         let col = |name: &str| b.column_by_name(name);
-        let strs = |name: &str| -> Result<Option<Strs>, String> {
-            let Some(a) = col(name) else { return Ok(None) };
-            Ok(Some(match a.data_type() {
-                DataType::Utf8 => Strs::Plain(a.as_string::<i32>().clone()),
-                DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
-                    let d: &DictionaryArray<Int32Type> = a.as_dictionary();
-                    Strs::Dict(d.keys().clone(), d.values().as_string::<i32>().clone())
-                }
-                other => return Err(want(name, other, "string or dictionary<int32, string>")),
-            }))
-        };
+        let strs = |name: &str| Strs::of(b, name);
         let required = |name: &str| strs(name)?.ok_or_else(|| format!("no column {name}"));
         let ts = |name: &str| -> Result<Option<PrimitiveArray<TimestampMillisecondType>>, String> {
             let Some(a) = col(name) else { return Ok(None) };

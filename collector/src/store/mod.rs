@@ -11,7 +11,8 @@
 //!   restart re-publishes exactly the events a crash kept from the log. `sink_cursor/NAME` →
 //!   the last event notification sink NAME finished with; `maintenance/ID` → a maintenance
 //!   window added through the API (JSON); `detector_checkpoint` → the header of the detector's
-//!   checkpoint (the results it covers, its length and chunks).
+//!   checkpoint (the results it covers, its length and chunks); `archived_through` → the
+//!   last UTC day the archive holds whole (days since the epoch), `archived_from` → its first.
 //! - `checkpoint`: chunk number (u32 big-endian) → the detector's state
 //!   (`Detector::snapshot`) in chunks of `CHECKPOINT_CHUNK`, written in one commit with its
 //!   header and the `detector_processed` mark (key-value separated: the values are large and
@@ -141,6 +142,8 @@ const DETECTOR_CHECKPOINT: &[u8] = b"detector_checkpoint";
 const CHECKPOINT_CHUNK: usize = 1 << 20;
 
 const DETECTOR_PROCESSED: &[u8] = b"detector_processed";
+const ARCHIVED_THROUGH: &[u8] = b"archived_through";
+const ARCHIVED_FROM: &[u8] = b"archived_from";
 
 /// Handle to the store; cheap to clone. Reads go through its [`Reader`].
 #[derive(Clone)]
@@ -391,8 +394,13 @@ impl Reader {
     /// their dedupe entries, in batches; returns how many. The `cells` index stays (the
     /// timelines and block history read it alone; a result it names that is gone is skipped),
     /// and so do the events. The newest result always stays, so sequence numbers never go
-    /// back. Blocking.
-    pub fn delete_results_before(&self, cutoff: blockwatch_proto::time::Millis) -> Result<u64, StoreError> {
+    /// back. With `archived_before`, a result started at or after it is kept, and so is
+    /// everything received after it (the archive has not taken it yet). Blocking.
+    pub fn delete_results_before(
+        &self,
+        cutoff: blockwatch_proto::time::Millis,
+        archived_before: Option<blockwatch_proto::time::Millis>,
+    ) -> Result<u64, StoreError> {
         let read = |e: fjall::Error| StoreError::Read(describe(&e));
         let newest = last_key(&self.ks.results);
         let mut deleted = 0;
@@ -415,6 +423,14 @@ impl Reader {
                 if received >= cutoff {
                     break;
                 }
+                let started = stored
+                    .result
+                    .as_ref()
+                    .and_then(|r| r.started_at.as_ref())
+                    .map_or(i64::MAX, blockwatch_proto::time::from_timestamp);
+                if archived_before.is_some_and(|a| started >= a) {
+                    break;
+                }
                 batch.remove(&self.ks.results, k.to_vec());
                 if let Some(r) = &stored.result {
                     batch.remove(&self.ks.ids, r.probe_id.as_bytes().to_vec());
@@ -431,6 +447,41 @@ impl Reader {
                 return Ok(deleted);
             }
         }
+    }
+
+    /// The last UTC day (days since the epoch) the archive holds whole; `None` before the
+    /// first. Blocking.
+    pub fn archived_through(&self) -> Result<Option<i64>, StoreError> {
+        let v = self.ks.meta.get(ARCHIVED_THROUGH).map_err(|e| StoreError::Read(describe(&e)))?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(i64::from_be_bytes))
+    }
+
+    /// Records that the archive holds every day through `day`, durably. Blocking.
+    pub fn set_archived_through(&self, day: i64) -> Result<(), StoreError> {
+        let mut batch = self.ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
+        batch.insert(&self.ks.meta, ARCHIVED_THROUGH, day.to_be_bytes());
+        batch.commit().map_err(|e| StoreError::Write(describe(&e)))
+    }
+
+    /// The first UTC day the archive holds; `None` before the first roll. Blocking.
+    pub fn archived_from(&self) -> Result<Option<i64>, StoreError> {
+        let v = self.ks.meta.get(ARCHIVED_FROM).map_err(|e| StoreError::Read(describe(&e)))?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(i64::from_be_bytes))
+    }
+
+    /// Records the first day the archive holds, durably. Blocking.
+    pub fn set_archived_from(&self, day: i64) -> Result<(), StoreError> {
+        let mut batch = self.ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
+        batch.insert(&self.ks.meta, ARCHIVED_FROM, day.to_be_bytes());
+        batch.commit().map_err(|e| StoreError::Write(describe(&e)))
+    }
+
+    /// A time no stored result started before: the oldest stored result's receipt less
+    /// `max_age` (what ingest accepts); `None` for a store without results. Blocking.
+    pub fn oldest_started_bound(&self, max_age: std::time::Duration) -> Result<Option<i64>, StoreError> {
+        let Some(first) = self.numbered_results_after(0).next().transpose()? else { return Ok(None) };
+        let received = first.1.received_at.as_ref().map_or(0, blockwatch_proto::time::from_timestamp);
+        Ok(Some(received.saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX))))
     }
 
     /// The agent registry as last saved: each agent's id and its record.

@@ -147,15 +147,15 @@ async fn retention_deletes_old_results_and_keeps_the_index_and_the_newest() {
     store.write_results(vec![result("a1/new/1"), result("a1/new/2")], 9_000).await.unwrap();
     store.event_log().append(&["{\"kind\":\"block_started\"}".into()], Some(25_002)).unwrap();
     let cells_before = index_entries(&store);
-    assert_eq!(store.delete_results_before(5_000).unwrap(), 25_000);
+    assert_eq!(store.delete_results_before(5_000, None).unwrap(), 25_000);
     assert_eq!(ids(&store), ["a1/new/1", "a1/new/2"]);
     assert_eq!(store.seq_of("a1/old/7").unwrap(), None, "its dedupe entry went with it");
     assert_eq!(store.seq_of("a1/new/1").unwrap(), Some(25_001));
     assert_eq!(index_entries(&store), cells_before, "the timelines' index stays");
     assert_eq!(store.events().count(), 1);
-    assert_eq!(store.delete_results_before(5_000).unwrap(), 0, "nothing more is that old");
+    assert_eq!(store.delete_results_before(5_000, None).unwrap(), 0, "nothing more is that old");
     // Everything is old now, but the newest result stays.
-    assert_eq!(store.delete_results_before(i64::MAX).unwrap(), 1);
+    assert_eq!(store.delete_results_before(i64::MAX, None).unwrap(), 1);
     assert_eq!(ids(&store), ["a1/new/2"]);
     store.close();
     let store = Store::open(dir.path()).unwrap();
