@@ -28,12 +28,14 @@ fi
 
 # Python packages from PyPI: aiosmtpd is the SMTP server the e-mail sink's tests send to;
 # schemathesis fuzzes the API against its OpenAPI document; pyarrow and DuckDB read the
-# Parquet exports back.
+# Parquet exports back; moto's server is the S3-compatible object store the archive's test
+# writes to.
 pypi=()
 command -v python3 >/dev/null && ! python3 -c 'import aiosmtpd' 2>/dev/null && pypi+=(aiosmtpd)
 command -v python3 >/dev/null && ! command -v schemathesis >/dev/null && pypi+=(schemathesis)
 command -v python3 >/dev/null && ! python3 -c 'import pyarrow' 2>/dev/null && pypi+=(pyarrow)
 command -v python3 >/dev/null && ! python3 -c 'import duckdb' 2>/dev/null && pypi+=(duckdb)
+command -v python3 >/dev/null && ! python3 -c 'import moto.server, boto3' 2>/dev/null && pypi+=('moto[server]')
 if [ ${#pypi[@]} -gt 0 ]; then
   echo "installing test dependencies from PyPI: ${pypi[*]}"
   python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore "${pypi[@]}" \

@@ -352,6 +352,9 @@ impl Archive {
             rolled.rows += got.rows;
             rolled.bytes += got.bytes;
         }
+        if rolled.days > 0 {
+            tracing::info!(through = %date_text(last_closed), "archive up to date");
+        }
         let reader = store.clone();
         let last_event = blocking(move || Ok(reader.last_event_seq()?)).await?;
         if blocks_at == Some(last_event) {
