@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # Test dependencies: python3 runs the detector's scorer; nftables, iproute2 and util-linux
 # (unshare) let the black-hole/reset tests build a private network namespace; Prometheus
 # Alertmanager receives the collector's alerts in the alerting tests; Prometheus (with
-# promtool) scrapes and checks both binaries' /metrics; Chromium loads the dashboard headless.
+# promtool) scrapes and checks both binaries' /metrics; Chromium loads the dashboard headless;
+# nats-server makes the JetStream cluster of the clustered mode's test.
 need=()
 command -v python3 >/dev/null || need+=(python3)
 command -v nft >/dev/null || need+=(nftables)
@@ -17,6 +18,7 @@ command -v unshare >/dev/null || need+=(util-linux)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v chromium >/dev/null || need+=(chromium)
+command -v nats-server >/dev/null || need+=(nats-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing test dependencies: ${need[*]}"

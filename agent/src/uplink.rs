@@ -46,6 +46,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const REFUSED_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Between a failed session and the next endpoint's first try.
+const FAILOVER_DELAY: Duration = Duration::from_millis(200);
+
 /// Why a session with the collector ended.
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -108,6 +111,12 @@ fn tls_refusal(e: &(dyn std::error::Error + 'static)) -> bool {
 /// again on every connection, so renewed files are picked up); `None` for an `http://`
 /// collector. The error names the key and file.
 pub fn tls_config(cfg: &AgentConfig) -> Result<Option<ClientTlsConfig>, String> {
+    tls_config_for(cfg, &cfg.collector)
+}
+
+/// As [`tls_config`], for one of the collector's endpoints (its host is the server name
+/// checked, unless `tls.server_name` says otherwise).
+fn tls_config_for(cfg: &AgentConfig, endpoint: &str) -> Result<Option<ClientTlsConfig>, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let Some(t) = &cfg.tls else { return Ok(None) };
@@ -128,7 +137,7 @@ pub fn tls_config(cfg: &AgentConfig) -> Result<Option<ClientTlsConfig>, String> 
     PrivateKeyDer::from_pem_slice(&key).map_err(|e| format!("tls.key_file {}: {e}", t.key_file.display()))?;
     let host = match &t.server_name {
         Some(name) => name.clone(),
-        None => blockwatch_proto::url::endpoint(&cfg.collector).map(|u| u.host).unwrap_or_default(),
+        None => blockwatch_proto::url::endpoint(endpoint).map(|u| u.host).unwrap_or_default(),
     };
     Ok(Some(
         ClientTlsConfig::new()
@@ -197,12 +206,15 @@ impl Uplink {
     /// Runs sessions until shutdown, reconnecting with backoff.
     pub async fn run(mut self) {
         let mut failures = 0u32;
+        let endpoints: Vec<String> =
+            std::iter::once(self.cfg.collector.clone()).chain(self.cfg.failover.clone()).collect();
+        let mut current = 0;
         loop {
             if *self.stop.borrow() {
                 return;
             }
             let started = Instant::now();
-            let ended = self.session().await;
+            let ended = self.session(&endpoints[current]).await;
             self.metrics.connected.set(0);
             self.metrics.unacked.set(0);
             self.metrics.sessions.with_label_values(&[if ended.is_ok() { "stopped" } else { "error" }]).inc();
@@ -222,10 +234,17 @@ impl Uplink {
                         );
                         delay
                     } else {
-                        let delay = backoff(failures);
+                        // The next endpoint at once; the backoff once each has failed.
+                        current = (current + 1) % endpoints.len();
+                        let delay = if current != 0 {
+                            FAILOVER_DELAY
+                        } else {
+                            backoff(failures.div_ceil(endpoints.len() as u32))
+                        };
                         tracing::warn!(
                             error = %blockwatch_proto::error::chain(&e),
                             retry_in = %humantime::format_duration(delay),
+                            next = %endpoints[current],
                             "collector session ended"
                         );
                         delay
@@ -240,14 +259,14 @@ impl Uplink {
         }
     }
 
-    async fn connect(&self) -> Result<FleetClient<Channel>, UplinkError> {
-        let endpoint = &self.cfg.collector;
+    async fn connect(&self, endpoint: &str) -> Result<FleetClient<Channel>, UplinkError> {
+        let endpoint = &endpoint.to_string();
         let mut ep = Endpoint::from_shared(endpoint.clone())
             .map_err(|source| UplinkError::Endpoint { endpoint: endpoint.clone(), source })?
             .connect_timeout(CONNECT_TIMEOUT)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        if let Some(tls) = tls_config(&self.cfg).map_err(UplinkError::Tls)? {
+        if let Some(tls) = tls_config_for(&self.cfg, endpoint).map_err(UplinkError::Tls)? {
             ep = ep.tls_config(tls).map_err(|source| UplinkError::Endpoint { endpoint: endpoint.clone(), source })?;
         }
         let channel =
@@ -278,8 +297,8 @@ impl Uplink {
         }
     }
 
-    async fn session(&mut self) -> Result<End, UplinkError> {
-        let mut client = self.connect().await?;
+    async fn session(&mut self, endpoint: &str) -> Result<End, UplinkError> {
+        let mut client = self.connect(endpoint).await?;
         let plan_version = self.plan.borrow().version;
         let reg = client
             .register(RegisterRequest {
@@ -309,7 +328,7 @@ impl Uplink {
             .await
             .map_err(UplinkError::Refused)?
             .into_inner();
-        tracing::info!(collector = %self.cfg.collector, "connected to collector");
+        tracing::info!(collector = %endpoint, "connected to collector");
         self.metrics.connected.set(1);
 
         let mut in_flight: HashMap<u64, Vec<u64>> = HashMap::new();

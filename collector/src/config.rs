@@ -51,6 +51,10 @@ pub struct CollectorConfig {
     /// archive.
     #[serde(default)]
     pub archive: Option<crate::archive::ArchiveConfig>,
+    /// Clustered mode over NATS JetStream (see `jetstream`). Absent (the default): the
+    /// embedded store alone.
+    #[serde(default)]
+    pub jetstream: Option<crate::jetstream::JetStreamConfig>,
     /// Agents allowed to register. Empty (the default) admits any agent id.
     #[serde(default)]
     pub agents: Vec<String>,
@@ -155,6 +159,7 @@ impl Default for CollectorConfig {
             heartbeat_interval: default_heartbeat(),
             retention: None,
             archive: None,
+            jetstream: None,
             agents: Vec::new(),
             plan: None,
             detector: DetectorConfig::default(),
@@ -234,6 +239,9 @@ impl CollectorConfig {
         problems.extend(self.limits.problems());
         if let Some(a) = &self.archive {
             problems.extend(a.problems());
+        }
+        if let Some(j) = &self.jetstream {
+            problems.extend(j.problems());
         }
         if let Some(r) = self.retention {
             let least = self.limits.max_age + Duration::from_secs(86_400);

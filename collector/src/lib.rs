@@ -12,6 +12,7 @@ mod detect;
 pub mod export;
 pub mod fleet_ca;
 pub mod ingest;
+pub mod jetstream;
 mod listen;
 pub mod metrics;
 pub mod networks;

@@ -62,6 +62,8 @@ pub enum StartError {
     Maintenance(String),
     #[error(transparent)]
     Archive(#[from] crate::archive::ArchiveError),
+    #[error(transparent)]
+    JetStream(#[from] crate::jetstream::JetStreamError),
 }
 
 /// A collector that is running.
@@ -128,7 +130,12 @@ impl Collector {
         let initial_plan = cfg.plan.as_ref().map(|p| crate::plan::to_proto(p, crate::plan::fresh_version()));
         let (plan, plan_rx) = watch::channel(initial_plan);
         let streams = Arc::new(Streams::default());
-        let ingest = Arc::new(Ingest::new(store.clone(), cfg, plan_rx, Arc::clone(&streams), tls.clone()));
+        let mut ingest = Ingest::new(store.clone(), cfg, plan_rx, Arc::clone(&streams), tls.clone());
+        if let Some(j) = cfg.jetstream.as_ref().filter(|j| j.role == crate::jetstream::Role::Ingest) {
+            tracing::info!(servers = %j.servers.join(", "), stream = %j.stream, "clustered ingest: results go to JetStream");
+            ingest = ingest.publish_to(crate::jetstream::Publisher::connect(j).await?);
+        }
+        let ingest = Arc::new(ingest);
         let log = Arc::new(Mutex::new(store.event_log()));
         let detector = {
             let (log, events, results) = (Arc::clone(&log), events.clone(), results.clone());
@@ -237,6 +244,9 @@ impl Collector {
         let silence = tokio::spawn(watch_silence(Arc::clone(&ingest), log, events.clone(), store.reader()));
         if let Some(keep) = cfg.retention {
             tokio::spawn(crate::retention::run(store.reader(), keep, archive.is_some(), ingest.stopping()));
+        }
+        if let Some(j) = cfg.jetstream.as_ref().filter(|j| j.role == crate::jetstream::Role::Detector) {
+            tokio::spawn(crate::jetstream::consume(j.clone(), store.clone(), ingest.stopping()));
         }
         if let (Some(a), Some(c)) = (&archive, &cfg.archive) {
             tokio::spawn(crate::archive::run(

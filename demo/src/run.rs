@@ -261,6 +261,7 @@ fn agent_config(
         agent_id: id.into(),
         region: region.into(),
         collector: format!("https://{}", collector.addr),
+        failover: Vec::new(),
         tls: Some(UplinkTls {
             ca_file: certs.join("ca.crt"),
             cert_file: certs.join("agent.crt"),

@@ -31,6 +31,11 @@ pub struct AgentConfig {
     /// file or from the env `BLOCKWATCH_COLLECTOR`.
     #[serde(default)]
     pub collector: String,
+    /// More endpoints of the same collector (the ingest front ends of a clustered
+    /// collector), tried in turn after `collector` when a session cannot start or ends with
+    /// an error. Same scheme and `[tls]` as `collector`. Default none.
+    #[serde(default)]
+    pub failover: Vec<String>,
     /// Mutual TLS with the collector; required for an `https://` collector.
     #[serde(default)]
     pub tls: Option<UplinkTls>,

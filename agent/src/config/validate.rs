@@ -31,9 +31,13 @@ impl AgentConfig {
         {
             p.push(format!("region {:?}: {rule}", self.region));
         }
-        if required("collector", "BLOCKWATCH_COLLECTOR", &self.collector, &mut p) {
+        let has_collector = required("collector", "BLOCKWATCH_COLLECTOR", &self.collector, &mut p);
+        if self.failover.len() > 16 {
+            p.push(format!("failover: {} endpoints, at most 16", self.failover.len()));
+        }
+        let endpoints = has_collector.then_some(&self.collector).into_iter().chain(self.failover.iter().take(16));
+        for c in endpoints {
             use blockwatch_proto::url::Scheme;
-            let c = &self.collector;
             match blockwatch_proto::url::endpoint(c) {
                 Err(why) => p.push(format!("collector {c:?}: {why}")),
                 Ok(u) => match (u.scheme, &self.tls, self.insecure) {

@@ -217,6 +217,8 @@ pub struct Ingest {
     /// agents unauthenticated.
     tls: Option<watch::Receiver<ServerTls>>,
     metrics: crate::metrics::IngestMetrics,
+    /// Clustered mode's ingest role: results go to JetStream, not to the store.
+    publisher: Option<crate::jetstream::Publisher>,
 }
 
 impl Ingest {
@@ -247,7 +249,14 @@ impl Ingest {
             stop: watch::channel(false).0,
             tls,
             metrics: crate::metrics::IngestMetrics::default(),
+            publisher: None,
         }
+    }
+
+    /// Sends results to JetStream through `p` instead of the store (clustered ingest).
+    pub fn publish_to(mut self, p: crate::jetstream::Publisher) -> Ingest {
+        self.publisher = Some(p);
+        self
     }
 
     /// What ingest counts, for `/metrics`.
@@ -685,11 +694,17 @@ impl Ingest {
             .rev()
             .find(|r| !r.egress_address.is_empty())
             .map(|r| (r.egress_address.clone(), r.egress_asn, r.egress_as_org.clone(), r.egress_country.clone()));
-        let outcome = self
-            .store
-            .write_results(good, received_at)
-            .await
-            .map_err(|e| Status::unavailable(format!("store: {e}")))?;
+        let outcome = match &self.publisher {
+            Some(p) => p
+                .publish(good, received_at)
+                .await
+                .map_err(|e| Status::unavailable(blockwatch_proto::error::chain(&e)))?,
+            None => self
+                .store
+                .write_results(good, received_at)
+                .await
+                .map_err(|e| Status::unavailable(format!("store: {e}")))?,
+        };
         self.metrics
             .durable_seconds
             .with_label_values::<&str>(&[])
