@@ -10,7 +10,7 @@
 //!
 //! `cargo build --release --bins && cargo bench -p blockwatch-tests --bench load`
 //! Environment: `BW_LOAD_SECS` (measured seconds per shape, default 10), `BW_LOAD_AGENTS`
-//! (the big fleet, default 10000), `BW_LOAD_ONLY` (`store`, `null`, `burst`, or one collector
+//! (the big fleet, default 10000; 1000 for `cluster`), `BW_LOAD_ONLY` (`store`, `null`, `burst`, `cluster`, or one collector
 //! shape as `AGENTSxBATCH`), `BW_LOAD_RATE` (results/s offered in the null and single shapes;
 //! unset, as fast as acks return).
 //!
@@ -411,6 +411,37 @@ fn line(name: &str, m: &Measured) {
     );
 }
 
+/// Ingest into the embedded store against ingest through a JetStream front end.
+fn cluster(rt: &tokio::runtime::Runtime, secs: u64, rate: Option<f64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nodes) = blockwatch_tests::nats::cluster(dir.path()) else { return };
+    let sub = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let agents = env("BW_LOAD_AGENTS", 1000) as usize;
+    let limits = format!(
+        "[limits]\nmax_agents = {n}\nmax_connections = {n}\nmax_connections_per_address = {n}\n",
+        n = agents + 1000
+    );
+    let embedded = CollectorProc::start_insecure(&sub("embedded"), None, &limits);
+    let m =
+        run(rt, embedded.addr, embedded.proc.child.id(), Shape { epoch: 1, agents, batch: 10, rate, backlog: 0 }, secs);
+    line(&format!("embedded: {agents} streams x 10"), &m);
+    drop(embedded);
+    let js = |role: &str| format!("{}{limits}", blockwatch_tests::nats::jetstream(&nodes, role));
+    let _detector = CollectorProc::start_insecure(&sub("detector"), None, &js("detector"));
+    let front = CollectorProc::start_insecure(&sub("ingest"), None, &js("ingest"));
+    let c = run(rt, front.addr, front.proc.child.id(), Shape { epoch: 2, agents, batch: 10, rate, backlog: 0 }, secs);
+    line(&format!("clustered: {agents} streams x 10, R3"), &c);
+    println!(
+        "clustered / embedded: {:.2} (acked on a JetStream quorum, against an fsync of the embedded store; \
+         the three nats-servers and the detector share the same 2 cores)",
+        c.acked_per_s / m.acked_per_s
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--null-server") {
         return null_server();
@@ -425,6 +456,12 @@ fn main() {
 
     // BW_LOAD_ONLY=store or =burst runs that part alone.
     let only = std::env::var("BW_LOAD_ONLY").unwrap_or_default();
+    // BW_LOAD_ONLY=cluster: one shape into the embedded store and through a clustered ingest
+    // front end (a three-node JetStream cluster, replicas = 3), in the same run.
+    if only == "cluster" {
+        let rate = std::env::var("BW_LOAD_RATE").ok().and_then(|r| r.parse().ok());
+        return cluster(&rt, secs, rate);
+    }
     let store_rate = if only.is_empty() || only == "store" { store_ceiling(&rt, 64, 10, secs) } else { f64::NAN };
     println!("{:<44} {store_rate:>9.0}/s", "ceiling: store writes, 64 writers x 10, no gRPC");
     if only == "store" {

@@ -7,6 +7,7 @@
 pub mod fake_collector;
 pub mod faults;
 pub mod mmdb;
+pub mod nats;
 pub mod receiver;
 pub mod session;
 

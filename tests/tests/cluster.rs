@@ -7,63 +7,13 @@
 //! stored. A real agent fails over from an endpoint that does not answer to one that does.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
 use std::time::Duration;
 
 use blockwatch_proto::v1::ProbeResult;
+use blockwatch_tests::nats::{cluster as nats_cluster, jetstream};
 use blockwatch_tests::provider::Provider;
 use blockwatch_tests::session::{stream_all, wave};
 use blockwatch_tests::*;
-
-/// One `nats-server` of the cluster, killed when dropped.
-struct Nats {
-    proc: Proc,
-    client: SocketAddr,
-}
-
-fn nats_cluster(dir: &Path) -> Option<Vec<Nats>> {
-    if std::process::Command::new("nats-server").arg("--version").output().is_err() {
-        eprintln!("SKIPPED: nats-server is not installed (tests/run.sh installs Debian's)");
-        return None;
-    }
-    let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let nodes = (0..3)
-        .map(|i| {
-            let others: Vec<String> =
-                (0..3).filter(|j| *j != i).map(|j| format!("\"nats-route://127.0.0.1:{}\"", routes[j])).collect();
-            let conf = dir.join(format!("nats-{i}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?}, max_memory_store: 64MB, \
-                     max_file_store: 1GB }}\ncluster {{ name: blockwatch, listen: 127.0.0.1:{}, routes: [{}] }}\n",
-                    clients[i],
-                    dir.join(format!("nats-{i}")).display().to_string(),
-                    routes[i],
-                    others.join(", ")
-                ),
-            )
-            .unwrap();
-            let proc = Proc::start(
-                Path::new("nats-server"),
-                &["-c", conf.to_str().unwrap()],
-                dir.join(format!("nats-{i}.log")),
-            );
-            Nats { proc, client: format!("127.0.0.1:{}", clients[i]).parse().unwrap() }
-        })
-        .collect::<Vec<_>>();
-    for n in &nodes {
-        wait_for("a NATS node", Duration::from_secs(20), || TcpStream::connect(n.client).ok());
-    }
-    Some(nodes)
-}
-
-fn jetstream(nodes: &[Nats], role: &str) -> String {
-    let servers: Vec<String> = nodes.iter().map(|n| format!("\"nats://{}\"", n.client)).collect();
-    format!("[jetstream]\nservers = [{}]\nrole = \"{role}\"\n", servers.join(", "))
-}
 
 /// The results `0..n` (by index) of every agent, in order.
 type Fleet = BTreeMap<String, (String, Vec<ProbeResult>)>;
