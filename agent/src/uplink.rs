@@ -225,7 +225,7 @@ impl Uplink {
                         failures = 0;
                     }
                     failures = failures.saturating_add(1);
-                    let delay = if e.is_refusal() {
+                    let delay = if e.is_refusal() && endpoints.len() == 1 {
                         let delay = backoff(failures).saturating_mul(10).min(REFUSED_BACKOFF_MAX);
                         tracing::error!(
                             error = %blockwatch_proto::error::chain(&e),

@@ -44,6 +44,8 @@ pub const SETTLE: Duration = Duration::from_secs(600);
 const PART_BYTES: usize = 16 * 1024 * 1024;
 /// The first roll after start.
 const FIRST: Duration = Duration::from_secs(5);
+/// Largest manifest read.
+const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 /// The manifest format.
 pub const MANIFEST_FORMAT: &str = "blockwatch.archive.day.v1";
 
@@ -238,15 +240,23 @@ impl Archive {
         }
         let upload = self.objects.put_multipart(&path).await?;
         let mut w = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
-        let mut f = tokio::fs::File::open(local).await?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf).await?;
-            if n == 0 {
-                break;
+        let copied: Result<(), ArchiveError> = async {
+            let mut f = tokio::fs::File::open(local).await?;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = tokio::io::AsyncReadExt::read(&mut f, &mut buf).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                w.wait_for_capacity(2).await?;
+                w.write(&buf[..n]);
             }
-            w.wait_for_capacity(2).await?;
-            w.write(&buf[..n]);
+        }
+        .await;
+        // An upload that fails is aborted, so no incomplete upload is left behind.
+        if let Err(e) = copied {
+            let _ = w.abort().await;
+            return Err(e);
         }
         w.finish().await?;
         Ok(size)
@@ -277,14 +287,27 @@ impl Archive {
     /// The manifest of `day` (days since the epoch).
     pub async fn manifest(&self, day: i64) -> Result<Manifest, ArchiveError> {
         let rel = manifest_path(day);
+        let bad = |why: String| ArchiveError::Manifest { path: rel.clone(), why };
+        let meta = self.objects.head(&self.path(&rel)).await?;
+        if meta.size > MAX_MANIFEST_BYTES {
+            return Err(bad(format!("{} bytes, more than {MAX_MANIFEST_BYTES}", meta.size)));
+        }
         let bytes = self.get_bytes(&rel).await?;
-        let m: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| ArchiveError::Manifest { path: rel.clone(), why: e.to_string() })?;
+        let m: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
         if m.format != MANIFEST_FORMAT || m.date != date_text(day) {
-            return Err(ArchiveError::Manifest {
-                path: rel,
-                why: format!("format {:?} for {:?}, want {MANIFEST_FORMAT} for {}", m.format, m.date, date_text(day)),
-            });
+            return Err(bad(format!(
+                "format {:?} for {:?}, want {MANIFEST_FORMAT} for {}",
+                m.format,
+                m.date,
+                date_text(day)
+            )));
+        }
+        // Only the paths a roll of this day writes: nothing another day holds, nothing
+        // outside the archive.
+        for f in &m.files {
+            if !day_file(&f.path, &m.date) {
+                return Err(bad(format!("file {:?} is not a part file of {}", f.path, m.date)));
+            }
         }
         Ok(m)
     }
@@ -327,12 +350,12 @@ impl Archive {
         now: i64,
         blocks_at: Option<u64>,
     ) -> Result<(Rolled, Option<u64>), ArchiveError> {
-        let closed_before = now - i64::try_from((max_age + SETTLE).as_millis()).unwrap_or(i64::MAX);
-        let last_closed = closed_before.div_euclid(DAY) - 1;
         let mut rolled = Rolled::default();
         let reader = store.clone();
         let (through, oldest) =
             blocking(move || Ok((reader.archived_through()?, reader.oldest_started_bound(max_age)?))).await?;
+        let closed_before = now - i64::try_from((max_age + SETTLE).as_millis()).unwrap_or(i64::MAX);
+        let last_closed = closed_before.div_euclid(DAY) - 1;
         let first = match (through, oldest) {
             (Some(d), _) => d + 1,
             (None, Some(t)) => t.div_euclid(DAY),
@@ -461,6 +484,26 @@ fn parquet_rows(path: &Path) -> Result<u64, ArchiveError> {
     Ok(u64::try_from(reader.metadata().file_metadata().num_rows()).unwrap_or(0))
 }
 
+/// Whether `path` is one a roll of `date` writes:
+/// `results|events/date=DATE/target=ID/region=ID/part-N.parquet` (`_` for no target or
+/// region), each id by the id rule.
+fn day_file(path: &str, date: &str) -> bool {
+    let parts: Vec<&str> = path.split('/').collect();
+    let id =
+        |p: &str, key: &str| p.strip_prefix(key).is_some_and(|v| v == "_" || blockwatch_proto::id::check(v).is_ok());
+    let part = |p: &str| {
+        p.strip_prefix("part-")
+            .and_then(|p| p.strip_suffix(".parquet"))
+            .is_some_and(|n| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()))
+    };
+    matches!(parts.as_slice(), [kind, d, t, r, p]
+        if (*kind == "results" || *kind == "events")
+            && d.strip_prefix("date=") == Some(date)
+            && id(t, "target=")
+            && id(r, "region=")
+            && part(p))
+}
+
 /// `YYYY-MM-DD` of a day since the epoch.
 pub fn date_text(day: i64) -> String {
     blockwatch_proto::time::format_rfc3339(day.saturating_mul(DAY)).chars().take(10).collect()
@@ -470,15 +513,22 @@ fn manifest_path(day: i64) -> String {
     format!("_blockwatch/days/{}.json", date_text(day))
 }
 
-/// Rolls closed days every `every` until `stop` turns true.
+/// Rolls closed days every `every` until `stop` turns true. With `follow_store` (a clustered
+/// detector, whose store may be catching up on the stream) a day is closed by the newest
+/// receipt in the store, not by the clock: nothing closes ahead of a backlog.
 pub async fn run(
     store: Reader,
     archive: Arc<Archive>,
     staging: PathBuf,
-    max_age: Duration,
-    every: Duration,
+    (max_age, every, follow_store): (Duration, Duration, bool),
     mut stop: watch::Receiver<bool>,
 ) {
+    // What a killed roll left in staging is written again from the store.
+    if staging.exists()
+        && let Err(e) = tokio::fs::remove_dir_all(&staging).await
+    {
+        tracing::warn!(dir = %staging.display(), error = %e, "cannot clear the archive's staging directory");
+    }
     let mut next = tokio::time::Instant::now() + FIRST.min(every);
     let mut blocks_at = None;
     loop {
@@ -487,7 +537,18 @@ pub async fn run(
             _ = stop.wait_for(|s| *s) => return,
         }
         next = tokio::time::Instant::now() + every;
-        let roll = archive.roll(&store, &staging, max_age, blockwatch_proto::time::now(), blocks_at);
+        let mut now = blockwatch_proto::time::now();
+        if follow_store {
+            let reader = store.clone();
+            match blocking(move || Ok(reader.newest_received()?)).await {
+                Ok(newest) => now = newest.map_or(now, |n| n.min(now)),
+                Err(e) => {
+                    tracing::warn!(error = %blockwatch_proto::error::chain(&e), "archive: cannot read the store");
+                    continue;
+                }
+            }
+        }
+        let roll = archive.roll(&store, &staging, max_age, now, blocks_at);
         tokio::select! {
             r = roll => match r {
                 Ok((_, at)) => blocks_at = at,
@@ -642,6 +703,25 @@ mod tests {
         assert_eq!(jsonl(&store, &all, &Filter::default()), everything);
         assert_eq!(store.delete_results_before(i64::MAX, Some(i64::MIN)).unwrap(), 0, "nothing archived: nothing goes");
         store.close();
+    }
+
+    #[test]
+    fn a_manifest_names_only_part_files_of_its_own_day() {
+        let d = "2026-11-20";
+        assert!(day_file("results/date=2026-11-20/target=openai/region=hk/part-0.parquet", d));
+        assert!(day_file("events/date=2026-11-20/target=_/region=_/part-12.parquet", d));
+        for bad in [
+            "results/date=2026-11-21/target=openai/region=hk/part-0.parquet",
+            "results/date=2026-11-20/../region=hk/part-0.parquet",
+            "results/date=2026-11-20/target=openai/region=hk/../../../etc/passwd",
+            "/results/date=2026-11-20/target=openai/region=hk/part-0.parquet",
+            "results/date=2026-11-20/target=openai/region=hk/part-0.parquet#1",
+            "results/date=2026-11-20/target=open ai/region=hk/part-0.parquet",
+            "blocks/blocks.parquet",
+            "",
+        ] {
+            assert!(!day_file(bad, d), "{bad}");
+        }
     }
 
     #[test]

@@ -8,24 +8,22 @@
 //! end received it), with the probe id as `Nats-Msg-Id`: a re-send within the stream's
 //! duplicate window is dropped by the server (the publish ack says so, and the agent hears
 //! it as a duplicate); one after it is dropped by the detector's store, which dedupes by
-//! probe id as ingest does. The detector acks a message only once its store has it durably,
-//! so a detector killed at any moment resumes from the consumer's ack floor, in order.
+//! probe id as ingest does. The detector keeps its place in the stream in its own store (the
+//! stream sequence of the last message written), so a detector killed at any moment reads on
+//! from there, in stream order.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use blockwatch_proto::time::{self, Millis};
 use blockwatch_proto::v1::{ProbeResult, StoredResult};
-use futures_util::TryStreamExt;
 use prost::Message;
 use tokio::sync::watch;
 
 use crate::store::{Store, WriteOutcome};
 
-/// Messages a detector fetches at a time.
+/// Most messages a detector writes at a time.
 const FETCH: usize = 1000;
-/// How long a fetch waits for messages before it returns what it has.
-const FETCH_WAIT: Duration = Duration::from_millis(200);
 /// Between attempts to reach the cluster.
 const RETRY: Duration = Duration::from_secs(1);
 /// Longest a batch waits for the cluster to ack it before the agent is told to retry.
@@ -57,9 +55,11 @@ pub struct JetStreamConfig {
     #[schemars(with = "String")]
     #[serde(default = "default_window", with = "humantime_serde")]
     pub duplicate_window: Duration,
-    /// A detector's durable consumer. Default `detector`.
-    #[serde(default = "default_consumer")]
-    pub consumer: String,
+    /// How long the stream keeps results: a detector away for longer misses what the
+    /// stream dropped. Default 14d.
+    #[schemars(with = "String")]
+    #[serde(default = "default_keep", with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
 /// What a collector does in clustered mode.
@@ -82,8 +82,8 @@ fn default_replicas() -> usize {
 fn default_window() -> Duration {
     Duration::from_secs(600)
 }
-fn default_consumer() -> String {
-    "detector".into()
+fn default_keep() -> Duration {
+    Duration::from_secs(14 * 86_400)
 }
 
 impl JetStreamConfig {
@@ -104,8 +104,8 @@ impl JetStreamConfig {
         if !name_ok(&self.stream) {
             p.push(format!("jetstream.stream {:?}: 1-64 of A-Z a-z 0-9 _ -", self.stream));
         }
-        if !name_ok(&self.consumer) {
-            p.push(format!("jetstream.consumer {:?}: 1-64 of A-Z a-z 0-9 _ -", self.consumer));
+        if self.max_age < Duration::from_secs(3600) || self.max_age > Duration::from_secs(3660 * 86_400) {
+            p.push("jetstream.max_age: must be 1h..=3660d".into());
         }
         let subject_ok = !self.subject.is_empty()
             && self
@@ -158,6 +158,7 @@ async fn open(cfg: &JetStreamConfig) -> Result<(jetstream::Context, stream::Stre
         num_replicas: cfg.replicas,
         storage: stream::StorageType::File,
         duplicate_window: cfg.duplicate_window,
+        max_age: cfg.max_age,
         ..Default::default()
     };
     // A cluster that has just started answers only once it has elected its meta leader.
@@ -230,11 +231,15 @@ impl Publisher {
                 }
             }
             for (id, payload, ack) in pending {
-                match ack.await {
-                    Ok(a) if a.duplicate => outcome.duplicates.push(id),
-                    Ok(_) => outcome.stored += 1,
-                    Err(e) => {
+                match tokio::time::timeout_at(deadline, ack).await {
+                    Ok(Ok(a)) if a.duplicate => outcome.duplicates.push(id),
+                    Ok(Ok(_)) => outcome.stored += 1,
+                    Ok(Err(e)) => {
                         last_error = e.to_string();
+                        failed.push((id, payload));
+                    }
+                    Err(_) => {
+                        last_error = "no publish ack in time".into();
                         failed.push((id, payload));
                     }
                 }
@@ -269,31 +274,36 @@ pub async fn consume(cfg: JetStreamConfig, store: Store, mut stop: watch::Receiv
     }
 }
 
+/// Reads the stream from just past the store's mark with an ordered consumer (the server
+/// delivers in stream order; the client restarts it past the last message seen on any gap),
+/// writes what arrives to the store in that order, then moves the mark. A crash between a
+/// write and its mark only reads those results again, and the store drops them as stored.
 async fn consume_once(cfg: &JetStreamConfig, store: &Store) -> Result<(), JetStreamError> {
+    use futures_util::StreamExt;
     let (_, stream) = open(cfg).await?;
-    let consumer: jetstream::consumer::PullConsumer = stream
-        .get_or_create_consumer(
-            &cfg.consumer,
-            pull::Config {
-                durable_name: Some(cfg.consumer.clone()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(30),
-                max_ack_pending: 20_000,
-                ..Default::default()
-            },
-        )
+    let (reader, name) = (store.reader(), cfg.stream.clone());
+    let mut mark = tokio::task::spawn_blocking(move || reader.stream_mark(&name))
         .await
-        .map_err(api)?;
-    tracing::info!(stream = %cfg.stream, consumer = %cfg.consumer, "consuming the results stream");
-    loop {
-        let batch = consumer.fetch().max_messages(FETCH).expires(FETCH_WAIT).messages().await.map_err(api)?;
-        let messages: Vec<jetstream::Message> = batch.try_collect().await.map_err(api)?;
-        if messages.is_empty() {
-            continue;
-        }
+        .map_err(|e| api(format!("store read stopped: {e}")))??;
+    let deliver_policy = match mark {
+        0 => jetstream::consumer::DeliverPolicy::All,
+        m => jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: m + 1 },
+    };
+    let consumer =
+        stream.create_consumer(pull::OrderedConfig { deliver_policy, ..Default::default() }).await.map_err(api)?;
+    tracing::info!(stream = %cfg.stream, after = mark, "consuming the results stream");
+    let mut messages = consumer.messages().await.map_err(api)?.ready_chunks(FETCH);
+    while let Some(chunk) = messages.next().await {
         // Consecutive results received together are written together, in stream order.
         let mut groups: Vec<(Millis, Vec<ProbeResult>)> = Vec::new();
-        for m in &messages {
+        let mut last = mark;
+        for m in chunk {
+            let m = m.map_err(api)?;
+            let seq = m.info().map_err(api)?.stream_sequence;
+            if seq <= last {
+                continue;
+            }
+            last = seq;
             match StoredResult::decode(&*m.payload) {
                 Ok(StoredResult { result: Some(r), received_at: Some(at) }) => {
                     let at = time::from_timestamp(&at);
@@ -303,15 +313,18 @@ async fn consume_once(cfg: &JetStreamConfig, store: &Store) -> Result<(), JetStr
                     }
                 }
                 _ => {
-                    tracing::warn!(subject = %m.subject, bytes = m.payload.len(), "skipped a message that is not a stored result")
+                    tracing::warn!(seq, bytes = m.payload.len(), "skipped a stream message that is not a stored result")
                 }
             }
         }
-        for (at, results) in groups {
-            store.write_results(results, at).await?;
-        }
-        for m in messages {
-            m.ack().await.map_err(api)?;
-        }
+        // Queued all at once, in order, so the writer commits them together.
+        futures_util::future::try_join_all(groups.into_iter().map(|(at, results)| store.write_results(results, at)))
+            .await?;
+        let (reader, name) = (store.reader(), cfg.stream.clone());
+        tokio::task::spawn_blocking(move || reader.set_stream_mark(&name, last))
+            .await
+            .map_err(|e| api(format!("store write stopped: {e}")))??;
+        mark = last;
     }
+    Err(api("the stream's consumer ended"))
 }

@@ -253,8 +253,11 @@ impl Collector {
                 store.reader(),
                 Arc::clone(a),
                 cfg.data_dir.join("archive-staging"),
-                cfg.limits.max_age,
-                c.every,
+                (
+                    cfg.limits.max_age,
+                    c.every,
+                    cfg.jetstream.as_ref().is_some_and(|j| j.role == crate::jetstream::Role::Detector),
+                ),
                 ingest.stopping(),
             ));
         }

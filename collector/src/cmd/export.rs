@@ -78,7 +78,17 @@ pub fn run(
             rt.block_on(archive.results_for(&reader, filter, copies.path()))
                 .with_context(|| format!("cannot read the archive at {}", archive.url()))?
         }
-        None => crate::research::Archived::none(),
+        None => {
+            if what == What::Results
+                && let Some(day) = reader.archived_through()?
+            {
+                eprintln!(
+                    "warning: this store's results through {} are archived, and retention may have taken them                      from the store; give --config with its [archive] to read them from there",
+                    crate::archive::date_text(day)
+                );
+            }
+            crate::research::Archived::none()
+        }
     };
     let n = match (output, partition_by.is_empty()) {
         (Some(p), false) => {

@@ -12,7 +12,8 @@
 //!   the last event notification sink NAME finished with; `maintenance/ID` → a maintenance
 //!   window added through the API (JSON); `detector_checkpoint` → the header of the detector's
 //!   checkpoint (the results it covers, its length and chunks); `archived_through` → the
-//!   last UTC day the archive holds whole (days since the epoch), `archived_from` → its first.
+//!   last UTC day the archive holds whole (days since the epoch), `archived_from` → its first;
+//!   `stream_mark/STREAM` → how far a clustered detector has read the results stream.
 //! - `checkpoint`: chunk number (u32 big-endian) → the detector's state
 //!   (`Detector::snapshot`) in chunks of `CHECKPOINT_CHUNK`, written in one commit with its
 //!   header and the `detector_processed` mark (key-value separated: the values are large and
@@ -463,6 +464,23 @@ impl Reader {
         batch.commit().map_err(|e| StoreError::Write(describe(&e)))
     }
 
+    /// How far a clustered detector has read the results stream `stream`: the stream
+    /// sequence of the last message written to the store (0: none). Blocking.
+    pub fn stream_mark(&self, stream: &str) -> Result<u64, StoreError> {
+        let v = self.ks.meta.get(format!("stream_mark/{stream}")).map_err(|e| StoreError::Read(describe(&e)))?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map_or(0, u64::from_be_bytes))
+    }
+
+    /// Moves the stream mark, after the results it covers are durable. Written without a
+    /// sync of its own: a crash may only make the detector read some results again, which
+    /// the store then drops as stored. Blocking.
+    pub fn set_stream_mark(&self, stream: &str, seq: u64) -> Result<(), StoreError> {
+        self.ks
+            .meta
+            .insert(format!("stream_mark/{stream}"), seq.to_be_bytes())
+            .map_err(|e| StoreError::Write(describe(&e)))
+    }
+
     /// The first UTC day the archive holds; `None` before the first roll. Blocking.
     pub fn archived_from(&self) -> Result<Option<i64>, StoreError> {
         let v = self.ks.meta.get(ARCHIVED_FROM).map_err(|e| StoreError::Read(describe(&e)))?;
@@ -474,6 +492,15 @@ impl Reader {
         let mut batch = self.ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
         batch.insert(&self.ks.meta, ARCHIVED_FROM, day.to_be_bytes());
         batch.commit().map_err(|e| StoreError::Write(describe(&e)))
+    }
+
+    /// When the newest stored result was received; `None` for a store without results.
+    /// Blocking.
+    pub fn newest_received(&self) -> Result<Option<i64>, StoreError> {
+        match self.result_at(self.last_result_seq())? {
+            Some(r) => Ok(r.received_at.as_ref().map(blockwatch_proto::time::from_timestamp)),
+            None => Ok(None),
+        }
     }
 
     /// A time no stored result started before: the oldest stored result's receipt less
