@@ -366,8 +366,7 @@ impl Reader {
 
     /// A notification sink's cursor: the last event it finished with. Blocking.
     pub fn sink_cursor(&self, sink: &str) -> Result<Option<u64>, StoreError> {
-        let v = self.ks.meta.get(format!("sink_cursor/{sink}")).map_err(|e| StoreError::Read(describe(&e)))?;
-        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(u64::from_be_bytes))
+        Ok(self.meta_word(format!("sink_cursor/{sink}"))?.map(u64::from_be_bytes))
     }
 
     /// Moves a sink's cursor. Written without a sync of its own (the next durable commit, or
@@ -453,22 +452,18 @@ impl Reader {
     /// The last UTC day (days since the epoch) the archive holds whole; `None` before the
     /// first. Blocking.
     pub fn archived_through(&self) -> Result<Option<i64>, StoreError> {
-        let v = self.ks.meta.get(ARCHIVED_THROUGH).map_err(|e| StoreError::Read(describe(&e)))?;
-        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(i64::from_be_bytes))
+        Ok(self.meta_word(ARCHIVED_THROUGH)?.map(i64::from_be_bytes))
     }
 
     /// Records that the archive holds every day through `day`, durably. Blocking.
     pub fn set_archived_through(&self, day: i64) -> Result<(), StoreError> {
-        let mut batch = self.ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
-        batch.insert(&self.ks.meta, ARCHIVED_THROUGH, day.to_be_bytes());
-        batch.commit().map_err(|e| StoreError::Write(describe(&e)))
+        self.put_meta_durably(ARCHIVED_THROUGH, day.to_be_bytes())
     }
 
     /// How far a clustered detector has read the results stream `stream`: the stream
     /// sequence of the last message written to the store (0: none). Blocking.
     pub fn stream_mark(&self, stream: &str) -> Result<u64, StoreError> {
-        let v = self.ks.meta.get(format!("stream_mark/{stream}")).map_err(|e| StoreError::Read(describe(&e)))?;
-        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map_or(0, u64::from_be_bytes))
+        Ok(self.meta_word(format!("stream_mark/{stream}"))?.map_or(0, u64::from_be_bytes))
     }
 
     /// Moves the stream mark, after the results it covers are durable. Written without a
@@ -483,14 +478,24 @@ impl Reader {
 
     /// The first UTC day the archive holds; `None` before the first roll. Blocking.
     pub fn archived_from(&self) -> Result<Option<i64>, StoreError> {
-        let v = self.ks.meta.get(ARCHIVED_FROM).map_err(|e| StoreError::Read(describe(&e)))?;
-        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()).map(i64::from_be_bytes))
+        Ok(self.meta_word(ARCHIVED_FROM)?.map(i64::from_be_bytes))
     }
 
     /// Records the first day the archive holds, durably. Blocking.
     pub fn set_archived_from(&self, day: i64) -> Result<(), StoreError> {
+        self.put_meta_durably(ARCHIVED_FROM, day.to_be_bytes())
+    }
+
+    /// An eight-byte `meta` value (a mark or a cursor); `None` when absent or not eight bytes.
+    fn meta_word(&self, key: impl AsRef<[u8]>) -> Result<Option<[u8; 8]>, StoreError> {
+        let v = self.ks.meta.get(key).map_err(|e| StoreError::Read(describe(&e)))?;
+        Ok(v.and_then(|v| <[u8; 8]>::try_from(&*v).ok()))
+    }
+
+    /// Writes one `meta` value in a commit of its own that waits for the disk.
+    fn put_meta_durably(&self, key: &[u8], value: [u8; 8]) -> Result<(), StoreError> {
         let mut batch = self.ks.db.batch().durability(Some(fjall::PersistMode::SyncAll));
-        batch.insert(&self.ks.meta, ARCHIVED_FROM, day.to_be_bytes());
+        batch.insert(&self.ks.meta, key, value);
         batch.commit().map_err(|e| StoreError::Write(describe(&e)))
     }
 
