@@ -124,6 +124,8 @@ pub struct Parts {
     pub backup_reserve: u64,
     /// The archive old results are read from.
     pub archive: Option<Arc<crate::archive::Archive>>,
+    /// An ingest front end's way to the detector that answers fleet-wide requests.
+    pub upstream: Option<Arc<crate::forward::Upstream>>,
 }
 
 /// Where the API takes its connections from.
@@ -148,6 +150,7 @@ pub async fn serve(
         state: std::sync::Mutex::new(BackupState::None),
     });
     let cancel = Arc::clone(&backups.cancel);
+    let upstream = parts.upstream;
     let stop = async move {
         stop.await;
         cancel.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -184,6 +187,9 @@ pub async fn serve(
             backups: Arc::clone(&backups),
             archive: parts.archive,
         });
+    if let Some(up) = upstream {
+        app = app.layer(axum::middleware::from_fn_with_state(up, crate::forward::forward));
+    }
     if let Some(tokens) = tokens {
         app = app.layer(axum::middleware::from_fn_with_state(tokens, authorize));
     }
@@ -1070,7 +1076,7 @@ async fn openapi() -> Response {
 }
 
 /// An error as JSON: `{"error": MESSAGE}` with its status.
-fn json_error(status: StatusCode, message: String) -> Response {
+pub(crate) fn json_error(status: StatusCode, message: String) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], serde_json::json!({"error": message}).to_string() + "\n")
         .into_response()
 }

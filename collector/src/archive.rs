@@ -513,14 +513,16 @@ fn manifest_path(day: i64) -> String {
     format!("_blockwatch/days/{}.json", date_text(day))
 }
 
-/// Rolls closed days every `every` until `stop` turns true. With `follow_store` (a clustered
-/// detector, whose store may be catching up on the stream) a day is closed by the newest
-/// receipt in the store, not by the clock: nothing closes ahead of a backlog.
+/// Rolls closed days every `every` until `stop` turns true. With `leading` (a clustered
+/// detector, whose store may be catching up on the stream) it rolls only while that is true,
+/// and a day is closed by the newest receipt in the store, not by the clock: nothing closes
+/// ahead of a backlog.
 pub async fn run(
     store: Reader,
     archive: Arc<Archive>,
     staging: PathBuf,
-    (max_age, every, follow_store): (Duration, Duration, bool),
+    (max_age, every): (Duration, Duration),
+    leading: Option<watch::Receiver<bool>>,
     mut stop: watch::Receiver<bool>,
 ) {
     // What a killed roll left in staging is written again from the store.
@@ -538,7 +540,12 @@ pub async fn run(
         }
         next = tokio::time::Instant::now() + every;
         let mut now = blockwatch_proto::time::now();
-        if follow_store {
+        // A clustered detector archives only while it alerts (one writer per archive), and
+        // closes days by what its store has received, which may trail the clock.
+        if let Some(leading) = &leading {
+            if !*leading.borrow() {
+                continue;
+            }
             let reader = store.clone();
             match blocking(move || Ok(reader.newest_received()?)).await {
                 Ok(newest) => now = newest.map_or(now, |n| n.min(now)),

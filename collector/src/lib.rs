@@ -11,6 +11,7 @@ pub mod config;
 mod detect;
 pub mod export;
 pub mod fleet_ca;
+mod forward;
 pub mod ingest;
 pub mod jetstream;
 mod listen;

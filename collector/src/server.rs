@@ -64,6 +64,8 @@ pub enum StartError {
     Archive(#[from] crate::archive::ArchiveError),
     #[error(transparent)]
     JetStream(#[from] crate::jetstream::JetStreamError),
+    #[error("jetstream.api_ca_file {0}")]
+    ApiCa(String),
 }
 
 /// A collector that is running.
@@ -90,6 +92,8 @@ pub struct Collector {
     /// Notification sinks, and the signal that stops them.
     sinks: Vec<JoinHandle<()>>,
     stop_sinks: watch::Sender<bool>,
+    /// A clustered detector's part in the lease (it hands the lease over as it stops).
+    lease: Option<JoinHandle<()>>,
 }
 
 impl Collector {
@@ -209,8 +213,38 @@ impl Collector {
             .collect::<Result<Vec<_>, _>>()?;
         let alert_status = Arc::new(crate::alert::Statuses::default());
         let (stop_sinks, sinks_stopped) = watch::channel(false);
-        let sinks =
-            crate::alert::spawn(sinks, store.reader(), events.clone(), Arc::clone(&alert_status), sinks_stopped);
+        // A clustered detector alerts (and archives) only while it holds the lease.
+        let detector_role = cfg.jetstream.as_ref().filter(|j| j.role == crate::jetstream::Role::Detector);
+        let mut lease_task = None;
+        let lease = detector_role.map(|j| {
+            let (leading_tx, leading) = watch::channel(false);
+            let (moved, moved_rx) = tokio::sync::mpsc::unbounded_channel();
+            let names = sinks.iter().map(|s: &crate::alert::Sink| s.cfg.name.clone()).collect::<Vec<_>>();
+            let holder = serde_json::json!({
+                "api": j.advertise_api.clone().unwrap_or_else(|| link_base.clone()),
+                "pid": std::process::id(),
+                "since": blockwatch_proto::time::format_rfc3339(blockwatch_proto::time::now()),
+            })
+            .to_string();
+            lease_task = Some(tokio::spawn(crate::jetstream::lead(
+                j.clone(),
+                store.reader(),
+                names,
+                holder,
+                leading_tx,
+                moved_rx,
+                ingest.stopping(),
+            )));
+            crate::alert::Turns { leading, moved }
+        });
+        let sinks = crate::alert::spawn(
+            sinks,
+            store.reader(),
+            events.clone(),
+            Arc::clone(&alert_status),
+            sinks_stopped,
+            lease.clone(),
+        );
         // The live view of every cell: rebuilt from the log and the newest results, then
         // kept current; it stops with the sinks.
         let status = {
@@ -225,6 +259,25 @@ impl Collector {
             events.subscribe(),
             stop_sinks.subscribe(),
         ));
+        // An ingest front end forwards fleet-wide API requests to the detector holding the lease.
+        let upstream = match cfg.jetstream.as_ref().filter(|j| j.role == crate::jetstream::Role::Ingest) {
+            Some(j) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+                if let Some(path) = &j.api_ca_file {
+                    use rustls_pki_types::pem::PemObject;
+                    let bad = |e: String| StartError::ApiCa(format!("{}: {e}", path.display()));
+                    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+                    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+                        roots.add(cert.map_err(|e| bad(e.to_string()))?).map_err(|e| bad(e.to_string()))?;
+                    }
+                }
+                let (holder_tx, holder) = watch::channel(None);
+                tokio::spawn(crate::jetstream::follow_holder(j.clone(), holder_tx, ingest.stopping()));
+                Some(Arc::new(crate::forward::Upstream::new(holder, roots).map_err(StartError::ApiCa)?))
+            }
+            None => None,
+        };
         let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
         let parts = crate::api::Parts {
             store: store.reader(),
@@ -236,6 +289,7 @@ impl Collector {
             backup_dir: cfg.backup_dir.clone(),
             backup_reserve: cfg.limits.min_free_disk_mb << 20,
             archive: archive.clone(),
+            upstream,
         };
         let api = tokio::spawn(crate::api::serve(api_listener, parts, tokens, async {
             let _ = api_stopped.await;
@@ -245,7 +299,7 @@ impl Collector {
         if let Some(keep) = cfg.retention {
             tokio::spawn(crate::retention::run(store.reader(), keep, archive.is_some(), ingest.stopping()));
         }
-        if let Some(j) = cfg.jetstream.as_ref().filter(|j| j.role == crate::jetstream::Role::Detector) {
+        if let Some(j) = detector_role {
             tokio::spawn(crate::jetstream::consume(j.clone(), store.clone(), ingest.stopping()));
         }
         if let (Some(a), Some(c)) = (&archive, &cfg.archive) {
@@ -253,11 +307,8 @@ impl Collector {
                 store.reader(),
                 Arc::clone(a),
                 cfg.data_dir.join("archive-staging"),
-                (
-                    cfg.limits.max_age,
-                    c.every,
-                    cfg.jetstream.as_ref().is_some_and(|j| j.role == crate::jetstream::Role::Detector),
-                ),
+                (cfg.limits.max_age, c.every),
+                lease.as_ref().map(|l| l.leading.clone()),
                 ingest.stopping(),
             ));
         }
@@ -277,6 +328,7 @@ impl Collector {
             silence,
             sinks,
             stop_sinks,
+            lease: lease_task,
         })
     }
 
@@ -316,7 +368,9 @@ impl Collector {
     /// Stops accepting, waits for streams to end (up to `deadline`), drains the detector and
     /// closes the store.
     pub async fn shutdown(self, deadline: std::time::Duration) {
-        let Collector { stop, server, detector, store, ingest, api_stop, api, silence, sinks, stop_sinks, .. } = self;
+        let Collector {
+            stop, server, detector, store, ingest, api_stop, api, silence, sinks, stop_sinks, lease, ..
+        } = self;
         // Sinks stop where they are: their cursors say where to go on after a restart.
         let _ = stop_sinks.send(true);
         for s in sinks {
@@ -325,6 +379,11 @@ impl Collector {
         let _ = api_stop.send(());
         let _ = stop.send(());
         ingest.close_streams();
+        if let Some(lease) = lease
+            && tokio::time::timeout(deadline, lease).await.is_err()
+        {
+            tracing::warn!("the detector lease was not handed over by the shutdown deadline; it expires instead");
+        }
         let _ = silence.await;
         if tokio::time::timeout(deadline, server).await.is_err() {
             tracing::warn!("streams still open at the shutdown deadline; closing anyway");

@@ -10,6 +10,8 @@ use crate::{Proc, free_port, wait_for};
 pub struct Nats {
     pub proc: Proc,
     pub client: SocketAddr,
+    /// Its HTTP monitoring endpoint (`/jsz`).
+    pub monitor: SocketAddr,
 }
 
 /// Three `nats-server`s with JetStream, routed to each other as one cluster, their data in
@@ -21,6 +23,7 @@ pub fn cluster(dir: &Path) -> Option<Vec<Nats>> {
     }
     let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let nodes = (0..3)
         .map(|i| {
             let others: Vec<String> =
@@ -29,9 +32,10 @@ pub fn cluster(dir: &Path) -> Option<Vec<Nats>> {
             std::fs::write(
                 &conf,
                 format!(
-                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?}, max_memory_store: 64MB, \
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{ store_dir: {:?}, max_memory_store: 64MB, \
                      max_file_store: 1GB }}\ncluster {{ name: blockwatch, listen: 127.0.0.1:{}, routes: [{}] }}\n",
                     clients[i],
+                    monitors[i],
                     dir.join(format!("nats-{i}")).display().to_string(),
                     routes[i],
                     others.join(", ")
@@ -43,13 +47,25 @@ pub fn cluster(dir: &Path) -> Option<Vec<Nats>> {
                 &["-c", conf.to_str().unwrap()],
                 dir.join(format!("nats-{i}.log")),
             );
-            Nats { proc, client: format!("127.0.0.1:{}", clients[i]).parse().unwrap() }
+            let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+            Nats { proc, client: at(clients[i]), monitor: at(monitors[i]) }
         })
         .collect::<Vec<_>>();
     for n in &nodes {
         wait_for("a NATS node", Duration::from_secs(20), || TcpStream::connect(n.client).ok());
     }
     Some(nodes)
+}
+
+/// How many messages the stream `name` holds, as the node's monitoring endpoint reports it.
+pub fn stream_messages(node: &Nats, name: &str) -> Option<u64> {
+    let (status, body) = crate::http_get(node.monitor, "/jsz?streams=true");
+    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    v["account_details"]
+        .as_array()?
+        .iter()
+        .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+        .find_map(|s| (s["name"] == name).then(|| s["state"]["messages"].as_u64()).flatten())
 }
 
 /// A collector's `[jetstream]` section for the cluster `nodes` in `role`.

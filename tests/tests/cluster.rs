@@ -4,15 +4,19 @@
 //! node, then the detector, then a front end are killed with SIGKILL along the way (its
 //! agents move to the other front end). No acked result is lost or stored twice, the block is
 //! detected once per blocked region, and the detector's events equal a replay of what it
-//! stored. A real agent fails over from an endpoint that does not answer to one that does.
+//! stored. A standby detector takes over alerting from a killed one where it stopped: every
+//! block event is delivered once, and the events stream holds each event once. A real agent
+//! fails over from an endpoint that does not answer to one that does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use blockwatch_proto::Outcome;
 use blockwatch_proto::v1::ProbeResult;
-use blockwatch_tests::nats::{cluster as nats_cluster, jetstream};
+use blockwatch_tests::nats::{cluster as nats_cluster, jetstream, stream_messages};
 use blockwatch_tests::provider::Provider;
-use blockwatch_tests::session::{stream_all, wave};
+use blockwatch_tests::receiver::Receiver;
+use blockwatch_tests::session::{result, stream_all, wave};
 use blockwatch_tests::*;
 
 /// The results `0..n` (by index) of every agent, in order.
@@ -97,6 +101,15 @@ fn a_jetstream_cluster_loses_nothing_through_kills_and_detects_the_block_once() 
     let live: Vec<String> = events.lines().filter(|l| !l.contains("\"kind\":\"agent_")).map(norm).collect();
     let replay: Vec<String> = String::from_utf8(replayed.stdout).unwrap().lines().map(norm).collect();
     assert_eq!(live, replay, "the detector's events equal a replay of the stream it stored");
+
+    // A front end's API answers fleet-wide questions as the detector does (it forwards them);
+    // its own agents it answers itself.
+    let (status, through_front) = http_get(a.api, "/v1/events?limit=1000");
+    assert_eq!((status, through_front), (200, events));
+    let (status, blocks) = http_get(a.api, "/v1/blocks");
+    assert_eq!((status, blocks), http_get(detector.api, "/v1/blocks"));
+    let (status, agents) = http_get(a.api, "/v1/agents");
+    assert!(status == 200 && agents.contains("hk-1"), "{agents}");
     drop(a);
 }
 
@@ -119,4 +132,104 @@ fn an_agent_fails_over_to_the_next_collector_endpoint() {
     drop(agent);
     let log = std::fs::read_to_string(dir.path().join("f-1.log")).unwrap();
     assert!(log.contains(&dead) && log.contains("collector session ended"), "{log}");
+}
+
+#[test]
+fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(nodes) = nats_cluster(dir.path()) else { return };
+    let hook = Receiver::start();
+    let secret = dir.path().join("hook.secret");
+    std::fs::write(&secret, "s3cret").unwrap();
+    let detector_cfg = format!(
+        "{}lease = \"4s\"\n\n[[sink]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret_file = {:?}\n\
+         group_window = \"0s\"\n",
+        jetstream(&nodes, "detector"),
+        hook.url("/in"),
+        secret.display().to_string()
+    );
+    let sub = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let (one_dir, two_dir) = (sub("detector-1"), sub("detector-2"));
+    let holds = "this detector holds the lease";
+    let mut one = CollectorProc::start_insecure(&one_dir, None, &detector_cfg);
+    wait_for("the first detector to hold the lease", Duration::from_secs(30), || {
+        one.proc.log().contains(holds).then_some(())
+    });
+    let mut two = CollectorProc::start_insecure(&two_dir, None, &detector_cfg);
+    let front = CollectorProc::start_insecure(&sub("ingest"), None, &jetstream(&nodes, "ingest"));
+
+    // The block begins at minute 40 in two regions, and ends at minute 60 (the agents of the
+    // blocked regions answer again until minute 80).
+    let t0 = blockwatch_proto::time::now() - 90 * 60_000;
+    let fleet: Fleet = ["hk", "cn", "us"]
+        .iter()
+        .flat_map(|region| (1..=2).map(move |n| (*region, format!("{region}-{n}"), n as i64)))
+        .map(|(region, agent, n)| {
+            let results = (0..80u64)
+                .map(|i| {
+                    let refused = region != "us" && (40..60).contains(&i);
+                    let outcome = if refused { Outcome::HttpGeoBlocked } else { Outcome::Ok };
+                    result(&agent, region, i + 1, "openai", t0 + i as i64 * 60_000 + n * 1000, outcome)
+                })
+                .collect();
+            (agent, (region.to_string(), results))
+        })
+        .collect();
+    let delivered = |kind: &str| -> Vec<(u64, String)> {
+        hook.received()
+            .iter()
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
+            .filter(|v| v["kind"] == kind)
+            .flat_map(|v| v["events"].as_array().unwrap().clone())
+            .map(|e| (e["id"].as_str().unwrap().parse().unwrap(), e["region"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    stream_all(front.addr, part(&fleet, 0..55, |_| true));
+    wait_for("both block starts delivered by the first detector", Duration::from_secs(60), || {
+        (delivered("block_started").len() >= 2).then_some(())
+    });
+    // Its cursor reaches the cluster just after the delivery; then it dies.
+    std::thread::sleep(Duration::from_secs(1));
+    one.proc.kill9();
+    stream_all(front.addr, part(&fleet, 55..80, |_| true));
+    wait_for("the standby to take the lease", Duration::from_secs(30), || two.proc.log().contains(holds).then_some(()));
+    wait_for("both block ends delivered by the standby", Duration::from_secs(60), || {
+        (delivered("block_ended").len() >= 2).then_some(())
+    });
+
+    // Every block event of the standby's log delivered, once, though two detectors alerted.
+    let (_, events) = http_get(two.api, "/v1/events?limit=1000");
+    let log: Vec<(u64, String)> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "block_started" || e["kind"] == "block_ended")
+        .map(|e| (e["seq"].as_u64().unwrap(), e["region"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(log.len(), 4, "{events}");
+    let mut sent: Vec<(u64, String)> = [delivered("block_started"), delivered("block_ended")].concat();
+    sent.sort();
+    assert_eq!(sent, log, "each block event delivered once, by one detector or the other");
+
+    // The events stream holds the log, each event once.
+    let all = events.lines().count() as u64;
+    wait_for("the events stream to hold the standby's log", Duration::from_secs(30), || {
+        (stream_messages(&nodes[0], "BLOCKWATCH_EVENTS") == Some(all)).then_some(())
+    });
+
+    // A clean stop hands the lease over at once to the first detector, back as a standby.
+    let one = CollectorProc::start_insecure(&one_dir, Some(one.addr.port()), &detector_cfg);
+    wait_for("the first detector back, standing by", Duration::from_secs(30), || {
+        one.proc.log().contains("consuming the results stream").then_some(())
+    });
+    assert!(!one.proc.log().contains(holds));
+    assert_eq!(two.proc.terminate(), Some(0));
+    assert!(two.proc.log().contains("detector lease handed over"), "{}", two.proc.log());
+    wait_for("the first detector to take the handed-over lease", Duration::from_secs(30), || {
+        one.proc.log().contains(holds).then_some(())
+    });
+    assert_eq!(delivered("block_started").len() + delivered("block_ended").len(), 4, "nothing sent again");
 }

@@ -588,20 +588,60 @@ pub fn backoff(n: u32) -> Duration {
     base.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
-/// Runs every sink until `stop` turns true. `wake` ticks when events are appended.
+/// A clustered detector's turns at alerting: its sinks run only while `leading` is true
+/// (it holds the lease), and each cursor they move is also sent on `moved`, for the next
+/// holder to go on from.
+#[derive(Clone)]
+pub struct Turns {
+    pub leading: watch::Receiver<bool>,
+    pub moved: tokio::sync::mpsc::UnboundedSender<(String, u64)>,
+}
+
+/// Runs every sink until `stop` turns true (with `turns`, only during this collector's
+/// turns). `wake` ticks when events are appended.
 pub fn spawn(
     sinks: Vec<Sink>,
     store: Reader,
     wake: tokio::sync::broadcast::Sender<blockwatch_detector::Event>,
     statuses: Arc<Statuses>,
     stop: watch::Receiver<bool>,
+    turns: Option<Turns>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     sinks
         .into_iter()
         .map(|sink| {
-            let (store, statuses, stop) = (store.clone(), Arc::clone(&statuses), stop.clone());
-            let wake = wake.subscribe();
-            tokio::spawn(async move { run_sink(sink, store, wake, statuses, stop).await })
+            let (store, statuses, mut stop) = (store.clone(), Arc::clone(&statuses), stop.clone());
+            let (wake, turns) = (wake.clone(), turns.clone());
+            tokio::spawn(async move {
+                let Some(turns) = turns else {
+                    return run_sink(&sink, store, wake.subscribe(), statuses, stop, None).await;
+                };
+                let mut leading = turns.leading;
+                loop {
+                    tokio::select! {
+                        r = leading.wait_for(|l| *l) => if r.is_err() { return },
+                        _ = stop.wait_for(|s| *s) => return,
+                    }
+                    // The turn ends when the lease is lost or the collector stops.
+                    let (end, ended) = watch::channel(false);
+                    let watcher = {
+                        let (mut leading, mut stop) = (leading.clone(), stop.clone());
+                        tokio::spawn(async move {
+                            tokio::select! {
+                                _ = leading.wait_for(|l| !*l) => {}
+                                _ = stop.wait_for(|s| *s) => {}
+                            }
+                            let _ = end.send(true);
+                        })
+                    };
+                    let moved = Some(turns.moved.clone());
+                    run_sink(&sink, store.clone(), wake.subscribe(), Arc::clone(&statuses), ended, moved).await;
+                    watcher.abort();
+                    if *stop.borrow() {
+                        return;
+                    }
+                }
+            })
         })
         .collect()
 }
@@ -611,11 +651,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 async fn run_sink(
-    sink: Sink,
+    sink: &Sink,
     store: Reader,
     mut wake: tokio::sync::broadcast::Receiver<blockwatch_detector::Event>,
     statuses: Arc<Statuses>,
     mut stop: watch::Receiver<bool>,
+    moved: Option<tokio::sync::mpsc::UnboundedSender<(String, u64)>>,
 ) {
     let name = sink.cfg.name.clone();
     let kind = sink.cfg.kind.name();
@@ -693,7 +734,7 @@ async fn run_sink(
                 _ = tokio::time::sleep(POLL) => {}
                 _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)), if due.is_some() => {}
                 _ = resend.tick(), if sink.cfg.kind == SinkKind::Alertmanager && state.any_posted() => {
-                    repost(&sink, &state).await;
+                    repost(sink, &state).await;
                     last_repost = tokio::time::Instant::now();
                 }
                 _ = stop.changed() => {}
@@ -705,7 +746,7 @@ async fn run_sink(
                 && state.any_posted()
                 && last_repost.elapsed() >= sink.cfg.resend_every
             {
-                repost(&sink, &state).await;
+                repost(sink, &state).await;
                 last_repost = tokio::time::Instant::now();
             }
             read = seq;
@@ -717,26 +758,37 @@ async fn run_sink(
             }
             // Without a group window, each event goes before the next is looked at (what
             // Alertmanager and PagerDuty are told depends on what was sent before).
-            if !flush(&sink, &statuses, &mut queue, &mut state, pace, &mut last_sent, &mut stop).await {
+            if !flush(sink, &statuses, &mut queue, &mut state, pace, &mut last_sent, &mut stop).await {
                 return;
             }
-            cursor = advance(&store, &name, &statuses, cursor, queue.first_seq().map_or(read, |s| s - 1)).await;
+            cursor = advance(&store, &name, &statuses, cursor, queue.first_seq().map_or(read, |s| s - 1), &moved).await;
         }
-        if !flush(&sink, &statuses, &mut queue, &mut state, pace, &mut last_sent, &mut stop).await {
+        if !flush(sink, &statuses, &mut queue, &mut state, pace, &mut last_sent, &mut stop).await {
             return;
         }
-        cursor = advance(&store, &name, &statuses, cursor, queue.first_seq().map_or(read, |s| s - 1)).await;
+        cursor = advance(&store, &name, &statuses, cursor, queue.first_seq().map_or(read, |s| s - 1), &moved).await;
     }
 }
 
-/// Moves the sink's durable cursor to `to` (when it moved); returns the cursor.
-async fn advance(store: &Reader, name: &str, statuses: &Statuses, cursor: u64, to: u64) -> u64 {
+/// Moves the sink's durable cursor to `to` (when it moved), and tells `moved`; returns the
+/// cursor.
+async fn advance(
+    store: &Reader,
+    name: &str,
+    statuses: &Statuses,
+    cursor: u64,
+    to: u64,
+    moved: &Option<tokio::sync::mpsc::UnboundedSender<(String, u64)>>,
+) -> u64 {
     if to <= cursor {
         return cursor;
     }
     let (store, n) = (store.clone(), name.to_string());
     if let Some(Err(e)) = blocking(move || store.set_sink_cursor(&n, to)).await {
         tracing::warn!(sink = %name, error = %e, "cannot record the sink's cursor (events may be sent again)");
+    }
+    if let Some(m) = moved {
+        let _ = m.send((name.to_string(), to));
     }
     statuses.update(name, |s| s.cursor = to);
     to
