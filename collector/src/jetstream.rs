@@ -38,6 +38,8 @@ const FETCH: usize = 1000;
 const RETRY: Duration = Duration::from_secs(1);
 /// Longest a batch waits for the cluster to ack it before the agent is told to retry.
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(15);
+/// Longest a detector's consumer may deliver nothing while the stream has more for it.
+const STALL: Duration = Duration::from_secs(10);
 /// Attempts to find or make the stream before giving up.
 const STREAM_ATTEMPTS: u32 = 60;
 
@@ -366,7 +368,20 @@ async fn consume_once(cfg: &JetStreamConfig, store: &Store) -> Result<(), JetStr
         stream.create_consumer(pull::OrderedConfig { deliver_policy, ..Default::default() }).await.map_err(api)?;
     tracing::info!(stream = %cfg.stream, after = mark, "consuming the results stream");
     let mut messages = consumer.messages().await.map_err(api)?.ready_chunks(FETCH);
-    while let Some(chunk) = messages.next().await {
+    loop {
+        // A consumer whose server died can fall silent instead of failing: when nothing comes
+        // for a while though the stream has grown past the mark, it is made anew.
+        let chunk = match tokio::time::timeout(STALL, messages.next()).await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(_) => {
+                let last = stream.get_info().await.map_err(api)?.state.last_sequence;
+                if last > mark {
+                    return Err(api(format!("the consumer is silent at {mark} of {last}; making it anew")));
+                }
+                continue;
+            }
+        };
         // Consecutive results received together are written together, in stream order.
         let mut groups: Vec<(Millis, Vec<ProbeResult>)> = Vec::new();
         let mut last = mark;

@@ -30,6 +30,41 @@ fn part(fleet: &Fleet, range: std::ops::Range<usize>, keep: impl Fn(&str) -> boo
         .collect()
 }
 
+/// Waits for every result of `fleet` in the store behind `api`, and checks each is there once;
+/// returns the store's results export.
+fn stored_once(api: std::net::SocketAddr, fleet: &Fleet) -> String {
+    let total: usize = fleet.values().map(|(_, rs)| rs.len()).sum();
+    let stored = wait_for("every acked result in the detector's store", Duration::from_secs(60), || {
+        let (status, body) = http_get(api, "/v1/export?what=results&format=jsonl");
+        (status == 200 && body.lines().count() >= total).then_some(body)
+    });
+    let ids: std::collections::BTreeSet<&str> =
+        stored.lines().map(|l| l.split("\"probe_id\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
+    assert_eq!(stored.lines().count(), total, "no result stored twice");
+    assert_eq!(ids.len(), total, "every result acked is stored");
+    let want: std::collections::BTreeSet<String> =
+        fleet.values().flat_map(|(_, rs)| rs.iter().map(|r| r.probe_id.clone())).collect();
+    assert!(ids.iter().all(|id| want.contains(*id)));
+    stored
+}
+
+/// The detector's events (`/v1/events` lines, agents' own left out) equal a replay of the
+/// results it stored.
+fn assert_live_is_replay(dir: &std::path::Path, stored: &str, events: &str) {
+    let stored_file = dir.join("stored.jsonl");
+    std::fs::write(&stored_file, stored).unwrap();
+    let replayed = run(&bin("blockwatch-collector"), &["replay", "--input", stored_file.to_str().unwrap()]);
+    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
+    let norm = |l: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+        v.as_object_mut().unwrap().remove("seq");
+        v.to_string()
+    };
+    let live: Vec<String> = events.lines().filter(|l| !l.contains("\"kind\":\"agent_")).map(norm).collect();
+    let replay: Vec<String> = String::from_utf8(replayed.stdout).unwrap().lines().map(norm).collect();
+    assert_eq!(live, replay, "the detector's events equal a replay of the stream it stored");
+}
+
 #[test]
 fn a_jetstream_cluster_loses_nothing_through_kills_and_detects_the_block_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -44,7 +79,6 @@ fn a_jetstream_cluster_loses_nothing_through_kills_and_detects_the_block_once() 
     let a = CollectorProc::start_insecure(&a_dir, None, &jetstream(&nodes, "ingest"));
     let mut b = CollectorProc::start_insecure(&b_dir, None, &jetstream(&nodes, "ingest"));
     let fleet = wave("openai", &["hk", "cn"], &["us", "de"]);
-    let total: usize = fleet.values().map(|(_, rs)| rs.len()).sum();
     let on_a = |agent: &str| agent.ends_with("-1");
 
     // The first twenty minutes through both front ends; then a NATS node dies.
@@ -66,17 +100,7 @@ fn a_jetstream_cluster_loses_nothing_through_kills_and_detects_the_block_once() 
     stream_all(a.addr, part(&fleet, 50..60, |_| true));
 
     // Everything acked reaches the detector's store, once.
-    let stored = wait_for("every acked result in the detector's store", Duration::from_secs(60), || {
-        let (status, body) = http_get(detector.api, "/v1/export?what=results&format=jsonl");
-        (status == 200 && body.lines().count() >= total).then_some(body)
-    });
-    let ids: std::collections::BTreeSet<&str> =
-        stored.lines().map(|l| l.split("\"probe_id\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
-    assert_eq!(stored.lines().count(), total, "no result stored twice");
-    assert_eq!(ids.len(), total, "every result acked is stored");
-    let want: std::collections::BTreeSet<String> =
-        fleet.values().flat_map(|(_, rs)| rs.iter().map(|r| r.probe_id.clone())).collect();
-    assert!(ids.iter().all(|id| want.contains(*id)));
+    let stored = stored_once(detector.api, &fleet);
 
     // The block, once per blocked region; the live events are a replay of the store.
     let events = wait_for("the block detected", Duration::from_secs(30), || {
@@ -89,25 +113,24 @@ fn a_jetstream_cluster_loses_nothing_through_kills_and_detects_the_block_once() 
         starts.iter().any(|l| l.contains("\"region\":\"hk\""))
             && starts.iter().any(|l| l.contains("\"region\":\"cn\""))
     );
-    let stored_file = dir.path().join("stored.jsonl");
-    std::fs::write(&stored_file, &stored).unwrap();
-    let replayed = run(&bin("blockwatch-collector"), &["replay", "--input", stored_file.to_str().unwrap()]);
-    assert!(replayed.status.success(), "{}", String::from_utf8_lossy(&replayed.stderr));
-    let norm = |l: &str| {
-        let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-        v.as_object_mut().unwrap().remove("seq");
-        v.to_string()
-    };
-    let live: Vec<String> = events.lines().filter(|l| !l.contains("\"kind\":\"agent_")).map(norm).collect();
-    let replay: Vec<String> = String::from_utf8(replayed.stdout).unwrap().lines().map(norm).collect();
-    assert_eq!(live, replay, "the detector's events equal a replay of the stream it stored");
+    assert_live_is_replay(dir.path(), &stored, &events);
 
     // A front end's API answers fleet-wide questions as the detector does (it forwards them);
     // its own agents it answers itself.
-    let (status, through_front) = http_get(a.api, "/v1/events?limit=1000");
-    assert_eq!((status, through_front), (200, events));
-    let (status, blocks) = http_get(a.api, "/v1/blocks");
-    assert_eq!((status, blocks), http_get(detector.api, "/v1/blocks"));
+    // (The restarted detector holds the lease once its killed self's has expired.)
+    wait_for("the front end's answer", Duration::from_secs(30), || {
+        (http_get(a.api, "/v1/events?limit=1000") == (200, events.clone())).then_some(())
+    });
+    // (An open block's duration is as of the answer.)
+    let blocks = |api| {
+        let (status, body) = http_get(api, "/v1/blocks");
+        let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v["blocks"].as_array_mut().unwrap().iter_mut().for_each(|b| {
+            b["duration_seconds"].take();
+        });
+        (status, v)
+    };
+    assert_eq!(blocks(a.api), blocks(detector.api));
     let (status, agents) = http_get(a.api, "/v1/agents");
     assert!(status == 200 && agents.contains("hk-1"), "{agents}");
     drop(a);
@@ -134,10 +157,21 @@ fn an_agent_fails_over_to_the_next_collector_endpoint() {
     assert!(log.contains(&dead) && log.contains("collector session ended"), "{log}");
 }
 
+/// The webhook notifications `hook` got of `kind`: each event's id and region.
+fn delivered(hook: &Receiver, kind: &str) -> Vec<(u64, String)> {
+    hook.received()
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
+        .filter(|v| v["kind"] == kind)
+        .flat_map(|v| v["events"].as_array().unwrap().clone())
+        .map(|e| (e["id"].as_str().unwrap().parse().unwrap(), e["region"].as_str().unwrap().to_string()))
+        .collect()
+}
+
 #[test]
 fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(nodes) = nats_cluster(dir.path()) else { return };
+    let Some(mut nodes) = nats_cluster(dir.path()) else { return };
     let hook = Receiver::start();
     let secret = dir.path().join("hook.secret");
     std::fs::write(&secret, "s3cret").unwrap();
@@ -159,8 +193,19 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
     wait_for("the first detector to hold the lease", Duration::from_secs(30), || {
         one.proc.log().contains(holds).then_some(())
     });
+    // The NATS node killed below dies after the lease's and the events' streams have their
+    // copies on every node (not while the cluster is still placing them).
+    for node in &nodes {
+        wait_for("the lease and events streams on every NATS node", Duration::from_secs(30), || {
+            (stream_messages(node, "KV_BLOCKWATCH_LEASE") == Some(1)
+                && stream_messages(node, "BLOCKWATCH_EVENTS").is_some())
+            .then_some(())
+        });
+    }
     let mut two = CollectorProc::start_insecure(&two_dir, None, &detector_cfg);
-    let front = CollectorProc::start_insecure(&sub("ingest"), None, &jetstream(&nodes, "ingest"));
+    let a = CollectorProc::start_insecure(&sub("ingest-a"), None, &jetstream(&nodes, "ingest"));
+    let mut b = CollectorProc::start_insecure(&sub("ingest-b"), None, &jetstream(&nodes, "ingest"));
+    let on_a = |agent: &str| agent.ends_with("-1");
 
     // The block begins at minute 40 in two regions, and ends at minute 60 (the agents of the
     // blocked regions answer again until minute 80).
@@ -179,30 +224,36 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
             (agent, (region.to_string(), results))
         })
         .collect();
-    let delivered = |kind: &str| -> Vec<(u64, String)> {
-        hook.received()
-            .iter()
-            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap())
-            .filter(|v| v["kind"] == kind)
-            .flat_map(|v| v["events"].as_array().unwrap().clone())
-            .map(|e| (e["id"].as_str().unwrap().parse().unwrap(), e["region"].as_str().unwrap().to_string()))
-            .collect()
+    let both = |range: std::ops::Range<usize>| {
+        stream_all(a.addr, part(&fleet, range.clone(), on_a));
+        stream_all(b.addr, part(&fleet, range, |x| !on_a(x)));
     };
-    stream_all(front.addr, part(&fleet, 0..55, |_| true));
+
+    // A NATS node dies early; the active detector dies inside the block, once it has sent the
+    // block's starts; front end B dies too, and its agents move to A.
+    both(0..20);
+    nodes[2].proc.kill9();
+    both(20..50);
     wait_for("both block starts delivered by the first detector", Duration::from_secs(60), || {
-        (delivered("block_started").len() >= 2).then_some(())
+        (delivered(&hook, "block_started").len() >= 2).then_some(())
     });
     // Its cursor reaches the cluster just after the delivery; then it dies.
     std::thread::sleep(Duration::from_secs(1));
     one.proc.kill9();
-    stream_all(front.addr, part(&fleet, 55..80, |_| true));
+    both(50..55);
+    b.proc.kill9();
+    stream_all(a.addr, part(&fleet, 55..80, |_| true));
     wait_for("the standby to take the lease", Duration::from_secs(30), || two.proc.log().contains(holds).then_some(()));
     wait_for("both block ends delivered by the standby", Duration::from_secs(60), || {
-        (delivered("block_ended").len() >= 2).then_some(())
+        (delivered(&hook, "block_ended").len() >= 2).then_some(())
     });
 
-    // Every block event of the standby's log delivered, once, though two detectors alerted.
+    // Nothing acked lost or stored twice; the standby's events are a replay of its store.
+    let stored = stored_once(two.api, &fleet);
     let (_, events) = http_get(two.api, "/v1/events?limit=1000");
+    assert_live_is_replay(dir.path(), &stored, &events);
+
+    // Every block event of the standby's log delivered, once, though two detectors alerted.
     let log: Vec<(u64, String)> = events
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -210,7 +261,7 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
         .map(|e| (e["seq"].as_u64().unwrap(), e["region"].as_str().unwrap().to_string()))
         .collect();
     assert_eq!(log.len(), 4, "{events}");
-    let mut sent: Vec<(u64, String)> = [delivered("block_started"), delivered("block_ended")].concat();
+    let mut sent: Vec<(u64, String)> = [delivered(&hook, "block_started"), delivered(&hook, "block_ended")].concat();
     sent.sort();
     assert_eq!(sent, log, "each block event delivered once, by one detector or the other");
 
@@ -220,16 +271,19 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
         (stream_messages(&nodes[0], "BLOCKWATCH_EVENTS") == Some(all)).then_some(())
     });
 
-    // A clean stop hands the lease over at once to the first detector, back as a standby.
+    // The killed detector comes back as a standby and catches up to the same log, sequence
+    // numbers and all (what the mirrored cursors rely on).
     let one = CollectorProc::start_insecure(&one_dir, Some(one.addr.port()), &detector_cfg);
-    wait_for("the first detector back, standing by", Duration::from_secs(30), || {
-        one.proc.log().contains("consuming the results stream").then_some(())
+    wait_for("the first detector caught up", Duration::from_secs(60), || {
+        (http_get(one.api, "/v1/events?limit=1000").1 == events).then_some(())
     });
     assert!(!one.proc.log().contains(holds));
+    // A clean stop hands the lease over at once.
     assert_eq!(two.proc.terminate(), Some(0));
     assert!(two.proc.log().contains("detector lease handed over"), "{}", two.proc.log());
     wait_for("the first detector to take the handed-over lease", Duration::from_secs(30), || {
         one.proc.log().contains(holds).then_some(())
     });
-    assert_eq!(delivered("block_started").len() + delivered("block_ended").len(), 4, "nothing sent again");
+    let sent_again = delivered(&hook, "block_started").len() + delivered(&hook, "block_ended").len();
+    assert_eq!(sent_again, 4, "nothing sent again");
 }
