@@ -30,6 +30,17 @@ fn part(fleet: &Fleet, range: std::ops::Range<usize>, keep: impl Fn(&str) -> boo
         .collect()
 }
 
+/// Agents `*-1` report through front end `a`, the others through `b`.
+fn on_a(agent: &str) -> bool {
+    agent.ends_with("-1")
+}
+
+/// Streams minutes `range` of `fleet`, each agent through its front end.
+fn through_both(a: std::net::SocketAddr, b: std::net::SocketAddr, fleet: &Fleet, range: std::ops::Range<usize>) {
+    stream_all(a, part(fleet, range.clone(), on_a));
+    stream_all(b, part(fleet, range, |x| !on_a(x)));
+}
+
 /// Waits for every result of `fleet` in the store behind `api`, and checks each is there once;
 /// returns the store's results export.
 fn stored_once(api: std::net::SocketAddr, fleet: &Fleet) -> String {
@@ -79,23 +90,18 @@ fn a_jetstream_cluster_loses_nothing_through_kills_and_detects_the_block_once() 
     let a = CollectorProc::start_insecure(&a_dir, None, &jetstream(&nodes, "ingest"));
     let mut b = CollectorProc::start_insecure(&b_dir, None, &jetstream(&nodes, "ingest"));
     let fleet = wave("openai", &["hk", "cn"], &["us", "de"]);
-    let on_a = |agent: &str| agent.ends_with("-1");
 
     // The first twenty minutes through both front ends; then a NATS node dies.
-    stream_all(a.addr, part(&fleet, 0..20, on_a));
-    stream_all(b.addr, part(&fleet, 0..20, |x| !on_a(x)));
+    through_both(a.addr, b.addr, &fleet, 0..20);
     nodes[2].proc.kill9();
     // Twenty more on the two nodes left (still a quorum); then the detector dies, and comes
     // back while the front ends go on.
-    stream_all(a.addr, part(&fleet, 20..30, on_a));
-    stream_all(b.addr, part(&fleet, 20..30, |x| !on_a(x)));
+    through_both(a.addr, b.addr, &fleet, 20..30);
     detector.proc.kill9();
-    stream_all(a.addr, part(&fleet, 30..40, on_a));
-    stream_all(b.addr, part(&fleet, 30..40, |x| !on_a(x)));
+    through_both(a.addr, b.addr, &fleet, 30..40);
     let detector = CollectorProc::start_insecure(&det_dir, Some(detector.addr.port()), &jetstream(&nodes, "detector"));
     // The block begins at minute 40; front end B dies inside it and its agents move to A.
-    stream_all(a.addr, part(&fleet, 40..50, on_a));
-    stream_all(b.addr, part(&fleet, 40..50, |x| !on_a(x)));
+    through_both(a.addr, b.addr, &fleet, 40..50);
     b.proc.kill9();
     stream_all(a.addr, part(&fleet, 50..60, |_| true));
 
@@ -205,7 +211,6 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
     let mut two = CollectorProc::start_insecure(&two_dir, None, &detector_cfg);
     let a = CollectorProc::start_insecure(&sub("ingest-a"), None, &jetstream(&nodes, "ingest"));
     let mut b = CollectorProc::start_insecure(&sub("ingest-b"), None, &jetstream(&nodes, "ingest"));
-    let on_a = |agent: &str| agent.ends_with("-1");
 
     // The block begins at minute 40 in two regions, and ends at minute 60 (the agents of the
     // blocked regions answer again until minute 80).
@@ -224,10 +229,7 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
             (agent, (region.to_string(), results))
         })
         .collect();
-    let both = |range: std::ops::Range<usize>| {
-        stream_all(a.addr, part(&fleet, range.clone(), on_a));
-        stream_all(b.addr, part(&fleet, range, |x| !on_a(x)));
-    };
+    let both = |range| through_both(a.addr, b.addr, &fleet, range);
 
     // A NATS node dies early; the active detector dies inside the block, once it has sent the
     // block's starts; front end B dies too, and its agents move to A.
