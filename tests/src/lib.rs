@@ -72,8 +72,10 @@ impl Proc {
 
     fn spawn(bin: &Path, args: &[&str], log: PathBuf, stdout: Stdio) -> Proc {
         let err = std::fs::File::create(&log).expect("log file");
+        // `info` unless BW_TEST_RUST_LOG says more (tests read info lines in the logs).
+        let level = std::env::var("BW_TEST_RUST_LOG").unwrap_or_else(|_| "info".into());
         let child =
-            Command::new(bin).args(args).env("RUST_LOG", "info").stdout(stdout).stderr(err).spawn().expect("spawn");
+            Command::new(bin).args(args).env("RUST_LOG", level).stdout(stdout).stderr(err).spawn().expect("spawn");
         Proc { child, log }
     }
 

@@ -121,9 +121,12 @@ async fn close_stops_the_writer_while_other_handles_live_and_receive_times_survi
     let store = Store::open(dir.path()).unwrap();
     store.write_results(vec![result("a1/1")], 1_000).await.unwrap();
     let straggler = store.clone();
+    assert!(straggler.accepting().is_ok(), "an open store is ready");
     let t = std::time::Instant::now();
     store.close();
     assert!(t.elapsed() < std::time::Duration::from_secs(5), "close waited for another handle");
+    // Readiness (`/readyz`) asks this: a closed store is not ready, and says so.
+    assert!(matches!(straggler.accepting(), Err(StoreError::Closed)));
     assert!(matches!(straggler.write_results(vec![result("a1/2")], 2_000).await, Err(StoreError::Closed)));
     drop(straggler);
 
