@@ -233,6 +233,13 @@ fn scrape(api: SocketAddr, name: &str) -> Option<u64> {
     (status == 200).then(|| counter_sum(&body, name))
 }
 
+/// Whether each of `ids` has a Report stream open to the collector (`/v1/agents`).
+fn all_streaming(api: SocketAddr, ids: &[String]) -> bool {
+    let (status, body) = http_get(api, "/v1/agents");
+    let agents: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    status == 200 && ids.iter().all(|id| agents[id.as_str()]["connected"] == true)
+}
+
 fn signal(pid: u32, sig: &str) {
     let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
@@ -306,7 +313,13 @@ pub fn run(dir: &Path, opts: &Options) -> Summary {
         }
     }
 
-    // A partition; a geo block of region eu begins inside it and outlasts it.
+    // A partition; a geo block of region eu begins inside it and outlasts it. It starts with
+    // every agent streaming: one still reconnecting after the last kill would fail its tries
+    // through the partition and back off for up to its length, and its results (the block's
+    // evidence) would arrive after the block has ended, which is no longer a block to start.
+    wait_for("every agent streaming before the partition", Duration::from_secs(60), || {
+        all_streaming(collector.api, &fleet.ids).then_some(())
+    });
     let eu: Vec<IpAddr> = fleet.sources.iter().step_by(2).copied().collect();
     let part = opts.partition;
     proxy.partition();

@@ -276,9 +276,19 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
     // The killed detector comes back as a standby and catches up to the same log, sequence
     // numbers and all (what the mirrored cursors rely on).
     let one = CollectorProc::start_insecure(&one_dir, Some(one.addr.port()), &detector_cfg);
-    wait_for("the first detector caught up", Duration::from_secs(60), || {
-        (http_get(one.api, "/v1/events?limit=1000").1 == events).then_some(())
-    });
+    let end = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let (_, got) = http_get(one.api, "/v1/events?limit=1000");
+        if got == events {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "the first detector did not catch up in 90 s.\nits events:\n{got}\nthe standby's:\n{events}\nits log:\n{}",
+            one.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(!one.proc.log().contains(holds));
     // A clean stop hands the lease over at once.
     assert_eq!(two.proc.terminate(), Some(0));
