@@ -2,9 +2,9 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::{Proc, free_port, wait_for};
+use crate::{Proc, free_port};
 
 /// One `nats-server` of the cluster, killed when dropped.
 pub struct Nats {
@@ -15,20 +15,38 @@ pub struct Nats {
 }
 
 /// Three `nats-server`s with JetStream, routed to each other as one cluster, their data in
-/// `dir`; `None` (printed) when nats-server is not installed.
+/// `dir`; `None` (printed) when nats-server is not installed. Ports come from [`free_port`],
+/// so another test may take one before a node binds it: a cluster whose node exits or does
+/// not answer is stopped and started again on new ports (three tries).
 pub fn cluster(dir: &Path) -> Option<Vec<Nats>> {
     if std::process::Command::new("nats-server").arg("--version").output().is_err() {
         eprintln!("SKIPPED: nats-server is not installed (tests/run.sh installs Debian's)");
         return None;
     }
+    for attempt in 1..=3 {
+        let mut nodes = start(dir, attempt);
+        match nodes.iter_mut().position(|n| !answers(n)) {
+            None => return Some(nodes),
+            Some(i) => eprintln!(
+                "NATS node {i} did not come up (try {attempt} of 3); its log:\n{}",
+                std::fs::read_to_string(&nodes[i].proc.log).unwrap_or_default()
+            ),
+        }
+    }
+    panic!("the NATS cluster did not come up in three tries");
+}
+
+/// Starts the three nodes of try `attempt`, each with its own files.
+fn start(dir: &Path, attempt: u32) -> Vec<Nats> {
     let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let nodes = (0..3)
+    (0..3)
         .map(|i| {
             let others: Vec<String> =
                 (0..3).filter(|j| *j != i).map(|j| format!("\"nats-route://127.0.0.1:{}\"", routes[j])).collect();
-            let conf = dir.join(format!("nats-{i}.conf"));
+            let name = if attempt == 1 { format!("nats-{i}") } else { format!("nats-{i}-try{attempt}") };
+            let conf = dir.join(format!("{name}.conf"));
             std::fs::write(
                 &conf,
                 format!(
@@ -36,25 +54,32 @@ pub fn cluster(dir: &Path) -> Option<Vec<Nats>> {
                      max_file_store: 1GB }}\ncluster {{ name: blockwatch, listen: 127.0.0.1:{}, routes: [{}] }}\n",
                     clients[i],
                     monitors[i],
-                    dir.join(format!("nats-{i}")).display().to_string(),
+                    dir.join(&name).display().to_string(),
                     routes[i],
                     others.join(", ")
                 ),
             )
             .unwrap();
-            let proc = Proc::start(
-                Path::new("nats-server"),
-                &["-c", conf.to_str().unwrap()],
-                dir.join(format!("nats-{i}.log")),
-            );
+            let proc = Proc::start(Path::new("nats-server"), &["-c", conf.to_str().unwrap()], dir.join(format!("{name}.log")));
             let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
             Nats { proc, client: at(clients[i]), monitor: at(monitors[i]) }
         })
-        .collect::<Vec<_>>();
-    for n in &nodes {
-        wait_for("a NATS node", Duration::from_secs(20), || TcpStream::connect(n.client).ok());
+        .collect()
+}
+
+/// Whether node `n` accepts clients within 20 s (false at once if it exited).
+fn answers(n: &mut Nats) -> bool {
+    let end = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < end {
+        if TcpStream::connect(n.client).is_ok() {
+            return true;
+        }
+        if matches!(n.proc.child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Some(nodes)
+    false
 }
 
 /// How many messages the stream `name` holds, as the node's monitoring endpoint reports it.
