@@ -405,9 +405,16 @@ async fn consume_once(cfg: &JetStreamConfig, store: &Store) -> Result<(), JetStr
                 }
             }
         }
-        // Queued all at once, in order, so the writer commits them together.
-        futures_util::future::try_join_all(groups.into_iter().map(|(at, results)| store.write_results(results, at)))
-            .await?;
+        // Queued in turn (the store keeps stream order: what the detector sees live is what a
+        // replay of the store gives it after a restart), then awaited together so the writer
+        // commits them together.
+        let mut queued = Vec::with_capacity(groups.len());
+        for (at, results) in groups {
+            queued.push(store.queue_results(results, at).await?);
+        }
+        for q in queued {
+            q.outcome().await?;
+        }
         let (reader, name) = (store.reader(), cfg.stream.clone());
         tokio::task::spawn_blocking(move || reader.set_stream_mark(&name, last))
             .await
@@ -525,19 +532,27 @@ async fn lead_once(
             }
         };
         // Go on where the last holder's sinks stopped.
+        // Sink cursors not yet in the cluster (a put failed or was not answered): tried
+        // again each tick, the newest per sink, so one failed put does not leave a standby
+        // to send those events again.
+        let mut unmirrored = std::collections::BTreeMap::new();
         for name in sinks {
             let mirrored = cursors.get(cursor_key(name)).await.map_err(api)?;
-            let Some(mirrored) = mirrored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok()) else {
-                continue;
-            };
-            let (store, name) = (store.clone(), name.clone());
-            tokio::task::spawn_blocking(move || match store.sink_cursor(&name)? {
-                Some(own) if own >= mirrored => Ok(()),
-                _ => store.set_sink_cursor(&name, mirrored),
+            let mirrored = mirrored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
+            let (store, n) = (store.clone(), name.clone());
+            let own = tokio::task::spawn_blocking(move || match (store.sink_cursor(&n)?, mirrored) {
+                (Some(own), Some(m)) if own >= m => Ok(Some(own)),
+                (own, None) => Ok(own),
+                (_, Some(m)) => store.set_sink_cursor(&n, m).map(|()| Some(m)),
             })
             .await
             .map_err(|e| api(format!("store write stopped: {e}")))??;
+            // Sent by this detector while it held the lease before, not mirrored then.
+            if let Some(own) = own.filter(|o| mirrored.is_none_or(|m| *o > m)) {
+                unmirrored.insert(name.clone(), own);
+            }
         }
+        mirror(&cursors, &mut unmirrored, step).await;
         tracing::info!(lease = %cfg.lease_bucket, "this detector holds the lease: it alerts and publishes events");
         leading.send_replace(true);
         let (publishing_stop, publishing_stopped) = watch::channel(false);
@@ -569,11 +584,11 @@ async fn lead_once(
                     if renewed.elapsed() >= cfg.lease * 2 / 3 {
                         break Err("the lease could not be renewed in time".to_string());
                     }
+                    mirror(&cursors, &mut unmirrored, step).await;
                 }
                 Some((name, seq)) = moved.recv() => {
-                    if let Err(e) = cursors.put(cursor_key(&name), seq.to_string().into()).await {
-                        tracing::warn!(sink = %name, error = %e, "cannot mirror the sink's cursor (a standby may send its events again)");
-                    }
+                    unmirrored.insert(name, seq);
+                    mirror(&cursors, &mut unmirrored, step).await;
                 }
                 _ = stop.changed() => break Ok(()),
             }
@@ -585,8 +600,9 @@ async fn lead_once(
             Ok(()) => {
                 // The sinks have stopped: mirror their last cursors, then hand over.
                 while let Ok((name, seq)) = moved.try_recv() {
-                    let _ = cursors.put(cursor_key(&name), seq.to_string().into()).await;
+                    unmirrored.insert(name, seq);
                 }
+                mirror(&cursors, &mut unmirrored, step).await;
                 if let Err(e) = lease.delete_expect_revision(LEASE_KEY, Some(revision)).await {
                     tracing::warn!(error = %e, "detector lease: not handed over; it expires instead");
                 } else {
@@ -596,6 +612,26 @@ async fn lead_once(
             }
             Err(why) => tracing::warn!(reason = %why, "this detector stopped alerting; standing by"),
         }
+    }
+}
+
+/// Puts each cursor of `unmirrored` into the cluster's cursors bucket (each put given at most
+/// `wait`); those put are taken out, the others stay for the next call.
+async fn mirror(cursors: &kv::Store, unmirrored: &mut std::collections::BTreeMap<String, u64>, wait: Duration) {
+    let mut put = Vec::new();
+    for (name, seq) in unmirrored.iter() {
+        match tokio::time::timeout(wait, cursors.put(cursor_key(name), seq.to_string().into())).await {
+            Ok(Ok(_)) => put.push(name.clone()),
+            Ok(Err(e)) => {
+                tracing::warn!(sink = %name, cursor = seq, error = %e, "cannot mirror the sink's cursor yet; trying again")
+            }
+            Err(_) => {
+                tracing::warn!(sink = %name, cursor = seq, "mirroring the sink's cursor not answered; trying again")
+            }
+        }
+    }
+    for name in put {
+        unmirrored.remove(&name);
     }
 }
 

@@ -43,13 +43,22 @@ pub fn free_port() -> u16 {
 
 /// Polls `f` every 50 ms until it returns `Some`, or panics naming `what` after `limit`.
 pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    wait_showing(what, limit, || f().ok_or_else(String::new))
+}
+
+/// Polls `f` every 50 ms until it returns `Ok`, or panics after `limit` naming `what` and
+/// showing what `f` last saw instead (its last `Err`).
+pub fn wait_showing<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<T, String>) -> T {
     let end = Instant::now() + limit;
     loop {
-        if let Some(v) = f() {
-            return v;
+        match f() {
+            Ok(v) => return v,
+            Err(seen) if Instant::now() >= end => {
+                let seen = if seen.is_empty() { String::new() } else { format!("; last seen:\n{seen}") };
+                panic!("timed out after {limit:?} waiting for {what}{seen}")
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
-        assert!(Instant::now() < end, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

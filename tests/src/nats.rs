@@ -93,6 +93,19 @@ pub fn stream_messages(node: &Nats, name: &str) -> Option<u64> {
         .find_map(|s| (s["name"] == name).then(|| s["state"]["messages"].as_u64()).flatten())
 }
 
+/// The value under `key` in the cluster's key-value bucket `bucket`, read through `node`;
+/// `None` when there is none or the node does not answer within 5 s.
+pub fn kv_value(node: &Nats, bucket: &str, key: &str) -> Option<String> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let read = async {
+        let client = async_nats::connect(node.client.to_string()).await.ok()?;
+        let kv = async_nats::jetstream::new(client).get_key_value(bucket).await.ok()?;
+        let v = kv.get(key).await.ok()??;
+        String::from_utf8(v.to_vec()).ok()
+    };
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), read).await.ok().flatten() })
+}
+
 /// A collector's `[jetstream]` section for the cluster `nodes` in `role`.
 pub fn jetstream(nodes: &[Nats], role: &str) -> String {
     let servers: Vec<String> = nodes.iter().map(|n| format!("\"nats://{}\"", n.client)).collect();

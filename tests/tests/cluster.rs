@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use blockwatch_proto::Outcome;
 use blockwatch_proto::v1::ProbeResult;
-use blockwatch_tests::nats::{cluster as nats_cluster, jetstream, stream_messages};
+use blockwatch_tests::nats::{cluster as nats_cluster, jetstream, kv_value, stream_messages};
 use blockwatch_tests::provider::Provider;
 use blockwatch_tests::receiver::Receiver;
 use blockwatch_tests::session::{result, stream_all, wave};
@@ -45,9 +45,10 @@ fn through_both(a: std::net::SocketAddr, b: std::net::SocketAddr, fleet: &Fleet,
 /// returns the store's results export.
 fn stored_once(api: std::net::SocketAddr, fleet: &Fleet) -> String {
     let total: usize = fleet.values().map(|(_, rs)| rs.len()).sum();
-    let stored = wait_for("every acked result in the detector's store", Duration::from_secs(60), || {
+    let stored = wait_showing("every acked result in the detector's store", Duration::from_secs(60), || {
         let (status, body) = http_get(api, "/v1/export?what=results&format=jsonl");
-        (status == 200 && body.lines().count() >= total).then_some(body)
+        let n = body.lines().count();
+        (status == 200 && n >= total).then_some(body).ok_or_else(|| format!("status {status}, {n} of {total} results"))
     });
     let ids: std::collections::BTreeSet<&str> =
         stored.lines().map(|l| l.split("\"probe_id\":\"").nth(1).unwrap().split('"').next().unwrap()).collect();
@@ -109,9 +110,11 @@ fn a_jetstream_cluster_loses_nothing_through_kills_and_detects_the_block_once() 
     let stored = stored_once(detector.api, &fleet);
 
     // The block, once per blocked region; the live events are a replay of the store.
-    let events = wait_for("the block detected", Duration::from_secs(30), || {
+    let events = wait_showing("the block detected", Duration::from_secs(30), || {
         let (_, body) = http_get(detector.api, "/v1/events?limit=1000");
-        (body.matches("\"kind\":\"block_started\"").count() >= 2).then_some(body)
+        (body.matches("\"kind\":\"block_started\"").count() >= 2)
+            .then(|| body.clone())
+            .ok_or_else(|| format!("events:\n{body}\ndetector log:\n{}", detector.proc.log()))
     });
     let starts: Vec<&str> = events.lines().filter(|l| l.contains("\"kind\":\"block_started\"")).collect();
     assert_eq!(starts.len(), 2, "{events}");
@@ -199,11 +202,12 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
     wait_for("the first detector to hold the lease", Duration::from_secs(30), || {
         one.proc.log().contains(holds).then_some(())
     });
-    // The NATS node killed below dies after the lease's and the events' streams have their
+    // The NATS node killed below dies after the lease's, cursors' and events' streams have their
     // copies on every node (not while the cluster is still placing them).
     for node in &nodes {
-        wait_for("the lease and events streams on every NATS node", Duration::from_secs(30), || {
+        wait_for("the lease, cursors and events streams on every NATS node", Duration::from_secs(30), || {
             (stream_messages(node, "KV_BLOCKWATCH_LEASE") == Some(1)
+                && stream_messages(node, "KV_BLOCKWATCH_LEASE_CURSORS").is_some()
                 && stream_messages(node, "BLOCKWATCH_EVENTS").is_some())
             .then_some(())
         });
@@ -236,18 +240,25 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
     both(0..20);
     nodes[2].proc.kill9();
     both(20..50);
-    wait_for("both block starts delivered by the first detector", Duration::from_secs(60), || {
-        (delivered(&hook, "block_started").len() >= 2).then_some(())
+    wait_showing("both block starts delivered by the first detector", Duration::from_secs(60), || {
+        let sent = delivered(&hook, "block_started");
+        (sent.len() >= 2).then_some(()).ok_or_else(|| format!("delivered {sent:?}; its log:\n{}", one.proc.log()))
     });
-    // Its cursor reaches the cluster just after the delivery; then it dies.
-    std::thread::sleep(Duration::from_secs(1));
+    // Once its sink's cursor is mirrored in the cluster, it dies.
+    wait_showing("the first detector's sink cursor in the cluster", Duration::from_secs(30), || {
+        let cursor = kv_value(&nodes[0], "BLOCKWATCH_LEASE_CURSORS", "sink.hook");
+        (cursor.as_deref().and_then(|c| c.parse::<u64>().ok()) >= Some(2))
+            .then_some(())
+            .ok_or_else(|| format!("cursor {cursor:?}; its log:\n{}", one.proc.log()))
+    });
     one.proc.kill9();
     both(50..55);
     b.proc.kill9();
     stream_all(a.addr, part(&fleet, 55..80, |_| true));
     wait_for("the standby to take the lease", Duration::from_secs(30), || two.proc.log().contains(holds).then_some(()));
-    wait_for("both block ends delivered by the standby", Duration::from_secs(60), || {
-        (delivered(&hook, "block_ended").len() >= 2).then_some(())
+    wait_showing("both block ends delivered by the standby", Duration::from_secs(60), || {
+        let sent = delivered(&hook, "block_ended");
+        (sent.len() >= 2).then_some(()).ok_or_else(|| format!("delivered {sent:?}; its log:\n{}", two.proc.log()))
     });
 
     // Nothing acked lost or stored twice; the standby's events are a replay of its store.
@@ -269,26 +280,20 @@ fn a_standby_detector_takes_over_alerting_where_the_killed_one_stopped() {
 
     // The events stream holds the log, each event once.
     let all = events.lines().count() as u64;
-    wait_for("the events stream to hold the standby's log", Duration::from_secs(30), || {
-        (stream_messages(&nodes[0], "BLOCKWATCH_EVENTS") == Some(all)).then_some(())
+    wait_showing("the events stream to hold the standby's log", Duration::from_secs(30), || {
+        let held = stream_messages(&nodes[0], "BLOCKWATCH_EVENTS");
+        (held == Some(all)).then_some(()).ok_or_else(|| format!("{held:?} messages of {all}"))
     });
 
     // The killed detector comes back as a standby and catches up to the same log, sequence
     // numbers and all (what the mirrored cursors rely on).
     let one = CollectorProc::start_insecure(&one_dir, Some(one.addr.port()), &detector_cfg);
-    let end = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
+    wait_showing("the first detector to catch up to the standby's log", Duration::from_secs(90), || {
         let (_, got) = http_get(one.api, "/v1/events?limit=1000");
-        if got == events {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < end,
-            "the first detector did not catch up in 90 s.\nits events:\n{got}\nthe standby's:\n{events}\nits log:\n{}",
-            one.proc.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        (got == events)
+            .then_some(())
+            .ok_or_else(|| format!("its events:\n{got}\nthe standby's:\n{events}\nits log:\n{}", one.proc.log()))
+    });
     assert!(!one.proc.log().contains(holds));
     // A clean stop hands the lease over at once.
     assert_eq!(two.proc.terminate(), Some(0));

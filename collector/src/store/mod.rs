@@ -158,6 +158,16 @@ pub struct Store {
     failing: writer::Failing,
 }
 
+/// A write in the writer's queue (see [`Store::queue_results`]).
+pub struct Queued(oneshot::Receiver<Result<WriteOutcome, StoreError>>);
+
+impl Queued {
+    /// The write's outcome, once it is durable (or has failed).
+    pub async fn outcome(self) -> Result<WriteOutcome, StoreError> {
+        self.0.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 impl Store {
     /// Opens (or creates) the store in `dir` and starts its writer thread.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
@@ -201,9 +211,21 @@ impl Store {
         results: Vec<ProbeResult>,
         received_at: blockwatch_proto::time::Millis,
     ) -> Result<WriteOutcome, StoreError> {
+        self.queue_results(results, received_at).await?.outcome().await
+    }
+
+    /// Puts `results` in the writer's queue (waiting while it is full) and returns then, with
+    /// a handle to the write's outcome. Writes one task queues in turn are stored in that
+    /// order, and awaiting their outcomes together lets the writer commit them together.
+    /// (Awaiting several `write_results` together does not keep their order.)
+    pub async fn queue_results(
+        &self,
+        results: Vec<ProbeResult>,
+        received_at: blockwatch_proto::time::Millis,
+    ) -> Result<Queued, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(writer::Request::Results { results, received_at, reply }).await.map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        Ok(Queued(rx))
     }
 
     /// Whether a write now would be taken: the writer runs, its last commit succeeded, and
