@@ -531,11 +531,11 @@ async fn lead_once(
                 _ = stop.changed() => {}
             }
         };
-        // Go on where the last holder's sinks stopped.
         // Sink cursors not yet in the cluster (a put failed or was not answered): tried
         // again each tick, the newest per sink, so one failed put does not leave a standby
         // to send those events again.
         let mut unmirrored = std::collections::BTreeMap::new();
+        // Go on where the last holder's sinks stopped.
         for name in sinks {
             let mirrored = cursors.get(cursor_key(name)).await.map_err(api)?;
             let mirrored = mirrored.and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok());
