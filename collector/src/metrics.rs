@@ -146,6 +146,15 @@ pub fn render(s: &Scrape<'_>) -> Result<String, String> {
     .map_err(|e| e.to_string())?;
     lag.set(s.status.detector_lag());
     add(Box::new(lag))?;
+    let buffer = gauge(
+        "blockwatch_ingest_buffer_bytes",
+        "Agent messages read and not yet done with, in encoded bytes, against limits.ingest_buffer_mib (`limit`).",
+        &["kind"],
+    );
+    let budget = s.ingest.budget();
+    buffer.with_label_values(&["in_use"]).set(budget.in_use() as i64);
+    buffer.with_label_values(&["limit"]).set(budget.total() as i64);
+    add(Box::new(buffer))?;
     let store = gauge("blockwatch_store_bytes", "Bytes the store takes on disk.", &[]);
     store.with_label_values::<&str>(&[]).set(dir_bytes(s.data_dir) as i64);
     add(Box::new(store))?;

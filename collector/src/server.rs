@@ -153,10 +153,13 @@ impl Collector {
 
         let (listener, addr) = bind(cfg.listen).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let service = FleetServer::new(crate::ingest::FleetService(Arc::clone(&ingest)))
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let limits = &cfg.limits;
+        let service = crate::ingest::Metering::new(
+            FleetServer::new(crate::ingest::FleetService(Arc::clone(&ingest)))
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+            ingest.budget().clone(),
+        );
         let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::listen::accept(
             listener,
             limits.max_connections,

@@ -12,7 +12,8 @@
 //! Environment: `BW_LOAD_SECS` (measured seconds per shape, default 10), `BW_LOAD_AGENTS`
 //! (the big fleet, default 10000; 1000 for `cluster`), `BW_LOAD_ONLY` (`store`, `null`, `burst`, `cluster`, or one collector
 //! shape as `AGENTSxBATCH`), `BW_LOAD_RATE` (results/s offered in the null and single shapes;
-//! unset, as fast as acks return).
+//! unset, as fast as acks return), `BW_LOAD_LIMITS` (more of the collector's `[limits]`, as
+//! `key = value` pairs separated by `;`).
 //!
 //! The load generator shares the machine's cores with the collector, so every figure is a
 //! lower bound of what the collector does alone.
@@ -496,8 +497,9 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let limits = format!(
-        "[limits]\nmax_agents = {n}\nmax_connections = {n}\nmax_connections_per_address = {n}\n",
-        n = big + 1000
+        "[limits]\nmax_agents = {n}\nmax_connections = {n}\nmax_connections_per_address = {n}\n{extra}\n",
+        n = big + 1000,
+        extra = std::env::var("BW_LOAD_LIMITS").unwrap_or_default().replace(';', "\n"),
     );
     let collector = CollectorProc::start_insecure(dir.path(), None, &limits);
     let pid = collector.proc.child.id();

@@ -48,6 +48,11 @@ pub struct Limits {
     /// stream, the memory agents can make the collector hold is about `max_connections` ×
     /// (this + one batch). Default 64 (HTTP/2's own default; the server library's is 1 MiB).
     pub receive_window_kib: u32,
+    /// Agent messages read and not yet done with (decoded, validated, waiting for the store),
+    /// across every stream at once, in MiB of their encoded size: a stream whose next message
+    /// does not fit waits unread (its agent held by HTTP/2 flow control; nothing is refused).
+    /// What they take decoded is about three times this. Default 32.
+    pub ingest_buffer_mib: u32,
     /// Free space kept on the store's filesystem, in MiB: below it results are refused
     /// (`UNAVAILABLE`, agents keep them spooled) until space returns, so the store never
     /// meets a full disk mid-write. Default 128; 0 turns the check off.
@@ -69,6 +74,7 @@ impl Default for Limits {
             max_connections_per_address: 32,
             max_streams_per_connection: 16,
             receive_window_kib: 64,
+            ingest_buffer_mib: 32,
             min_free_disk_mb: 128,
         }
     }
@@ -93,6 +99,7 @@ impl Limits {
         range("max_connections_per_address", self.max_connections_per_address as u64, 1, 1_000_000);
         range("max_streams_per_connection", u64::from(self.max_streams_per_connection), 2, 100_000);
         range("receive_window_kib", u64::from(self.receive_window_kib), 16, 16 * 1024);
+        range("ingest_buffer_mib", u64::from(self.ingest_buffer_mib), 1, 4095);
         range("min_free_disk_mb", self.min_free_disk_mb, 0, 1 << 30);
         if self.max_future > Duration::from_secs(24 * 3600) {
             p.push("limits.max_future: must be at most 24h".into());

@@ -1,8 +1,10 @@
 //! gRPC ingest: the `Fleet` service agents talk to.
 
+mod budget;
 mod limits;
 mod validate;
 
+pub use budget::{Budget, Ledger, Metering};
 pub use limits::Limits;
 
 use std::collections::{HashMap, HashSet};
@@ -219,6 +221,8 @@ pub struct Ingest {
     metrics: crate::metrics::IngestMetrics,
     /// Clustered mode's ingest role: results go to JetStream, not to the store.
     publisher: Option<crate::jetstream::Publisher>,
+    /// What agents' messages may hold in memory at once (`limits.ingest_buffer_mib`).
+    budget: Budget,
 }
 
 impl Ingest {
@@ -250,7 +254,13 @@ impl Ingest {
             tls,
             metrics: crate::metrics::IngestMetrics::default(),
             publisher: None,
+            budget: Budget::new(cfg.limits.ingest_buffer_mib as usize * 1024 * 1024),
         }
+    }
+
+    /// The budget every Report stream's messages are read through.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// Sends results to JetStream through `p` instead of the store (clustered ingest).
@@ -528,8 +538,12 @@ impl Fleet for FleetService {
 
     async fn report(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<ReportStream>, Status> {
         let peer = request.extensions().get::<PeerInfo>().cloned();
+        // Read through the budget (`Metering`): each message is released once done with.
+        let ledger = request.extensions().get::<Arc<Ledger>>().cloned();
         let mut inbound = request.into_inner();
-        let agent_id = match inbound.message().await? {
+        let hello = inbound.message().await?;
+        release(&ledger);
+        let agent_id = match hello {
             Some(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }) => h.agent_id,
             _ => return Err(Status::invalid_argument("the first message of a Report stream must be hello")),
         };
@@ -550,7 +564,7 @@ impl Fleet for FleetService {
         }
         let this = Arc::clone(&self.0);
         tokio::spawn(async move {
-            let ended = this.serve_stream(&agent_id, &region, cert, inbound, &tx).await;
+            let ended = this.serve_stream(&agent_id, &region, cert, inbound, ledger, &tx).await;
             this.streams.close(&agent_id, &tx);
             if let Err(status) = ended {
                 tracing::warn!(agent_id = %agent_id, error = %status.message(), "report stream ended with an error");
@@ -568,6 +582,7 @@ impl Ingest {
         region: &str,
         cert: Option<Arc<AgentIdentity>>,
         mut inbound: Streaming<AgentMessage>,
+        ledger: Option<Arc<Ledger>>,
         tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
     ) -> Result<(), Status> {
         let invalidated = until_invalid(self.tls.clone(), cert);
@@ -601,6 +616,8 @@ impl Ingest {
                 }
             };
             let Some(message) = message else { return Ok(()) };
+            // Done with once handled: a batch once stored (its replies are small).
+            let _done = Released(&ledger);
             match message.kind {
                 Some(agent_message::Kind::Batch(batch)) => {
                     pace.take(batch.results.len()).await;
@@ -741,6 +758,22 @@ impl Ingest {
             })),
         });
         Ok(replies)
+    }
+}
+
+/// Gives the stream's oldest admitted message's charge back to the budget.
+fn release(ledger: &Option<Arc<Ledger>>) {
+    if let Some(l) = ledger {
+        l.release();
+    }
+}
+
+/// Releases the message being handled when dropped, however its handling ends.
+struct Released<'a>(&'a Option<Arc<Ledger>>);
+
+impl Drop for Released<'_> {
+    fn drop(&mut self) {
+        release(self.0);
     }
 }
 
