@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use blockwatch_detector::Event;
-use blockwatch_proto::v1::fleet_server::FleetServer;
 use blockwatch_proto::v1::{Plan, StoredResult};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -154,12 +153,7 @@ impl Collector {
         let (listener, addr) = bind(cfg.listen).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let limits = &cfg.limits;
-        let service = crate::ingest::Metering::new(
-            FleetServer::new(crate::ingest::FleetService(Arc::clone(&ingest)))
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-            ingest.budget().clone(),
-        );
+        let service = crate::ingest::ReportRoute::new(Arc::clone(&ingest), MAX_MESSAGE_BYTES);
         let incoming = tokio_stream::wrappers::ReceiverStream::new(crate::listen::accept(
             listener,
             limits.max_connections,

@@ -259,49 +259,6 @@ where
     }
 }
 
-/// Wraps the Fleet service so every Report stream's body is read through the budget; the
-/// stream's [`Ledger`] rides in the request's extensions for the handler to release.
-#[derive(Clone)]
-pub struct Metering<S> {
-    inner: S,
-    budget: Budget,
-}
-
-impl<S> Metering<S> {
-    pub fn new(inner: S, budget: Budget) -> Metering<S> {
-        Metering { inner, budget }
-    }
-}
-
-impl<S: tonic::server::NamedService> tonic::server::NamedService for Metering<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S> tower_service::Service<http::Request<tonic::body::Body>> for Metering<S>
-where
-    S: tower_service::Service<http::Request<tonic::body::Body>> + tonic::server::NamedService,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
-        let is_report = req.uri().path().strip_prefix('/').and_then(|p| p.strip_prefix(S::NAME)) == Some("/Report");
-        if !is_report {
-            return self.inner.call(req);
-        }
-        let (mut parts, body) = req.into_parts();
-        let ledger = self.budget.ledger();
-        parts.extensions.insert(Arc::clone(&ledger));
-        let body = tonic::body::Body::new(Metered::new(body, self.budget.clone(), ledger));
-        self.inner.call(http::Request::from_parts(parts, body))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

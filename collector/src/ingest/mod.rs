@@ -3,9 +3,11 @@
 mod budget;
 mod limits;
 mod validate;
+mod wire;
 
-pub use budget::{Budget, Ledger, Metering};
+pub use budget::{Budget, Ledger};
 pub use limits::Limits;
+pub use wire::ReportRoute;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -536,12 +538,30 @@ impl Fleet for FleetService {
 
     type ReportStream = ReportStream;
 
+    /// Reached only when the generated server is served alone: the collector serves Report
+    /// through [`ReportRoute`], which reads the stream through the ingest budget.
     async fn report(&self, request: Request<Streaming<AgentMessage>>) -> Result<Response<ReportStream>, Status> {
         let peer = request.extensions().get::<PeerInfo>().cloned();
-        // Read through the budget (`Metering`): each message is released once done with.
-        let ledger = request.extensions().get::<Arc<Ledger>>().cloned();
-        let mut inbound = request.into_inner();
-        let hello = inbound.message().await?;
+        let replies = self.0.open_report(peer, None, Box::pin(request.into_inner())).await?;
+        Ok(Response::new(replies))
+    }
+}
+
+/// An agent's messages on its Report stream, as decoded.
+pub(crate) type Inbound = Pin<Box<dyn Stream<Item = Result<AgentMessage, Status>> + Send>>;
+
+impl Ingest {
+    /// Opens a Report stream: reads its hello, authenticates the agent, and serves the rest
+    /// of the stream in a task of its own. `ledger` holds the budget's charges for the
+    /// stream's messages; each is released once that message is done with.
+    pub(crate) async fn open_report(
+        self: &Arc<Self>,
+        peer: Option<PeerInfo>,
+        ledger: Option<Arc<Ledger>>,
+        mut inbound: Inbound,
+    ) -> Result<ReportStream, Status> {
+        use futures_util::StreamExt;
+        let hello = inbound.next().await.transpose()?;
         release(&ledger);
         let agent_id = match hello {
             Some(AgentMessage { kind: Some(agent_message::Kind::Hello(h)) }) => h.agent_id,
@@ -562,7 +582,7 @@ impl Fleet for FleetService {
         if !self.streams.open(&agent_id, region.clone(), tx.clone()) {
             return Err(already_connected(&agent_id));
         }
-        let this = Arc::clone(&self.0);
+        let this = Arc::clone(self);
         tokio::spawn(async move {
             let ended = this.serve_stream(&agent_id, &region, cert, inbound, ledger, &tx).await;
             this.streams.close(&agent_id, &tx);
@@ -571,17 +591,15 @@ impl Fleet for FleetService {
                 let _ = tx.send(Err(status)).await;
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
     }
-}
 
-impl Ingest {
     async fn serve_stream(
         self: &Arc<Self>,
         agent_id: &str,
         region: &str,
         cert: Option<Arc<AgentIdentity>>,
-        mut inbound: Streaming<AgentMessage>,
+        mut inbound: Inbound,
         ledger: Option<Arc<Ledger>>,
         tx: &mpsc::Sender<Result<CollectorMessage, Status>>,
     ) -> Result<(), Status> {
@@ -596,7 +614,7 @@ impl Ingest {
         let mut pace = blockwatch_proto::pace::TokenBucket::new(per_second, f64::from(per_second));
         loop {
             let message = tokio::select! {
-                m = inbound.message() => m?,
+                m = futures_util::StreamExt::next(&mut inbound) => m.transpose()?,
                 _ = async { let _ = stop.wait_for(|s| *s).await; } => return Ok(()),
                 status = &mut invalidated => {
                     tracing::warn!(agent_id, error = %status.message(), "closed a report stream");
