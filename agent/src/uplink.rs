@@ -332,6 +332,12 @@ impl Uplink {
         self.metrics.connected.set(1);
 
         let mut in_flight: HashMap<u64, Vec<u64>> = HashMap::new();
+        // Batches in flight that carry backlog, and how many may: one at first, one more for
+        // each acked (to MAX_IN_FLIGHT), back to one when the collector sets a pace. A fleet
+        // reconnecting at once then queues one batch each, not MAX_IN_FLIGHT, ahead of the
+        // collector's first word.
+        let mut backlog_batches: HashSet<u64> = HashSet::new();
+        let mut backlog_window = 1usize;
         let mut next_batch = 1u64;
         let mut reported_drops = 0u64;
         let mut linger: Option<Instant> = Some(Instant::now());
@@ -339,6 +345,9 @@ impl Uplink {
         // Ticks skipped while there was no backlog are not made up in a burst.
         catchup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pace = Pace::new(self.cfg.upload_rate, max_batch);
+        // Results up to this sequence number were spooled before the last batch (or before
+        // this session): a backlog, paced; newer ones are fresh and go at once.
+        let mut sent_up_to = self.spool.last_seq();
         let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         let new_results = Arc::clone(&self.new_results);
         let mut stop = self.stop.clone();
@@ -354,6 +363,9 @@ impl Uplink {
                     let m = m.map_err(UplinkError::Stream)?.ok_or(UplinkError::Closed)?;
                     match m.kind {
                         Some(collector_message::Kind::Ack(ack)) => {
+                            if backlog_batches.remove(&ack.batch_id) {
+                                backlog_window = (backlog_window + 1).min(MAX_IN_FLIGHT);
+                            }
                             if let Some(seqs) = in_flight.remove(&ack.batch_id) {
                                 on_spool(&self.spool, move |s| s.remove(&seqs)).await?;
                                 // A freed slot goes to a backlog at once; fresh results wait
@@ -365,6 +377,7 @@ impl Uplink {
                             tracing::error!(batch_id = rej.batch_id, reason = %rej.reason, results = rej.probe_ids.len(),
                                 "collector rejected results; dropping them from the spool");
                             let seqs: Vec<u64> = rej.probe_ids.iter().filter_map(|id| id.rsplit('/').next()?.parse().ok()).collect();
+                            backlog_batches.remove(&rej.batch_id);
                             if let Some(batch) = in_flight.get_mut(&rej.batch_id) {
                                 batch.retain(|s| !seqs.contains(s));
                             }
@@ -372,6 +385,13 @@ impl Uplink {
                         }
                         Some(collector_message::Kind::Plan(p)) => self.apply_plan(&p),
                         Some(collector_message::Kind::ProbeNow(p)) => self.request_probe(p.target_id),
+                        Some(collector_message::Kind::Pace(p)) => {
+                            tracing::debug!(backlog_per_second = p.backlog_per_second, "collector set the backlog pace");
+                            pace.collector(p.backlog_per_second);
+                            if p.backlog_per_second > 0 {
+                                backlog_window = 1;
+                            }
+                        }
                         None => {}
                     }
                 }
@@ -412,19 +432,30 @@ impl Uplink {
             }
             if send_now {
                 let skip: HashSet<u64> = in_flight.values().flatten().copied().collect();
-                // One batch per wake-up, as large as the pace allows: a backlog drains at
-                // `upload_rate`, oldest first, with the newest results riding along in each
-                // batch (a quarter of it).
-                let n = pace.available().min(max_batch);
+                // One batch per wake-up: the results probed since the last batch, at once,
+                // and as much of a backlog as the pace allows, oldest first, with the newest
+                // results riding along (a quarter of the batch at least).
+                let newest = self.spool.last_seq();
+                let fresh = usize::try_from(newest.saturating_sub(sent_up_to)).unwrap_or(usize::MAX).min(max_batch);
+                let may_backlog = backlog_batches.len() < backlog_window;
+                let n =
+                    if may_backlog { pace.available(fresh) } else { fresh.min(pace.available(fresh)) }.min(max_batch);
                 let waiting = usize::try_from(self.spool.stats().pending).unwrap_or(usize::MAX);
-                let worth = n >= pace.min_chunk() || n >= waiting.min(max_batch);
+                let worth = (fresh > 0 && n >= fresh.min(pace.min_chunk()))
+                    || n >= pace.min_chunk()
+                    || n >= waiting.min(max_batch);
                 if in_flight.len() < MAX_IN_FLIGHT && n > 0 && worth {
-                    let batch = on_spool(&self.spool, move |s| s.pending(n, n / 4 + 1, &skip)).await?;
+                    let newest_first = (n / 4 + 1).max(fresh).min(n);
+                    let batch = on_spool(&self.spool, move |s| s.pending(n, newest_first, &skip)).await?;
                     let batch = within_message(batch);
                     if !batch.is_empty() {
-                        pace.spend(batch.len());
+                        pace.spend(batch.len(), fresh);
+                        sent_up_to = newest;
                         let id = next_batch;
                         next_batch += 1;
+                        if batch.len() > fresh {
+                            backlog_batches.insert(id);
+                        }
                         in_flight.insert(id, batch.iter().map(|r| r.seq).collect());
                         let msg = AgentMessage {
                             kind: Some(agent_message::Kind::Batch(ResultBatch { batch_id: id, results: batch })),
@@ -483,28 +514,57 @@ fn within_message(mut batch: Vec<ProbeResult>) -> Vec<ProbeResult> {
     batch
 }
 
-/// Token bucket over results sent: a backlog drains at `rate` results per second at most,
-/// with bursts of up to one second's worth (or one batch, if smaller).
-struct Pace(TokenBucket);
+/// How fast results go: `upload_rate` over everything sent (a token bucket with bursts of up
+/// to one second's worth, or one batch if smaller), and, while the collector sets one, its
+/// backlog pace over what was spooled before the last batch. Results probed since the last
+/// batch are outside the collector's pace: they go at once.
+struct Pace {
+    own: TokenBucket,
+    /// The collector's backlog pace; it holds a whole batch, so a slow pace still sends real
+    /// batches (a quarter of one at least), not one result at a time: a collector that is
+    /// behind is slowed further by many small messages.
+    collector: Option<TokenBucket>,
+    max_batch: usize,
+}
 
 impl Pace {
     fn new(rate: u32, max_batch: usize) -> Pace {
-        Pace(TokenBucket::new(rate, f64::from(rate).min(max_batch as f64)))
+        Pace { own: TokenBucket::new(rate, f64::from(rate).min(max_batch as f64)), collector: None, max_batch }
     }
 
-    /// Results that may be sent now.
-    fn available(&mut self) -> usize {
-        self.0.available()
+    /// The collector's backlog pace (0: none).
+    fn collector(&mut self, rate: u32) {
+        match (&mut self.collector, rate) {
+            (_, 0) => self.collector = None,
+            (Some(b), _) => b.set_rate(rate, self.max_batch as f64),
+            (None, _) => {
+                let mut b = TokenBucket::new(rate, self.max_batch as f64);
+                // It starts empty: the pace holds from the moment it is set.
+                b.spend(self.max_batch);
+                self.collector = Some(b);
+            }
+        }
     }
 
-    fn spend(&mut self, n: usize) {
-        self.0.spend(n);
+    /// Results that may be sent now, `fresh` of them probed since the last batch.
+    fn available(&mut self, fresh: usize) -> usize {
+        let backlog = self.collector.as_mut().map_or(usize::MAX, TokenBucket::available);
+        self.own.available().min(backlog.saturating_add(fresh))
+    }
+
+    /// `n` results sent, `fresh` of them new since the last batch.
+    fn spend(&mut self, n: usize, fresh: usize) {
+        self.own.spend(n);
+        if let Some(b) = &mut self.collector {
+            b.spend(n.saturating_sub(fresh));
+        }
     }
 
     /// The smallest batch worth sending while more is waiting: a quarter of the burst, so a
     /// drained bucket refills into real batches instead of one result per ack.
     fn min_chunk(&self) -> usize {
-        ((self.0.burst() / 4.0) as usize).max(1)
+        let burst = self.collector.as_ref().map_or(self.own.burst(), |b| b.burst().min(self.own.burst()));
+        ((burst / 4.0) as usize).max(1)
     }
 }
 
@@ -522,16 +582,36 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pace_allows_a_burst_then_the_rate() {
         let mut pace = Pace::new(40, 500);
-        assert_eq!(pace.available(), 40, "a second's worth to start");
-        pace.spend(40);
-        assert_eq!(pace.available(), 0);
+        assert_eq!(pace.available(0), 40, "a second's worth to start");
+        pace.spend(40, 0);
+        assert_eq!(pace.available(0), 0);
         tokio::time::advance(Duration::from_millis(250)).await;
-        assert_eq!(pace.available(), 10);
+        assert_eq!(pace.available(0), 10);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(pace.available(), 40, "never more than the burst");
+        assert_eq!(pace.available(0), 40, "never more than the burst");
         let mut small_batches = Pace::new(1000, 50);
-        assert_eq!(small_batches.available(), 50);
+        assert_eq!(small_batches.available(0), 50);
         assert_eq!((pace.min_chunk(), small_batches.min_chunk(), Pace::new(1, 500).min_chunk()), (10, 12, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_collectors_pace_holds_the_backlog_and_not_fresh_results() {
+        let mut pace = Pace::new(200, 100);
+        pace.collector(8);
+        assert_eq!(pace.available(0), 0, "the pace holds from the moment it is set");
+        assert_eq!(pace.available(3), 3, "fresh results go at once");
+        pace.spend(3, 3);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(pace.available(0), 40, "8 a second of backlog");
+        assert_eq!(pace.min_chunk(), 25, "in chunks of a quarter batch");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(pace.available(0), 100, "up to a whole batch");
+        pace.collector(0);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(pace.available(0), 100, "lifted: upload_rate alone (its burst, one batch)");
+        pace.collector(500);
+        pace.spend(100, 100);
+        assert_eq!(pace.available(50), 0, "upload_rate holds everything, fresh results too");
     }
 
     #[test]

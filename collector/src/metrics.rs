@@ -155,6 +155,13 @@ pub fn render(s: &Scrape<'_>) -> Result<String, String> {
     buffer.with_label_values(&["in_use"]).set(budget.in_use() as i64);
     buffer.with_label_values(&["limit"]).set(budget.total() as i64);
     add(Box::new(buffer))?;
+    let pace = gauge(
+        "blockwatch_ingest_backlog_pace",
+        "Backlog results a second each agent is told it may send (0: no pace; set while agents offer more than the collector takes).",
+        &[],
+    );
+    pace.with_label_values::<&str>(&[]).set(i64::from(s.ingest.pacer().rate()));
+    add(Box::new(pace))?;
     let store = gauge("blockwatch_store_bytes", "Bytes the store takes on disk.", &[]);
     store.with_label_values::<&str>(&[]).set(dir_bytes(s.data_dir) as i64);
     add(Box::new(store))?;

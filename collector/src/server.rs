@@ -139,6 +139,7 @@ impl Collector {
             ingest = ingest.publish_to(crate::jetstream::Publisher::connect(j).await?);
         }
         let ingest = Arc::new(ingest);
+        Ingest::spawn_pacer(&ingest);
         let log = Arc::new(Mutex::new(store.event_log()));
         let detector = {
             let (log, events, results) = (Arc::clone(&log), events.clone(), results.clone());

@@ -26,6 +26,15 @@ impl TokenBucket {
         self.burst
     }
 
+    /// Changes the rate (at least 1) and the most it holds (at least 1), keeping the tokens
+    /// it has up to the new most.
+    pub fn set_rate(&mut self, rate: u32, burst: f64) {
+        self.available();
+        self.rate = f64::from(rate.max(1));
+        self.burst = burst.max(1.0);
+        self.tokens = self.tokens.min(self.burst);
+    }
+
     /// Whole tokens available now.
     pub fn available(&mut self) -> usize {
         let now = Instant::now();

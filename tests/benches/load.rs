@@ -18,13 +18,14 @@
 //! The load generator shares the machine's cores with the collector, so every figure is a
 //! lower bound of what the collector does alone.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use blockwatch_collector::store::Store;
+use blockwatch_proto::pace::TokenBucket;
 use blockwatch_proto::v1::fleet_client::FleetClient;
 use blockwatch_proto::v1::{
     AgentMessage, DnsAnswer, DnsQuery, Header, Hello, PhaseDurations, ProbeResult, RegisterRequest, ResultBatch,
@@ -39,6 +40,11 @@ use tokio::sync::{Mutex, mpsc};
 const IN_FLIGHT: usize = 4;
 /// Streams opened at once while the fleet connects.
 const CONNECTING: usize = 256;
+/// Behind a backlog, each agent probes one new result this often (from a phase of its own)
+/// and sends it at once, outside the collector's backlog pace, as the agent's uplink does.
+const FRESH_EVERY: Duration = Duration::from_secs(5);
+/// The soonest a paced agent with nothing it may send looks again.
+const PACED_TICK: Duration = Duration::from_millis(50);
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -164,11 +170,21 @@ async fn agent(
     drop(ready);
     let mut n = 0u64;
     let mut batch_id = 0u64;
-    // Sent and not yet acked: batch id, when sent, and whether it carried a fresh result.
-    let mut pending: VecDeque<(u64, Instant, bool)> = VecDeque::new();
+    // Sent and not yet acked: batch id, when sent, and when each fresh result in it was made.
+    let mut pending: VecDeque<(u64, Instant, Vec<Instant>)> = VecDeque::new();
     let mut latencies = Vec::new();
     let mut fresh = Vec::new();
     let mut backlog = shape.backlog;
+    // The collector's backlog pace, when it set one.
+    let mut paced: Option<TokenBucket> = None;
+    let mut pace_rate = 0u32;
+    // Fresh results made and not yet sent (behind a backlog only), and when the next is.
+    let mut made: Vec<Instant> = Vec::new();
+    // Batches in flight carrying backlog may be one at first, one more per ack, back to one
+    // when a pace is set (the agent's uplink).
+    let mut backlog_in_flight: HashSet<u64> = HashSet::new();
+    let mut backlog_window = 1usize;
+    let mut next_fresh = Instant::now() + FRESH_EVERY.mul_f64(fastrand(&id));
     // A paced agent sends a batch every `period`, from a phase of its own.
     let period = shape.rate.map(|r| Duration::from_secs_f64(shape.batch as f64 * shape.agents as f64 / r));
     let mut next_send = Instant::now() + period.map_or(Duration::ZERO, |p| p.mul_f64(fastrand(&id)));
@@ -181,45 +197,102 @@ async fn agent(
         let wait = next_send.saturating_duration_since(Instant::now());
         tokio::select! {
             _ = tokio::time::sleep(wait), if can_send => {
-                let mut results = Vec::with_capacity(shape.batch);
-                // Behind a backlog, every fourth batch stands for the fresh results the agent's
-                // uplink mixes in (a quarter of what it sends); once the backlog is sent, all
-                // are fresh.
-                let carries_fresh = backlog == 0 || batch_id.is_multiple_of(4);
-                for _ in 0..shape.batch {
+                // Behind a backlog: the fresh results made since the last batch, and as much of
+                // the backlog as the collector's pace allows (all of a batch when unpaced).
+                let (from_backlog, fresh_in) = if shape.backlog > 0 {
+                    let room = if backlog_in_flight.len() < backlog_window {
+                        shape.batch.saturating_sub(made.len()).min(backlog as usize)
+                    } else {
+                        0
+                    };
+                    let allowed = paced.as_mut().map_or(room, |b| {
+                        let a = b.available();
+                        // Whole chunks, as the agent's uplink sends them.
+                        if a >= (b.burst() / 4.0).max(1.0) as usize || a >= room { a.min(room) } else { 0 }
+                    });
+                    (allowed, std::mem::take(&mut made))
+                } else {
+                    (shape.batch, Vec::new())
+                };
+                if from_backlog + fresh_in.len() == 0 {
+                    // Paced: look again when the pace allows a chunk (or a fresh result comes).
+                    let wait = paced.as_mut().map_or(PACED_TICK, |b| {
+                        let short = ((b.burst() / 4.0).max(1.0) - b.available() as f64).max(1.0);
+                        Duration::from_secs_f64(short / pace_rate.max(1) as f64).max(PACED_TICK)
+                    });
+                    next_send = (Instant::now() + wait).min(next_fresh);
+                    continue;
+                }
+                let mut results = Vec::with_capacity(from_backlog + fresh_in.len());
+                for _ in 0..from_backlog + fresh_in.len() {
                     n += 1;
                     results.push(result(&id, &region, shape.epoch, n));
                 }
-                backlog = backlog.saturating_sub(shape.batch as u64);
+                if let Some(b) = &mut paced {
+                    b.spend(from_backlog);
+                }
+                backlog = backlog.saturating_sub(from_backlog as u64);
                 batch_id += 1;
                 let msg = AgentMessage { kind: Some(agent_message::Kind::Batch(ResultBatch { batch_id, results })) };
                 if tx.send(msg).await.is_err() {
                     break;
                 }
-                pending.push_back((batch_id, Instant::now(), carries_fresh));
+                if shape.backlog > 0 && from_backlog > 0 {
+                    backlog_in_flight.insert(batch_id);
+                }
+                pending.push_back((batch_id, Instant::now(), fresh_in));
                 next_send = match period {
-                    Some(p) if backlog == 0 => next_send.max(Instant::now() - p) + p,
+                    Some(p) if shape.backlog == 0 => next_send.max(Instant::now() - p) + p,
+                    // Behind a backlog: at once while it lasts, then when a fresh result is made.
+                    _ if shape.backlog > 0 && backlog == 0 => next_fresh,
                     _ => Instant::now(),
                 };
+            }
+            _ = tokio::time::sleep_until(next_fresh.into()), if shape.backlog > 0 && !stopping => {
+                made.push(Instant::now());
+                next_fresh += FRESH_EVERY;
+                next_send = Instant::now();
             }
             m = inbound.message() => {
                 let Ok(Some(m)) = m else { break };
                 match m.kind {
                     Some(collector_message::Kind::Ack(a)) => {
+                        if backlog_in_flight.remove(&a.batch_id) {
+                            backlog_window = (backlog_window + 1).min(IN_FLIGHT);
+                        }
                         let Some(pos) = pending.iter().position(|(b, _, _)| *b == a.batch_id) else { continue };
-                        let (_, sent, carries_fresh) = pending.remove(pos).unwrap();
+                        let (_, sent, fresh_in) = pending.remove(pos).unwrap();
                         if shared.measuring.load(Ordering::Relaxed) {
-                            let us = sent.elapsed().as_micros().min(u32::MAX as u128) as u32;
+                            let us = |t: Instant| t.elapsed().as_micros().min(u32::MAX as u128) as u32;
                             shared.acked.fetch_add(a.probe_ids.len() as u64, Ordering::Relaxed);
-                            latencies.push(us);
-                            if carries_fresh && shape.backlog > 0 {
-                                fresh.push(us);
-                            }
+                            latencies.push(us(sent));
+                            fresh.extend(fresh_in.into_iter().map(us));
                         }
                     }
                     Some(collector_message::Kind::Reject(r)) => {
                         shared.refused.fetch_add(r.probe_ids.len() as u64, Ordering::Relaxed);
                         pending.retain(|(b, _, _)| *b != r.batch_id);
+                        backlog_in_flight.remove(&r.batch_id);
+                    }
+                    Some(collector_message::Kind::Pace(p)) => {
+                        let rate = p.backlog_per_second;
+                        pace_rate = rate;
+                        if rate == 0 {
+                            paced = None;
+                        } else {
+                            backlog_window = 1;
+                            // A whole batch: a slow pace still sends real batches.
+                            let burst = shape.batch as f64;
+                            match &mut paced {
+                                Some(b) => b.set_rate(rate, burst),
+                                None => {
+                                    // Empty at first, as the agent's: the pace holds from now.
+                                    let mut b = TokenBucket::new(rate, burst);
+                                    b.spend(shape.batch);
+                                    paced = Some(b);
+                                }
+                            }
+                        }
                     }
                     _ => {}
                 }

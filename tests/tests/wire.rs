@@ -9,6 +9,7 @@ use blockwatch_proto::v1::fleet_client::FleetClient;
 use blockwatch_proto::v1::{
     AgentMessage, Hello, ProbeResult, RegisterRequest, ResultBatch, agent_message, collector_message,
 };
+use blockwatch_tests::session::{Session, plain_client};
 use blockwatch_tests::*;
 
 fn register(agent: &str) -> RegisterRequest {
@@ -110,4 +111,106 @@ fn collector_answers_bad_peers_precisely() {
     });
     assert!(listening(collector.addr), "collector died");
     assert!(!collector.proc.log().contains("panicked"));
+}
+
+/// Agents that offer more than the collector takes are told a backlog pace, a stream opened
+/// meanwhile is told it at once, and the pace is lifted once they stop.
+#[test]
+fn a_collector_that_falls_behind_paces_backlogs_and_lifts_the_pace() {
+    use blockwatch_proto::v1::CollectorMessage;
+    const AGENTS: usize = 6;
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 MiB budget that batches of 500 results (~0.5 MB each), four in flight from each of
+    // six agents, overrun at once; a per-agent cap of 200 a second, so a lifted pace comes soon.
+    let collector = CollectorProc::start_insecure(
+        dir.path(),
+        None,
+        "max_batch = 500\n[limits]\ningest_buffer_mib = 1\nmax_results_per_second = 200\n",
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pace_of = |m: &CollectorMessage| match &m.kind {
+        Some(collector_message::Kind::Pace(p)) => Some(p.backlog_per_second),
+        _ => None,
+    };
+    rt.block_on(async {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (paced_tx, mut paced) = tokio::sync::mpsc::channel::<(usize, u32)>(64);
+        for a in 0..AGENTS {
+            let (addr, stop, paced_tx) = (collector.addr, stop.clone(), paced_tx.clone());
+            tokio::spawn(async move {
+                let agent = format!("pace-{a}");
+                let mut client = FleetClient::connect(format!("http://{addr}")).await.unwrap();
+                client.register(register(&agent)).await.unwrap();
+                let (tx, rx) = tokio::sync::mpsc::channel(8);
+                tx.send(AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: agent.clone() })) })
+                    .await
+                    .unwrap();
+                let mut replies =
+                    client.report(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+                let (mut sent, mut acked, mut seq) = (0u64, 0u64, 0u64);
+                loop {
+                    while sent - acked < 4 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        sent += 1;
+                        let results = (0..500)
+                            .map(|_| {
+                                seq += 1;
+                                let mut r = result(&format!("{agent}/1/{seq}"), &agent, 1);
+                                r.detail = "x".repeat(1000);
+                                r
+                            })
+                            .collect();
+                        let batch = ResultBatch { batch_id: sent, results };
+                        tx.send(AgentMessage { kind: Some(agent_message::Kind::Batch(batch)) }).await.unwrap();
+                    }
+                    let Ok(Some(m)) = replies.message().await else { return };
+                    match &m.kind {
+                        Some(collector_message::Kind::Ack(_)) => acked += 1,
+                        Some(collector_message::Kind::Pace(p)) => {
+                            let _ = paced_tx.send((a, p.backlog_per_second)).await;
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+        // Every agent is told a pace while they overrun the budget.
+        let mut told = std::collections::BTreeSet::new();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while told.len() < AGENTS {
+                let (a, rate) = paced.recv().await.unwrap();
+                if rate > 0 {
+                    told.insert(a);
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("only agents {told:?} were told a pace"));
+        let (_, metrics) = http_get(collector.api, "/metrics");
+        let pace: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("blockwatch_ingest_backlog_pace "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no pace gauge in:\n{metrics}"));
+        assert!((1.0..200.0).contains(&pace), "pace gauge {pace}");
+
+        // A stream opened while the pace is set hears it first.
+        let mut late = Session::open(plain_client(collector.addr).await, "pace-late", "r").await.unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(10), late.next_message()).await.unwrap().unwrap().unwrap();
+        assert!(pace_of(&first).is_some_and(|r| r > 0), "first message to a new stream: {first:?}");
+
+        // Once the agents stop, the pace grows past the per-agent cap and is lifted.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let m = late.next_message().await.unwrap().unwrap();
+                if pace_of(&m) == Some(0) {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the pace lifted once the agents stopped");
+    });
+    let log = collector.proc.log();
+    assert!(!log.contains("panicked"), "{log}");
 }

@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -43,12 +44,14 @@ const PREFIX: usize = 5;
 pub struct Budget {
     sem: Arc<Semaphore>,
     total: usize,
+    /// Messages that had to wait for their charge, since start.
+    waits: Arc<AtomicU64>,
 }
 
 impl Budget {
     pub fn new(bytes: usize) -> Budget {
         let total = bytes.clamp(1, u32::MAX as usize);
-        Budget { sem: Arc::new(Semaphore::new(total)), total }
+        Budget { sem: Arc::new(Semaphore::new(total)), total, waits: Arc::new(AtomicU64::new(0)) }
     }
 
     /// The budget's size in bytes.
@@ -59,6 +62,12 @@ impl Budget {
     /// Bytes charged now, across every stream.
     pub fn in_use(&self) -> usize {
         self.total.saturating_sub(self.sem.available_permits())
+    }
+
+    /// Messages that have had to wait for their charge since start: when it grows, agents
+    /// offer more than the collector takes.
+    pub fn waits(&self) -> u64 {
+        self.waits.load(Ordering::Relaxed)
     }
 
     /// A new stream's ledger.
@@ -172,6 +181,7 @@ impl<B> Metered<B> {
                     self.ledger.admit(charge);
                 }
                 Err(_) => {
+                    self.budget.waits.fetch_add(1, Ordering::Relaxed);
                     let acquire = Arc::clone(&self.budget.sem).acquire_many_owned(charge as u32);
                     self.waiting = Some((charge, Box::pin(acquire)));
                     return Some(i);

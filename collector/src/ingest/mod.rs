@@ -2,11 +2,13 @@
 
 mod budget;
 mod limits;
+mod pacer;
 mod validate;
 mod wire;
 
 pub use budget::{Budget, Ledger};
 pub use limits::Limits;
+pub use pacer::Pacer;
 pub use wire::ReportRoute;
 
 use std::collections::{HashMap, HashSet};
@@ -164,6 +166,18 @@ impl Streams {
         asked
     }
 
+    /// Open Report streams.
+    pub fn count(&self) -> usize {
+        self.0.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Sends `m()` to every open stream; returns how many took it. Never waits: an agent
+    /// whose outbound queue is full is skipped.
+    fn broadcast(&self, m: impl Fn() -> Result<CollectorMessage, Status>) -> usize {
+        let Ok(streams) = self.0.lock() else { return 0 };
+        streams.values().filter(|(_, tx)| tx.try_send(m()).is_ok()).count()
+    }
+
     /// Agents with an open Report stream.
     pub fn connected(&self) -> std::collections::HashSet<String> {
         self.0.lock().map(|s| s.keys().cloned().collect()).unwrap_or_default()
@@ -225,6 +239,8 @@ pub struct Ingest {
     publisher: Option<crate::jetstream::Publisher>,
     /// What agents' messages may hold in memory at once (`limits.ingest_buffer_mib`).
     budget: Budget,
+    /// The backlog pace agents are told (see `pacer.rs`).
+    pacer: Pacer,
 }
 
 impl Ingest {
@@ -257,7 +273,18 @@ impl Ingest {
             metrics: crate::metrics::IngestMetrics::default(),
             publisher: None,
             budget: Budget::new(cfg.limits.ingest_buffer_mib as usize * 1024 * 1024),
+            pacer: Pacer::default(),
         }
+    }
+
+    /// Starts telling agents how fast to send their backlogs; runs while `ingest` lives.
+    pub fn spawn_pacer(ingest: &Arc<Ingest>) {
+        tokio::spawn(pacer::run(Arc::downgrade(ingest)));
+    }
+
+    /// The backlog pace agents are told.
+    pub fn pacer(&self) -> &Pacer {
+        &self.pacer
     }
 
     /// The budget every Report stream's messages are read through.
@@ -582,6 +609,10 @@ impl Ingest {
         if !self.streams.open(&agent_id, region.clone(), tx.clone()) {
             return Err(already_connected(&agent_id));
         }
+        let rate = self.pacer.rate();
+        if rate > 0 {
+            let _ = tx.try_send(pacer::pace(rate));
+        }
         let this = Arc::clone(self);
         tokio::spawn(async move {
             let ended = this.serve_stream(&agent_id, &region, cert, inbound, ledger, &tx).await;
@@ -753,6 +784,7 @@ impl Ingest {
             }
         }
         self.metrics.duplicates.with_label_values::<&str>(&[]).inc_by(dups.len() as u64);
+        self.pacer.acked(ids.len());
         self.touch(agent_id, |a| {
             if egress.is_some() {
                 a.egress = egress;
