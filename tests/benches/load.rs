@@ -6,7 +6,10 @@
 //! same streams against a server that acks without validating or storing (this process's own
 //! `--null-server`), and the store's batch-write rate without gRPC. Then a rate at half the
 //! durable figure for the latency goal, and a burst: every agent reconnecting at once with a
-//! spool full of backlog, sending batches of 500 as fast as the collector takes them.
+//! spool of 500, sending its backlog in batches of 50 as the agent's uplink does (one batch in
+//! flight at first, one more per ack, at the collector's backlog pace once it sets one) while
+//! it probes a new result every 5 s and sends it at once; fresh results' latency is from when
+//! each was made to its ack.
 //!
 //! `cargo build --release --bins && cargo bench -p blockwatch-tests --bench load`
 //! Environment: `BW_LOAD_SECS` (measured seconds per shape, default 10), `BW_LOAD_AGENTS`

@@ -270,13 +270,13 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use tokio::sync::mpsc;
 
     /// A body fed by the test, frame by frame.
-    struct Fed(mpsc::UnboundedReceiver<Bytes>);
+    pub(in crate::ingest) struct Fed(pub(in crate::ingest) mpsc::UnboundedReceiver<Bytes>);
 
     impl Body for Fed {
         type Data = Bytes;

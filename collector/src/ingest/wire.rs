@@ -290,21 +290,11 @@ async fn report(ingest: Arc<Ingest>, req: http::Request<tonic::body::Body>, max:
 
 #[cfg(test)]
 mod tests {
+    use super::super::budget::tests::Fed;
     use super::*;
     use blockwatch_proto::v1::{Heartbeat, agent_message};
     use futures_util::StreamExt;
     use tokio::sync::mpsc;
-
-    /// A body fed by the test, chunk by chunk.
-    struct Fed(mpsc::UnboundedReceiver<Bytes>);
-
-    impl Body for Fed {
-        type Data = Bytes;
-        type Error = Status;
-        fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-            self.0.poll_recv(cx).map(|c| c.map(|c| Ok(Frame::data(c))))
-        }
-    }
 
     fn heartbeat(spooled: u64) -> AgentMessage {
         AgentMessage { kind: Some(agent_message::Kind::Heartbeat(Heartbeat { spooled })) }
