@@ -333,9 +333,9 @@ impl Uplink {
 
         let mut in_flight: HashMap<u64, Vec<u64>> = HashMap::new();
         // Batches in flight that carry backlog, and how many may: one at first, one more for
-        // each acked (to MAX_IN_FLIGHT), back to one when the collector sets a pace. A fleet
-        // reconnecting at once then queues one batch each, not MAX_IN_FLIGHT, ahead of the
-        // collector's first word.
+        // each acked (to MAX_IN_FLIGHT - 1, so a slot is always left for fresh results), back
+        // to one when the collector sets a pace. A fleet reconnecting at once then queues one
+        // batch each, not MAX_IN_FLIGHT, ahead of the collector's first word.
         let mut backlog_batches: HashSet<u64> = HashSet::new();
         let mut backlog_window = 1usize;
         let mut next_batch = 1u64;
@@ -345,9 +345,11 @@ impl Uplink {
         // Ticks skipped while there was no backlog are not made up in a burst.
         catchup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pace = Pace::new(self.cfg.upload_rate, max_batch);
-        // Results up to this sequence number were spooled before the last batch (or before
-        // this session): a backlog, paced; newer ones are fresh and go at once.
-        let mut sent_up_to = self.spool.last_seq();
+        // Results up to this sequence number were seen before the last batch (or before this
+        // session); those probed since are fresh and go at once, outside the collector's pace,
+        // until `fresh_owed` of them have gone (at most a batch's worth is owed).
+        let mut seen_up_to = self.spool.last_seq();
+        let mut fresh_owed = 0usize;
         let mut beat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         let new_results = Arc::clone(&self.new_results);
         let mut stop = self.stop.clone();
@@ -364,7 +366,7 @@ impl Uplink {
                     match m.kind {
                         Some(collector_message::Kind::Ack(ack)) => {
                             if backlog_batches.remove(&ack.batch_id) {
-                                backlog_window = (backlog_window + 1).min(MAX_IN_FLIGHT);
+                                backlog_window = (backlog_window + 1).min(MAX_IN_FLIGHT - 1);
                             }
                             if let Some(seqs) = in_flight.remove(&ack.batch_id) {
                                 on_spool(&self.spool, move |s| s.remove(&seqs)).await?;
@@ -377,9 +379,13 @@ impl Uplink {
                             tracing::error!(batch_id = rej.batch_id, reason = %rej.reason, results = rej.probe_ids.len(),
                                 "collector rejected results; dropping them from the spool");
                             let seqs: Vec<u64> = rej.probe_ids.iter().filter_map(|id| id.rsplit('/').next()?.parse().ok()).collect();
-                            backlog_batches.remove(&rej.batch_id);
                             if let Some(batch) = in_flight.get_mut(&rej.batch_id) {
                                 batch.retain(|s| !seqs.contains(s));
+                            }
+                            // Refused whole, a batch gets no ack: it no longer counts as in
+                            // flight for the window (refused in part, its ack follows).
+                            if in_flight.get(&rej.batch_id).is_none_or(Vec::is_empty) {
+                                backlog_batches.remove(&rej.batch_id);
                             }
                             on_spool(&self.spool, move |s| s.remove(&seqs)).await?;
                         }
@@ -387,10 +393,11 @@ impl Uplink {
                         Some(collector_message::Kind::ProbeNow(p)) => self.request_probe(p.target_id),
                         Some(collector_message::Kind::Pace(p)) => {
                             tracing::debug!(backlog_per_second = p.backlog_per_second, "collector set the backlog pace");
-                            pace.collector(p.backlog_per_second);
-                            if p.backlog_per_second > 0 {
+                            // Newly set (not a change of one in force): one backlog batch again.
+                            if p.backlog_per_second > 0 && !pace.paced() {
                                 backlog_window = 1;
                             }
+                            pace.collector(p.backlog_per_second);
                         }
                         None => {}
                     }
@@ -436,7 +443,10 @@ impl Uplink {
                 // and as much of a backlog as the pace allows, oldest first, with the newest
                 // results riding along (a quarter of the batch at least).
                 let newest = self.spool.last_seq();
-                let fresh = usize::try_from(newest.saturating_sub(sent_up_to)).unwrap_or(usize::MAX).min(max_batch);
+                let new = usize::try_from(newest.saturating_sub(seen_up_to)).unwrap_or(usize::MAX);
+                seen_up_to = seen_up_to.max(newest);
+                fresh_owed = fresh_owed.saturating_add(new).min(max_batch);
+                let fresh = fresh_owed;
                 let may_backlog = backlog_batches.len() < backlog_window;
                 let n =
                     if may_backlog { pace.available(fresh) } else { fresh.min(pace.available(fresh)) }.min(max_batch);
@@ -450,7 +460,10 @@ impl Uplink {
                     let batch = within_message(batch);
                     if !batch.is_empty() {
                         pace.spend(batch.len(), fresh);
-                        sent_up_to = newest;
+                        fresh_owed -= fresh.min(batch.len());
+                        // Results staged since `newest` was read may ride in this batch; they
+                        // are not fresh again next time.
+                        seen_up_to = seen_up_to.max(batch.iter().map(|r| r.seq).max().unwrap_or(0));
                         let id = next_batch;
                         next_batch += 1;
                         if batch.len() > fresh {
@@ -530,6 +543,11 @@ struct Pace {
 impl Pace {
     fn new(rate: u32, max_batch: usize) -> Pace {
         Pace { own: TokenBucket::new(rate, f64::from(rate).min(max_batch as f64)), collector: None, max_batch }
+    }
+
+    /// Whether the collector has set a backlog pace.
+    fn paced(&self) -> bool {
+        self.collector.is_some()
     }
 
     /// The collector's backlog pace (0: none).

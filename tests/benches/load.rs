@@ -7,7 +7,7 @@
 //! `--null-server`), and the store's batch-write rate without gRPC. Then a rate at half the
 //! durable figure for the latency goal, and a burst: every agent reconnecting at once with a
 //! spool of 500, sending its backlog in batches of 50 as the agent's uplink does (one batch in
-//! flight at first, one more per ack, at the collector's backlog pace once it sets one) while
+//! flight at first, one more per ack up to 3, at the collector's backlog pace once it sets one) while
 //! it probes a new result every 5 s and sends it at once; fresh results' latency is from when
 //! each was made to its ack.
 //!
@@ -183,8 +183,8 @@ async fn agent(
     let mut pace_rate = 0u32;
     // Fresh results made and not yet sent (behind a backlog only), and when the next is.
     let mut made: Vec<Instant> = Vec::new();
-    // Batches in flight carrying backlog may be one at first, one more per ack, back to one
-    // when a pace is set (the agent's uplink).
+    // Batches in flight carrying backlog may be one at first, one more per ack up to all but
+    // one slot, back to one when a pace is set (the agent's uplink).
     let mut backlog_in_flight: HashSet<u64> = HashSet::new();
     let mut backlog_window = 1usize;
     let mut next_fresh = Instant::now() + FRESH_EVERY.mul_f64(fastrand(&id));
@@ -261,7 +261,7 @@ async fn agent(
                 match m.kind {
                     Some(collector_message::Kind::Ack(a)) => {
                         if backlog_in_flight.remove(&a.batch_id) {
-                            backlog_window = (backlog_window + 1).min(IN_FLIGHT);
+                            backlog_window = (backlog_window + 1).min(IN_FLIGHT - 1);
                         }
                         let Some(pos) = pending.iter().position(|(b, _, _)| *b == a.batch_id) else { continue };
                         let (_, sent, fresh_in) = pending.remove(pos).unwrap();
@@ -283,7 +283,9 @@ async fn agent(
                         if rate == 0 {
                             paced = None;
                         } else {
-                            backlog_window = 1;
+                            if paced.is_none() {
+                                backlog_window = 1;
+                            }
                             // A whole batch: a slow pace still sends real batches.
                             let burst = shape.batch as f64;
                             match &mut paced {

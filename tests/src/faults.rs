@@ -329,6 +329,21 @@ pub fn run(dir: &Path, opts: &Options) -> Summary {
     std::thread::sleep(part * 3 / 4);
     proxy.heal();
     let healed_at = blockwatch_proto::time::now();
+    // Each agent comes back after its reconnect backoff, which grew through the partition (up
+    // to 30 s, jittered): the block holds until every agent has delivered results probed
+    // since the heal (its spool, the block's evidence, drains alongside), and half a partition
+    // beyond, so the evidence arrives while the block is still on.
+    let since = blockwatch_proto::time::format_rfc3339(healed_at);
+    wait_for("every agent delivering again after the partition", Duration::from_secs(90), || {
+        fleet
+            .ids
+            .iter()
+            .all(|id| {
+                let (status, body) = http_get(collector.api, &format!("/v1/results?agent={id}&from={since}&limit=1"));
+                status == 200 && !body.trim().is_empty()
+            })
+            .then_some(())
+    });
     std::thread::sleep(part / 2);
     provider.blocked.lock().expect("blocked list").clear();
     std::thread::sleep(part / 2);

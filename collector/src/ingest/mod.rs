@@ -171,11 +171,12 @@ impl Streams {
         self.0.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    /// Sends `m()` to every open stream; returns how many took it. Never waits: an agent
-    /// whose outbound queue is full is skipped.
-    fn broadcast(&self, m: impl Fn() -> Result<CollectorMessage, Status>) -> usize {
-        let Ok(streams) = self.0.lock() else { return 0 };
-        streams.values().filter(|(_, tx)| tx.try_send(m()).is_ok()).count()
+    /// Sends `m()` to every open stream; returns how many took it and how many did not.
+    /// Never waits: an agent whose outbound queue is full is skipped.
+    fn broadcast(&self, m: impl Fn() -> Result<CollectorMessage, Status>) -> (usize, usize) {
+        let Ok(streams) = self.0.lock() else { return (0, 0) };
+        let took = streams.values().filter(|(_, tx)| tx.try_send(m()).is_ok()).count();
+        (took, streams.len() - took)
     }
 
     /// Agents with an open Report stream.
@@ -188,11 +189,22 @@ impl Streams {
         self.0.lock().is_ok_and(|s| live(&s, agent))
     }
 
-    /// Lists a new stream; false when the agent has one open already.
-    fn open(&self, agent: &str, region: String, tx: Outbound) -> bool {
+    /// Lists a new stream, first sending it `first()` if that gives a message (under the
+    /// same lock as `broadcast`, so it cannot overtake a newer one); false when the agent
+    /// has one open already.
+    fn open(
+        &self,
+        agent: &str,
+        region: String,
+        tx: Outbound,
+        first: impl FnOnce() -> Option<Result<CollectorMessage, Status>>,
+    ) -> bool {
         let Ok(mut s) = self.0.lock() else { return false };
         if live(&s, agent) {
             return false;
+        }
+        if let Some(m) = first() {
+            let _ = tx.try_send(m);
         }
         s.insert(agent.to_string(), (region, tx));
         true
@@ -606,12 +618,9 @@ impl Ingest {
             )));
         };
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        if !self.streams.open(&agent_id, region.clone(), tx.clone()) {
+        let rate = || Some(self.pacer.rate()).filter(|r| *r > 0).map(pacer::pace);
+        if !self.streams.open(&agent_id, region.clone(), tx.clone(), rate) {
             return Err(already_connected(&agent_id));
-        }
-        let rate = self.pacer.rate();
-        if rate > 0 {
-            let _ = tx.try_send(pacer::pace(rate));
         }
         let this = Arc::clone(self);
         tokio::spawn(async move {

@@ -60,12 +60,12 @@ impl Pacer {
 pub fn next(current: u32, saturated: bool, stored_per_second: f64, streams: usize, cap: u32, secs: f64) -> u32 {
     if saturated {
         let share = (SHARE * stored_per_second / streams.max(1) as f64).floor() as u32;
-        return share.max(FLOOR);
+        return share.clamp(FLOOR, cap.max(FLOOR));
     }
     if current == 0 {
         return 0;
     }
-    let grown = (f64::from(current) * GROWTH.powf(secs)).ceil() as u32 + 1;
+    let grown = ((f64::from(current) * GROWTH.powf(secs)).ceil() as u32).saturating_add(1);
     if grown >= cap { 0 } else { grown }
 }
 
@@ -91,7 +91,7 @@ pub async fn run(ingest: Weak<Ingest>) {
         if let Some((at, last_waits, last_acked)) = last {
             let secs = now.duration_since(at).as_secs_f64().max(1e-3);
             let current = ingest.pacer.rate();
-            let now_rate = (acked - last_acked) as f64 / secs;
+            let now_rate = acked.wrapping_sub(last_acked) as f64 / secs;
             let smoothed = match stored {
                 None => now_rate,
                 Some(s) => s + (now_rate - s) * (1.0 - (-secs / SMOOTHING.as_secs_f64()).exp()),
@@ -99,7 +99,7 @@ pub async fn run(ingest: Weak<Ingest>) {
             stored = Some(smoothed);
             let rate = next(
                 current,
-                waits > last_waits,
+                waits != last_waits,
                 smoothed,
                 ingest.streams.count(),
                 ingest.limits.max_results_per_second,
@@ -107,11 +107,15 @@ pub async fn run(ingest: Weak<Ingest>) {
             );
             ingest.pacer.rate.store(rate, Ordering::Relaxed);
             // Agents are told when it is set, lifted, or has moved a tenth from what they
-            // were last told (not on every step of its growth).
+            // were last all told (not on every step of its growth).
             if rate != told && (rate == 0 || told == 0 || rate.abs_diff(told) * 10 >= told) {
-                let agents = ingest.streams.broadcast(|| pace(rate));
-                tracing::debug!(backlog_per_second = rate, agents, "backlog pace changed");
-                told = rate;
+                let (agents, missed) = ingest.streams.broadcast(|| pace(rate));
+                tracing::debug!(backlog_per_second = rate, agents, missed, "backlog pace changed");
+                // An agent whose queue was full is told again next tick (all are: a pace
+                // heard twice is harmless).
+                if missed == 0 {
+                    told = rate;
+                }
             }
         }
         last = Some((now, waits, acked));

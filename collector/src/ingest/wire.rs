@@ -71,9 +71,21 @@ impl<B> Inbound<B> {
     fn read(&mut self) -> Result<Option<AgentMessage>, Status> {
         while !self.chunk.is_empty() {
             if let Some((len, buf)) = &mut self.partial {
-                let take = (*len - buf.len()).min(self.chunk.len());
+                let len = *len;
+                if buf.is_empty() && self.chunk.len() >= len {
+                    self.partial = None;
+                    let whole = self.chunk.split_to(len);
+                    return self.decode(&whole).map(Some);
+                }
+                // Its buffer is taken when its first byte arrives, not at its prefix: the
+                // bytes after a prefix wait for the budget's charge, and a stream waiting
+                // for one holds nothing.
+                if buf.capacity() == 0 {
+                    buf.reserve(len);
+                }
+                let take = (len - buf.len()).min(self.chunk.len());
                 buf.put(self.chunk.split_to(take));
-                if buf.len() < *len {
+                if buf.len() < len {
                     continue;
                 }
                 let (_, buf) = self.partial.take().unwrap_or_default();
@@ -108,7 +120,7 @@ impl<B> Inbound<B> {
                 let whole = self.chunk.split_to(len);
                 return self.decode(&whole).map(Some);
             }
-            self.partial = Some((len, BytesMut::with_capacity(len)));
+            self.partial = Some((len, BytesMut::new()));
         }
         Ok(None)
     }
@@ -355,6 +367,23 @@ mod tests {
         let err = s.next().await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("message 1 of the stream does not decode"), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_message_takes_its_buffer_with_its_first_byte_not_its_prefix() {
+        let whole = framed(&heartbeat(9));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut s = Inbound::new(Fed(rx), 1024);
+        tx.send(Bytes::copy_from_slice(&whole[..PREFIX])).unwrap();
+        let pending = |s: &mut Inbound<Fed>| futures_util::FutureExt::now_or_never(s.next()).is_none();
+        assert!(pending(&mut s));
+        assert_eq!(s.partial.as_ref().map(|(len, buf)| (*len, buf.capacity())), Some((whole.len() - PREFIX, 0)));
+        tx.send(Bytes::copy_from_slice(&whole[PREFIX..PREFIX + 1])).unwrap();
+        assert!(pending(&mut s));
+        assert_eq!(s.partial.as_ref().map(|(_, buf)| buf.capacity() >= whole.len() - PREFIX), Some(true));
+        tx.send(Bytes::copy_from_slice(&whole[PREFIX + 1..])).unwrap();
+        assert_eq!(s.next().await.unwrap().unwrap(), heartbeat(9));
+        assert!(s.partial.is_none(), "let go once decoded");
     }
 
     #[test]
