@@ -345,6 +345,8 @@ impl Uplink {
         // Ticks skipped while there was no backlog are not made up in a burst.
         catchup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pace = Pace::new(self.cfg.upload_rate, max_batch);
+        // A collector that is behind says so at registration: the session starts paced.
+        pace.collector(reg.backlog_per_second);
         // Results up to this sequence number were seen before the last batch (or before this
         // session); those probed since are fresh and go at once, outside the collector's pace,
         // until `fresh_owed` of them have gone (at most a batch's worth is owed).

@@ -155,10 +155,14 @@ async fn agent(
     let mut client = FleetClient::new(channel).max_decoding_message_size(8 << 20);
     let reg =
         RegisterRequest { agent_id: id.clone(), region: region.clone(), version: "load".into(), ..Default::default() };
-    if let Err(e) = client.register(reg).await {
-        eprintln!("{id}: register: {e}");
-        return;
-    }
+    // The pace in force when it registers, as the agent's uplink takes it.
+    let registered_pace = match client.register(reg).await {
+        Ok(r) => r.into_inner().backlog_per_second,
+        Err(e) => {
+            eprintln!("{id}: register: {e}");
+            return;
+        }
+    };
     let (tx, rx) = mpsc::channel(IN_FLIGHT + 2);
     let hello = AgentMessage { kind: Some(agent_message::Kind::Hello(Hello { agent_id: id.clone() })) };
     tx.send(hello).await.unwrap();
@@ -179,8 +183,12 @@ async fn agent(
     let mut fresh = Vec::new();
     let mut backlog = shape.backlog;
     // The collector's backlog pace, when it set one.
-    let mut paced: Option<TokenBucket> = None;
-    let mut pace_rate = 0u32;
+    let mut paced: Option<TokenBucket> = (registered_pace > 0).then(|| {
+        let mut b = TokenBucket::new(registered_pace, shape.batch as f64);
+        b.spend(shape.batch);
+        b
+    });
+    let mut pace_rate = registered_pace;
     // Fresh results made and not yet sent (behind a backlog only), and when the next is.
     let mut made: Vec<Instant> = Vec::new();
     // Batches in flight carrying backlog may be one at first, one more per ack up to all but

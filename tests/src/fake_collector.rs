@@ -53,6 +53,7 @@ impl Fleet for Svc {
             plan: self.plan.clone(),
             max_batch: 50,
             heartbeat_interval: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+            backlog_per_second: 0,
         }))
     }
 

@@ -193,8 +193,12 @@ fn a_collector_that_falls_behind_paces_backlogs_and_lifts_the_pace() {
             .unwrap_or_else(|| panic!("no pace gauge in:\n{metrics}"));
         assert!((1.0..200.0).contains(&pace), "pace gauge {pace}");
 
-        // A stream opened while the pace is set hears it first.
-        let mut late = Session::open(plain_client(collector.addr).await, "pace-late", "r").await.unwrap();
+        // An agent registering while the pace is set is told it there, and its stream hears
+        // it first.
+        let mut late_client = plain_client(collector.addr).await;
+        let reg = late_client.register(register("pace-late")).await.unwrap().into_inner();
+        assert!(reg.backlog_per_second > 0, "registered while paced: {reg:?}");
+        let mut late = Session::report(late_client, "pace-late").await.unwrap();
         let first = tokio::time::timeout(Duration::from_secs(10), late.next_message()).await.unwrap().unwrap().unwrap();
         assert!(pace_of(&first).is_some_and(|r| r > 0), "first message to a new stream: {first:?}");
 

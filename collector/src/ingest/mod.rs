@@ -572,6 +572,7 @@ impl Fleet for FleetService {
             plan,
             max_batch: self.max_batch,
             heartbeat_interval: Some(prost_types::Duration { seconds: self.heartbeat.as_secs() as i64, nanos: 0 }),
+            backlog_per_second: self.pacer.rate(),
         }))
     }
 
