@@ -557,12 +557,8 @@ impl Pace {
         match (&mut self.collector, rate) {
             (_, 0) => self.collector = None,
             (Some(b), _) => b.set_rate(rate, self.max_batch as f64),
-            (None, _) => {
-                let mut b = TokenBucket::new(rate, self.max_batch as f64);
-                // It starts empty: the pace holds from the moment it is set.
-                b.spend(self.max_batch);
-                self.collector = Some(b);
-            }
+            // It starts empty: the pace holds from the moment it is set.
+            (None, _) => self.collector = Some(TokenBucket::empty(rate, self.max_batch as f64)),
         }
     }
 

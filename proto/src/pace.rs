@@ -21,6 +21,13 @@ impl TokenBucket {
         TokenBucket { rate: f64::from(rate.max(1)), burst, tokens: burst, at: Instant::now() }
     }
 
+    /// A bucket like [`TokenBucket::new`] that starts empty: its rate holds from now.
+    pub fn empty(rate: u32, burst: f64) -> TokenBucket {
+        let mut b = TokenBucket::new(rate, burst);
+        b.tokens = 0.0;
+        b
+    }
+
     /// The most it holds.
     pub fn burst(&self) -> f64 {
         self.burst
@@ -61,6 +68,14 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_empty_bucket_fills_at_its_rate() {
+        let mut b = TokenBucket::empty(8, 100.0);
+        assert_eq!(b.available(), 0);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(b.available(), 40);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn take_waits_out_the_debt() {

@@ -183,11 +183,7 @@ async fn agent(
     let mut fresh = Vec::new();
     let mut backlog = shape.backlog;
     // The collector's backlog pace, when it set one.
-    let mut paced: Option<TokenBucket> = (registered_pace > 0).then(|| {
-        let mut b = TokenBucket::new(registered_pace, shape.batch as f64);
-        b.spend(shape.batch);
-        b
-    });
+    let mut paced = (registered_pace > 0).then(|| TokenBucket::empty(registered_pace, shape.batch as f64));
     let mut pace_rate = registered_pace;
     // Fresh results made and not yet sent (behind a backlog only), and when the next is.
     let mut made: Vec<Instant> = Vec::new();
@@ -298,12 +294,8 @@ async fn agent(
                             let burst = shape.batch as f64;
                             match &mut paced {
                                 Some(b) => b.set_rate(rate, burst),
-                                None => {
-                                    // Empty at first, as the agent's: the pace holds from now.
-                                    let mut b = TokenBucket::new(rate, burst);
-                                    b.spend(shape.batch);
-                                    paced = Some(b);
-                                }
+                                // Empty at first, as the agent's: the pace holds from now.
+                                None => paced = Some(TokenBucket::empty(rate, burst)),
                             }
                         }
                     }

@@ -37,7 +37,12 @@ use tonic::Status;
 pub const MESSAGE_IDLE: Duration = Duration::from_secs(30);
 
 /// The gRPC length prefix: a compression flag and a big-endian u32 length.
-const PREFIX: usize = 5;
+pub(super) const PREFIX: usize = 5;
+
+/// The message length a gRPC prefix gives.
+pub(super) fn message_len(prefix: &[u8; PREFIX]) -> usize {
+    u32::from_be_bytes([prefix[1], prefix[2], prefix[3], prefix[4]]) as usize
+}
 
 /// The shared budget, in bytes of messages as they arrive (their encoded length).
 #[derive(Clone, Debug)]
@@ -172,7 +177,7 @@ impl<B> Metered<B> {
                 continue;
             }
             self.prefix_len = 0;
-            let len = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]) as usize;
+            let len = message_len(&self.prefix);
             self.remaining = len;
             let charge = (len + PREFIX).min(self.budget.total);
             match Arc::clone(&self.budget.sem).try_acquire_many_owned(charge as u32) {

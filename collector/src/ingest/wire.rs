@@ -25,12 +25,9 @@ use http_body::{Body, Frame};
 use prost::Message;
 use tonic::Status;
 
-use super::budget::{Budget, Metered};
+use super::budget::{Budget, Metered, PREFIX, message_len};
 use super::{FleetService, Ingest, ReportStream};
 use crate::listen::PeerInfo;
-
-/// The gRPC length prefix: a compression flag and a big-endian u32 length.
-const PREFIX: usize = 5;
 
 /// The agent messages of one Report stream's request body, decoded one at a time.
 pub struct Inbound<B> {
@@ -108,7 +105,7 @@ impl<B> Inbound<B> {
                 }
                 flag => return Err(Status::internal(format!("invalid compression flag {flag} (0 or 1)"))),
             }
-            let len = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]) as usize;
+            let len = message_len(&self.prefix);
             if len > self.max {
                 return Err(Status::out_of_range(format!(
                     "message {} of the stream is {len} bytes: at most {}",
